@@ -1,0 +1,28 @@
+"""LightningCLI for ``mmduplex fit|validate|test|predict --config recipes/<stage>/<name>.yaml``.
+
+Model and data are given by ``class_path`` in the recipes (subclass mode), so one CLI trains both the B-Flow
+tokenizer (:mod:`tokenizer`) and the duplex model (:mod:`mmduplex`). Recipes hold only what differs from the
+constructor defaults; ``--print_config`` shows the full resolved configuration.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+
+class MMDuplexCLI(LightningCLI):
+    """LightningCLI with the project's defaults (config saved next to every run, overwrite allowed)."""
+
+
+def run_cli(args: list[str]) -> MMDuplexCLI:
+    """Run the CLI on ``args`` (e.g. ``["fit", "--config", "recipes/tokenizer/tiny.yaml"]``)."""
+    return MMDuplexCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
