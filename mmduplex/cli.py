@@ -23,7 +23,11 @@ LIGHTNING_SUBCOMMANDS = {
 }
 
 # Subcommand name -> module in mmduplex.commands. A command is listed here only once it works.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "features": "mmduplex.commands.features",
+    "eval": "mmduplex.commands.eval",
+    "tokenize": "mmduplex.commands.tokenize",
+}
 
 
 def _load(name: str):

@@ -1,0 +1,591 @@
+"""Live-commentary evaluation: a model's timed lines against a timed transcript and/or the synthetic set's events.
+
+Inputs are the model's lines ``(start_s, end_s, text)`` as written by ``mmduplex stream`` (WebVTT, SRT or JSONL
+``{"start", "end", "text"}``; :func:`load_lines`), in video time. Words are lower-cased alphanumeric tokens, and a
+line's words are spread evenly over it (word ``i`` of ``n`` at ``start + i * (end - start) / n``).
+
+Against the synthetic set's **events** (:func:`event_metrics`, the figures ``mmduplex demo`` reports):
+
+- ``event_accuracy``: share of events whose colour, shape and action words all occur among the model's words timed
+  in ``[t, t + tolerance_s]``; ``median_latency_s`` / ``p90_latency_s``: over described events, the time of the
+  first word in that window naming the event's colour, shape or action, minus ``t``;
+- ``event_precision``: share of the model's lines that describe a real event (the line names its colour, shape and
+  action and starts in ``[t, t + tolerance_s]``); a model that says nothing has precision 0 (not undefined), so
+  silence scores badly on both figures; ``early_lines``: lines describing no event but naming one that happens
+  within ``tolerance_s`` after the line starts (said before it happened).
+
+Against a **transcript** (LiveCC JSONL; :func:`transcript_metrics`):
+
+- content: ROUGE-L F1 (mean over windows) and corpus BLEU-4 over consecutive ``window_s`` windows of the timeline
+  (torchmetrics), each window's model words against its reference words; windows where both are silent are skipped,
+  windows where only one side talks count (0), so talking over silence and silence over talk are both penalised;
+- timing: each reference word, in time order, is matched to the nearest unused equal model word within
+  ``tolerance_s`` of it (each model word matches at most once; ties go to the earlier word); ``word_recall`` =
+  matched / reference words, ``word_precision`` = matched / model words, latency = model time - reference time
+  (median, p90), ``early_words`` = matches said before the reference time;
+- ``talk_ratio``: model speaking time (union of its lines) / reference speaking time (union of its words).
+
+Aggregates over videos pool everything (micro): events, lines, windows, words and speaking time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import html
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from eval.base import EvalTask, markdown_table
+from mmduplex.errors import AnnotationError, InputError
+
+log = logging.getLogger(__name__)
+
+LINE_SUFFIXES = (".vtt", ".srt", ".jsonl")
+_VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
+_VTT_TIME = r"(?:(\d+):)?(\d{2}):(\d{2})[.,](\d{3})"
+_CUE_TIMING = re.compile(rf"^{_VTT_TIME}\s+-->\s+{_VTT_TIME}(?:\s.*)?$")
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of the model's commentary, in video time (s)."""
+
+    start: float
+    end: float
+    text: str
+
+
+class EventLike(Protocol):
+    """A described event (``mmduplex.data.synthetic.Event``)."""
+
+    t: float
+    colour: str
+    shape: str
+    action: str
+
+
+class WordLike(Protocol):
+    """A timed reference word (``mmduplex.data.transcripts.Word``), in video time."""
+
+    start: float
+    end: float
+    text: str
+
+
+# ------------------------------------------------------------------------------------------------------ line files
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased word tokens of ``text`` (letters/digits, inner apostrophes kept)."""
+    return _TOKEN.findall(text.lower())
+
+
+def _clock(groups: Sequence[str | None]) -> float:
+    hours, minutes, seconds, millis = groups
+    return int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1000
+
+
+def _cue_text(lines: Sequence[str]) -> str:
+    return html.unescape(re.sub(r"<[^>]*>", "", " ".join(line.strip() for line in lines))).strip()
+
+
+def _parse_cues(path: Path, text: str, blocks_start: int) -> list[Line]:
+    """Cues of a WebVTT / SRT body: blank-line separated blocks, each an optional id, a timing line, text lines."""
+    cues, lineno = [], 0
+    raw_lines = text.splitlines()
+    block: list[tuple[int, str]] = []
+    for lineno, raw in enumerate([*raw_lines, ""], start=1):
+        if raw.strip():
+            block.append((lineno, raw))
+            continue
+        if block and block[0][0] > blocks_start and not re.match(r"^(NOTE|STYLE|REGION)\b", block[0][1]):
+            timing = next((k for k, (_, s) in enumerate(block[:2]) if "-->" in s), None)
+            if timing is None:
+                raise AnnotationError(path, f"line {block[0][0]}: expected a cue timing 'HH:MM:SS.mmm --> ...'")
+            at, timing_line = block[timing]
+            match = _CUE_TIMING.match(timing_line.strip())
+            if match is None:
+                raise AnnotationError(path, f"line {at}: malformed cue timing {timing_line.strip()!r}")
+            start, end = _clock(match.groups()[:4]), _clock(match.groups()[4:])
+            if end < start:
+                raise AnnotationError(path, f"line {at}: cue ends ({end}) before it starts ({start})")
+            cues.append(Line(start, end, _cue_text([s for _, s in block[timing + 1 :]])))
+        block = []
+    return cues
+
+
+def load_vtt(path: str | os.PathLike) -> list[Line]:
+    """Read a WebVTT file (``WEBVTT`` header, then ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues; tags stripped)."""
+    path = Path(path)
+    text = _read_text(path).lstrip("\ufeff")
+    first = text.splitlines()[0] if text else ""
+    if not re.match(r"^WEBVTT(?:[ \t].*)?$", first):
+        raise AnnotationError(path, "not a WebVTT file (the first line must be 'WEBVTT')")
+    return _parse_cues(path, text, blocks_start=1)
+
+
+def load_srt(path: str | os.PathLike) -> list[Line]:
+    """Read an SRT file (numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``)."""
+    path = Path(path)
+    return _parse_cues(path, _read_text(path).lstrip("\ufeff"), blocks_start=0)
+
+
+def load_lines_jsonl(path: str | os.PathLike) -> list[Line]:
+    """Read a JSONL of ``{"start": s, "end": s, "text": str}`` lines (an empty file = a silent model)."""
+    path = Path(path)
+    lines = []
+    for lineno, raw in enumerate(_read_text(path).splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise AnnotationError(path, f"line {lineno}: malformed JSON ({exc.msg})") from exc
+        ok = isinstance(record, dict) and isinstance(record.get("text"), str)
+        times = [record.get("start"), record.get("end")] if ok else []
+        if not ok or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in times
+        ):
+            raise AnnotationError(path, f'line {lineno}: expected {{"start": s, "end": s, "text": str}}')
+        if times[1] < times[0]:
+            raise AnnotationError(path, f"line {lineno}: end {times[1]} before start {times[0]}")
+        lines.append(Line(float(times[0]), float(times[1]), record["text"]))
+    return lines
+
+
+def load_lines(path: str | os.PathLike) -> list[Line]:
+    """Read the model's timed lines from a ``.vtt``, ``.srt`` or ``.jsonl`` file, sorted by start time."""
+    path = Path(path)
+    loaders = {".vtt": load_vtt, ".srt": load_srt, ".jsonl": load_lines_jsonl}
+    if path.suffix.lower() not in loaders:
+        raise InputError(path, f"unknown commentary format (expected one of {', '.join(LINE_SUFFIXES)})")
+    return sorted(loaders[path.suffix.lower()](path), key=lambda line: line.start)
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise AnnotationError(path, "file not found")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(path, f"not UTF-8 text ({exc})") from exc
+
+
+def as_lines(lines: Iterable[Line | tuple[float, float, str]]) -> list[Line]:
+    """Accept :class:`Line` objects or ``(start, end, text)`` tuples."""
+    return [line if isinstance(line, Line) else Line(float(line[0]), float(line[1]), str(line[2])) for line in lines]
+
+
+def timed_words(lines: Iterable[Line | tuple[float, float, str]]) -> list[tuple[float, str]]:
+    """``(time, token)`` for every word of every line, spread evenly over the line, sorted by time."""
+    words = []
+    for line in as_lines(lines):
+        toks = tokens(line.text)
+        words += [(line.start + i * (line.end - line.start) / len(toks), tok) for i, tok in enumerate(toks)]
+    return sorted(words, key=lambda w: w[0])
+
+
+def _percentiles(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    median, p90 = np.percentile(np.asarray(values, dtype=np.float64), [50, 90])
+    return float(median), float(p90)
+
+
+def _union_s(spans: Iterable[tuple[float, float]]) -> float:
+    """Total length of the union of ``(start, end)`` intervals."""
+    total, cur_start, cur_end = 0.0, None, None
+    for start, end in sorted(spans):
+        if cur_end is None or start > cur_end:
+            total += 0.0 if cur_end is None else cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    return total + (0.0 if cur_end is None else cur_end - cur_start)
+
+
+# ---------------------------------------------------------------------------------------------------------- events
+
+
+def _event_words(event: EventLike) -> set[str]:
+    return {*tokens(event.colour), *tokens(event.shape), *tokens(event.action)}
+
+
+@dataclass
+class EventTally:
+    """Raw counts behind the event figures; tallies add up across videos (micro pooling)."""
+
+    events: int = 0
+    described: int = 0
+    latencies: list[float] = field(default_factory=list)
+    lines: int = 0
+    precise_lines: int = 0
+    early_lines: int = 0
+
+    def __iadd__(self, other: EventTally) -> EventTally:
+        self.events += other.events
+        self.described += other.described
+        self.latencies += other.latencies
+        self.lines += other.lines
+        self.precise_lines += other.precise_lines
+        self.early_lines += other.early_lines
+        return self
+
+    def metrics(self) -> dict[str, Any]:
+        """The figures (see the module docstring); accuracy is ``None`` without events."""
+        median, p90 = _percentiles(self.latencies)
+        return {
+            "event_accuracy": self.described / self.events if self.events else None,
+            "event_precision": self.precise_lines / self.lines if self.lines else 0.0,
+            "median_latency_s": median,
+            "p90_latency_s": p90,
+            "events": self.events,
+            "described": self.described,
+            "lines": self.lines,
+            "precise_lines": self.precise_lines,
+            "early_lines": self.early_lines,
+        }
+
+
+def tally_events(
+    lines: Iterable[Line | tuple[float, float, str]], events: Sequence[EventLike], tolerance_s: float = 3.0
+) -> EventTally:
+    """Match one video's lines against its events (see :func:`event_metrics`)."""
+    lines = as_lines(lines)
+    words = timed_words(lines)
+    tally = EventTally(events=len(events), lines=len(lines))
+    for event in events:
+        wanted = _event_words(event)
+        window = [(t, w) for t, w in words if event.t - _EPS <= t <= event.t + tolerance_s + _EPS]
+        if wanted <= {w for _, w in window}:
+            tally.described += 1
+            tally.latencies.append(min(t for t, w in window if w in wanted) - event.t)
+    for line in lines:
+        said = set(tokens(line.text))
+        named = [e for e in events if _event_words(e) <= said]
+        if any(e.t - _EPS <= line.start <= e.t + tolerance_s + _EPS for e in named):
+            tally.precise_lines += 1
+        elif any(line.start < e.t <= line.start + tolerance_s + _EPS for e in named):
+            tally.early_lines += 1
+    return tally
+
+
+def event_metrics(
+    lines: Iterable[Line | tuple[float, float, str]], events: Sequence[EventLike], tolerance_s: float = 3.0
+) -> dict[str, Any]:
+    """Event accuracy / precision / latency of one video's commentary (keys in :meth:`EventTally.metrics`)."""
+    return tally_events(lines, events, tolerance_s).metrics()
+
+
+def aggregate_event_metrics(
+    videos: Iterable[tuple[Iterable[Line | tuple[float, float, str]], Sequence[EventLike]]], tolerance_s: float = 3.0
+) -> dict[str, Any]:
+    """Event figures pooled over videos (micro): ``videos`` yields ``(lines, events)`` per video."""
+    total = EventTally()
+    for lines, events in videos:
+        total += tally_events(lines, events, tolerance_s)
+    return total.metrics()
+
+
+# ------------------------------------------------------------------------------------------------------ transcripts
+
+
+@dataclass
+class TranscriptTally:
+    """Raw material behind the transcript figures; tallies add up across videos (micro pooling)."""
+
+    window_preds: list[str] = field(default_factory=list)
+    window_refs: list[str] = field(default_factory=list)
+    reference_words: int = 0
+    model_words: int = 0
+    latencies: list[float] = field(default_factory=list)
+    model_speaking_s: float = 0.0
+    reference_speaking_s: float = 0.0
+
+    def __iadd__(self, other: TranscriptTally) -> TranscriptTally:
+        for name in ("window_preds", "window_refs", "latencies"):
+            getattr(self, name).extend(getattr(other, name))
+        self.reference_words += other.reference_words
+        self.model_words += other.model_words
+        self.model_speaking_s += other.model_speaking_s
+        self.reference_speaking_s += other.reference_speaking_s
+        return self
+
+    def metrics(self) -> dict[str, Any]:
+        """The figures (see the module docstring)."""
+        from torchmetrics.text.bleu import BLEUScore  # slow imports, only when scoring
+        from torchmetrics.text.rouge import ROUGEScore
+
+        rouge = bleu = None
+        if self.window_preds:
+            rouge_metric = ROUGEScore(rouge_keys=("rougeL",))  # rougeLsum / stemming would need nltk data
+            rouge = float(rouge_metric(self.window_preds, self.window_refs)["rougeL_fmeasure"])
+            bleu = float(BLEUScore(n_gram=4)(self.window_preds, [[ref] for ref in self.window_refs]))
+        median, p90 = _percentiles(self.latencies)
+        matched = len(self.latencies)
+        early = sum(latency < 0 for latency in self.latencies)
+        return {
+            "rougeL": rouge,
+            "bleu": bleu,
+            "windows": len(self.window_preds),
+            "word_recall": matched / self.reference_words if self.reference_words else None,
+            "word_precision": matched / self.model_words if self.model_words else 0.0,
+            "median_latency_s": median,
+            "p90_latency_s": p90,
+            "early_words": early,
+            "early_word_rate": early / matched if matched else None,
+            "talk_ratio": self.model_speaking_s / self.reference_speaking_s if self.reference_speaking_s else None,
+            "model_speaking_s": self.model_speaking_s,
+            "reference_speaking_s": self.reference_speaking_s,
+            "reference_words": self.reference_words,
+            "model_words": self.model_words,
+            "matched_words": matched,
+        }
+
+
+def tally_transcript(
+    lines: Iterable[Line | tuple[float, float, str]],
+    reference: Sequence[WordLike],
+    tolerance_s: float = 3.0,
+    window_s: float = 10.0,
+) -> TranscriptTally:
+    """Compare one video's lines with its reference words (both in video time)."""
+    if not window_s > 0:
+        raise InputError("window_s", f"must be > 0, got {window_s}")
+    lines = as_lines(lines)
+    model = timed_words(lines)
+    ref = sorted(((w.start, tok) for w in reference for tok in tokens(w.text)), key=lambda x: x[0])
+    tally = TranscriptTally(reference_words=len(ref), model_words=len(model))
+    tally.model_speaking_s = _union_s((line.start, line.end) for line in lines)
+    tally.reference_speaking_s = _union_s((w.start, w.end) for w in reference)
+
+    times = [t for t, _ in model]
+    used = [False] * len(model)
+    for t_ref, tok in ref:
+        lo = bisect.bisect_left(times, t_ref - tolerance_s - _EPS)
+        hi = bisect.bisect_right(times, t_ref + tolerance_s + _EPS)
+        candidates = [k for k in range(lo, hi) if not used[k] and model[k][1] == tok]
+        if candidates:
+            best = min(candidates, key=lambda k: (abs(times[k] - t_ref), times[k]))  # nearest; tie -> earlier
+            used[best] = True
+            tally.latencies.append(times[best] - t_ref)
+
+    end = max([t for t, _ in model] + [t for t, _ in ref], default=0.0)
+    for k in range(int(end // window_s) + 1):
+        lo, hi = k * window_s, (k + 1) * window_s
+        pred = " ".join(w for t, w in model if lo <= t < hi)
+        target = " ".join(w for t, w in ref if lo <= t < hi)
+        if pred or target:
+            tally.window_preds.append(pred)
+            tally.window_refs.append(target)
+    return tally
+
+
+def transcript_metrics(
+    lines: Iterable[Line | tuple[float, float, str]],
+    reference: Sequence[WordLike],
+    tolerance_s: float = 3.0,
+    window_s: float = 10.0,
+) -> dict[str, Any]:
+    """Content (ROUGE-L, BLEU), timing and talk-ratio figures of one video's commentary against a transcript."""
+    return tally_transcript(lines, reference, tolerance_s, window_s).metrics()
+
+
+def aggregate_transcript_metrics(
+    videos: Iterable[tuple[Iterable[Line | tuple[float, float, str]], Sequence[WordLike]]],
+    tolerance_s: float = 3.0,
+    window_s: float = 10.0,
+) -> dict[str, Any]:
+    """Transcript figures pooled over videos (micro): ``videos`` yields ``(lines, reference words)`` per video."""
+    total = TranscriptTally()
+    for lines, reference in videos:
+        total += tally_transcript(lines, reference, tolerance_s, window_s)
+    return total.metrics()
+
+
+# -------------------------------------------------------------------------------------------------------------- task
+
+
+def video_key(name: str | os.PathLike) -> str:
+    """The key pairing outputs with references: the file name without a video / commentary suffix."""
+    path = Path(name)
+    return path.stem if path.suffix.lower() in (*_VIDEO_SUFFIXES, *LINE_SUFFIXES) else path.name
+
+
+def load_references(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """Read LiveCC transcripts and/or ``events.jsonl`` files (told apart by their first record).
+
+    Returns:
+        ``(words, events)``: video key -> reference words in video time, video key -> events.
+    """
+    from mmduplex.data.synthetic import load_events
+    from mmduplex.data.transcripts import Word, load_livecc_jsonl
+
+    words: dict[str, list[Any]] = {}
+    events: dict[str, list[Any]] = {}
+    for path in map(Path, paths):
+        first = next((line for line in _read_text(path).splitlines() if line.strip()), None)
+        try:
+            record = json.loads(first) if first is not None else None
+        except json.JSONDecodeError as exc:
+            raise AnnotationError(path, f"malformed JSON on the first record ({exc.msg})") from exc
+        if isinstance(record, list):  # a LiveCC conversation
+            for clip in load_livecc_jsonl(path):
+                shifted = [Word(clip.start_s + w.start, clip.start_s + w.end, w.text) for w in clip.words]
+                words.setdefault(video_key(clip.video or path), []).extend(shifted)
+        elif isinstance(record, dict) and "events" in record:
+            for video, video_events in load_events(path).items():
+                events.setdefault(video_key(video), []).extend(video_events)
+        else:
+            raise AnnotationError(path, "neither a LiveCC transcript JSONL nor an events.jsonl")
+    for key in words:
+        words[key].sort(key=lambda w: w.start)
+    for key in events:
+        events[key].sort(key=lambda e: e.t)
+    return words, events
+
+
+def collect_predictions(paths: Sequence[str | os.PathLike]) -> dict[str, Path]:
+    """Video key -> commentary file, from files and folders (a folder contributes its .vtt / .srt / .jsonl files)."""
+    found: dict[str, Path] = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in LINE_SUFFIXES)
+            if not files:
+                raise InputError(path, f"no commentary files ({', '.join(LINE_SUFFIXES)}) in the folder")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise InputError(path, "commentary file or folder not found")
+        for file in files:
+            key = video_key(file)
+            if key in found:
+                raise InputError(file, f"second commentary for video {key!r} (also {found[key]}); pass one per video")
+            found[key] = file
+    return found
+
+
+class CommentaryEval(EvalTask):
+    """Live-commentary quality and timing of the model's outputs against transcripts and/or events.
+
+    Args:
+        predictions: commentary files (.vtt / .srt / .jsonl) or folders of them, one file per video (named after it).
+        references: LiveCC transcript JSONL and/or synthetic ``events.jsonl`` files.
+        tolerance_s: how late (events; both ways for transcript words) a matching word may come (s).
+        window_s: window length (s) of the ROUGE-L / BLEU segments.
+    """
+
+    name = "commentary"
+    help = "Live commentary: event accuracy/precision/latency and transcript ROUGE-L, BLEU, word timing, talk ratio."
+    defaults = {"predictions": None, "reference": None, "tolerance": 3.0, "window": 10.0}
+    required = ("predictions", "reference")
+
+    def __init__(
+        self,
+        predictions: Sequence[str | os.PathLike],
+        references: Sequence[str | os.PathLike],
+        tolerance_s: float = 3.0,
+        window_s: float = 10.0,
+    ) -> None:
+        if not tolerance_s >= 0:
+            raise InputError("tolerance", f"must be >= 0 seconds, got {tolerance_s}")
+        if not window_s > 0:
+            raise InputError("window", f"must be > 0 seconds, got {window_s}")
+        self.predictions = [Path(p) for p in predictions]
+        self.references = [Path(p) for p in references]
+        self.tolerance_s = tolerance_s
+        self.window_s = window_s
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {
+            "predictions": [str(p) for p in self.predictions],
+            "references": [str(p) for p in self.references],
+            "tolerance_s": self.tolerance_s,
+            "window_s": self.window_s,
+            "bleu": "corpus BLEU-4 over windows (torchmetrics)",
+            "rouge": "ROUGE-L F1, mean over windows (torchmetrics)",
+        }
+
+    def run(self) -> dict[str, Any]:
+        words, events = load_references(self.references)
+        outputs = collect_predictions(self.predictions)
+        per_video: dict[str, dict[str, Any]] = {}
+        event_total, transcript_total = EventTally(), TranscriptTally()
+        for key, file in outputs.items():
+            if key not in words and key not in events:
+                raise InputError(file, f"no reference for video {key!r} in {', '.join(map(str, self.references))}")
+            lines = load_lines(file)
+            per_video[key] = {"file": str(file)}
+            if key in events:
+                tally = tally_events(lines, events[key], self.tolerance_s)
+                event_total += tally
+                per_video[key]["events"] = tally.metrics()
+            if key in words:
+                tally = tally_transcript(lines, words[key], self.tolerance_s, self.window_s)
+                transcript_total += tally
+                per_video[key]["transcript"] = tally.metrics()
+        overall: dict[str, Any] = {"videos": len(per_video)}
+        if any("events" in v for v in per_video.values()):
+            overall["events"] = event_total.metrics()
+        if any("transcript" in v for v in per_video.values()):
+            overall["transcript"] = transcript_total.metrics()
+        return {"overall": overall, "per_video": per_video, "settings": self.settings}
+
+    def markdown(self, results: Mapping[str, Any]) -> str:
+        parts = ["# Live commentary\n", f"tolerance {self.tolerance_s} s, windows {self.window_s} s\n"]
+        families = (
+            ("events", ["event_accuracy", "event_precision", "median_latency_s", "p90_latency_s", "events", "lines"]),
+            ("transcript", ["rougeL", "bleu", "word_recall", "median_latency_s", "early_words", "talk_ratio"]),
+        )
+        for family, columns in families:
+            if family not in results["overall"]:
+                continue
+            rows = [[key, *(v[family][c] for c in columns)] for key, v in results["per_video"].items() if family in v]
+            rows.append(["**all**", *(results["overall"][family][c] for c in columns)])
+            parts.append(f"\n## {family}\n\n" + markdown_table(["video", *columns], rows))
+        return "\n".join(parts)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        s = argparse.SUPPRESS
+        parser.add_argument(
+            "--predictions",
+            action="append",
+            default=s,
+            metavar="PATH",
+            help="commentary .vtt/.srt/.jsonl file or folder, named after its video (repeatable)",
+        )
+        parser.add_argument(
+            "--reference",
+            action="append",
+            default=s,
+            metavar="FILE",
+            help="LiveCC transcripts.jsonl and/or synthetic events.jsonl (repeatable)",
+        )
+        parser.add_argument(
+            "--tolerance",
+            type=float,
+            default=s,
+            metavar="S",
+            help="seconds a matching word may come after the event / reference word (3.0)",
+        )
+        parser.add_argument(
+            "--window", type=float, default=s, metavar="S", help="window length in seconds for ROUGE-L / BLEU (10.0)"
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> CommentaryEval:
+        return cls(settings["predictions"], settings["reference"], settings["tolerance"], settings["window"])

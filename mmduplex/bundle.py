@@ -1,0 +1,286 @@
+"""Inference bundles of the duplex model: ``export_bundle`` (Lightning checkpoint -> folder) and ``load_bundle``.
+
+A bundle folder holds::
+
+    config.json                  {"kind": "mmduplex-duplex", "format_version": 1, step_hz, delay_steps, slots, encoder,
+                                  fps, backbone config, video tokenizer description, text tokenizer settings, ...}
+    model.safetensors            the DuplexLM weights (backbone incl. LoRA adapters, projector, stream embeddings)
+    video_tokenizer.safetensors  the frozen video tokenizer's weights
+    text_tokenizer/              tokenizer.json + text_tokenizer.json
+
+so ``mmduplex stream`` / ``mmduplex eval`` need no other flags. Loading reads JSON and safetensors only (no pickle,
+no network: the backbone is rebuilt from its stored config); a bundle of another kind is refused with a
+:class:`~mmduplex.errors.CheckpointError`. Checkpoints are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from mmduplex.errors import CheckpointError
+from mmduplex.fileio import atomic_dir, write_json_atomic
+from mmduplex.model import DuplexLM, LoraSettings, apply_lora, build_backbone
+from mmduplex.text import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+DUPLEX_KIND = "mmduplex-duplex"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+VIDEO_TOKENIZER_FILE = "video_tokenizer.safetensors"
+TEXT_TOKENIZER_DIR = "text_tokenizer"
+_TOKENIZER_PACKAGE = "tokenizer."  # bundles may only name video tokenizer classes of this package
+
+
+@dataclass
+class DuplexBundle:
+    """A loaded inference bundle."""
+
+    model: DuplexLM
+    """The duplex LM (eval mode)."""
+    text_tokenizer: TextTokenizer
+    """Text tokenizer with PAD / EPAD."""
+    video_tokenizer: nn.Module
+    """The frozen video tokenizer (eval mode)."""
+    config: dict[str, Any]
+    """The bundle's ``config.json``."""
+
+    @property
+    def step_hz(self) -> float:
+        return float(self.config["step_hz"])
+
+    @property
+    def delay_steps(self) -> int:
+        return int(self.config["delay_steps"])
+
+    @property
+    def slots_per_step(self) -> int:
+        return int(self.config["slots_per_step"])
+
+    @property
+    def encoder(self) -> dict | None:
+        """The feature encoder's fingerprint (``model``, ``pretrained``, ``weights_sha256``, ``image_size``)."""
+        return self.config.get("encoder")
+
+    @property
+    def encoder_spec(self) -> str | None:
+        """``MODEL[:PRETRAINED]`` of the encoder, for :func:`tokenizer.encoder.create_encoder`."""
+        enc = self.encoder
+        if not enc:
+            return None
+        return f"{enc['model']}:{enc['pretrained']}" if enc.get("pretrained") else str(enc["model"])
+
+    @property
+    def fps(self) -> float | None:
+        return None if self.config.get("fps") is None else float(self.config["fps"])
+
+
+# ---------------------------------------------------------------------- video tokenizer description
+
+
+def describe_video_tokenizer(tokenizer: nn.Module, given: Any = None) -> dict[str, Any] | None:
+    """A JSON description ``{"class_path", "init_args"}`` that rebuilds ``tokenizer`` (weights aside).
+
+    Taken from, in order: a dataclass ``config`` attribute (B-Flow), an ``init_args()`` method, or the
+    ``class_path`` / ``init_args`` the CLI was given (``given``) when it names the tokenizer's own class.
+
+    Returns:
+        The description, or ``None`` (with a warning) when none of these is available; export then fails.
+    """
+    cls = type(tokenizer)
+    class_path = f"{cls.__module__}.{cls.__qualname__}"
+    config = getattr(tokenizer, "config", None)
+    if is_dataclass(config) and not isinstance(config, type):
+        return {"class_path": class_path, "init_args": {"config": json.loads(json.dumps(asdict(config)))}}
+    if callable(getattr(tokenizer, "init_args", None)):
+        return {"class_path": class_path, "init_args": json.loads(json.dumps(tokenizer.init_args()))}
+    if isinstance(given, dict) and given.get("class_path") == class_path:
+        return {"class_path": class_path, "init_args": json.loads(json.dumps(given.get("init_args") or {}))}
+    log.warning(
+        "cannot describe video tokenizer %s for an inference bundle (no `config` dataclass, no `init_args()`, not "
+        "configured by class_path): training works, export will fail",
+        class_path,
+    )
+    return None
+
+
+def build_video_tokenizer(spec: Any, source: str | os.PathLike = "bundle") -> nn.Module:
+    """Instantiate a video tokenizer from :func:`describe_video_tokenizer`'s description.
+
+    Raises:
+        CheckpointError: no description, a class outside the ``tokenizer`` package, or bad init args.
+    """
+    from jsonargparse import ArgumentParser
+
+    from tokenizer.base import VideoTokenizer
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
+        raise CheckpointError(source, "no usable video tokenizer description (class_path, init_args)")
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    if not spec["class_path"].startswith(_TOKENIZER_PACKAGE):
+        raise CheckpointError(source, f"video tokenizer class {spec['class_path']!r} is not in the tokenizer package")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise CheckpointError(source, f"unknown video tokenizer class {spec['class_path']!r}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, VideoTokenizer)):
+        raise CheckpointError(source, f"{spec['class_path']!r} is not a VideoTokenizer")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "tokenizer", fail_untyped=False)
+    try:
+        cfg = parser.parse_object({"tokenizer": spec.get("init_args") or {}})
+        return parser.instantiate_classes(cfg).tokenizer
+    except Exception as exc:  # jsonargparse's ArgumentError or the class's own InputError
+        raise CheckpointError(source, f"cannot build video tokenizer {spec['class_path']}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------- building from a config
+
+
+def build_duplex_model(config: dict[str, Any], attn_implementation: str | None = None) -> DuplexLM:
+    """A randomly initialised :class:`DuplexLM` shaped by a bundle / checkpoint config (no network)."""
+    backbone = build_backbone(
+        dict(config["backbone"]), torch_dtype=config.get("torch_dtype"), attn_implementation=attn_implementation
+    )
+    if config.get("finetune") == "lora":
+        apply_lora(backbone, LoraSettings(**config["lora"]))
+    return DuplexLM(
+        backbone,
+        vocab_size=int(config["vocab_size"]),
+        pad_id=int(config["pad_id"]),
+        epad_id=int(config["epad_id"]),
+        token_dim=int(config["token_dim"]),
+        slots_per_step=int(config["slots_per_step"]),
+        projector_hidden=config.get("projector_hidden"),
+    )
+
+
+def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A Lightning checkpoint as plain containers and tensors (``weights_only=True``).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or holds anything but plain values and tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip / pickle / unsafe-global errors of every flavour
+        raise CheckpointError(path, f"not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(path, f"not a Lightning checkpoint (a {type(ckpt).__name__})")
+    return ckpt
+
+
+def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write the inference bundle of a Lightning checkpoint (atomically).
+
+    A duplex checkpoint (:class:`mmduplex.module.DuplexModule`) gives a duplex bundle; a B-Flow tokenizer
+    checkpoint gives a tokenizer bundle (:meth:`tokenizer.bflow.BFlowTokenizer.save_pretrained`).
+
+    Raises:
+        CheckpointError: unreadable checkpoint, another kind, or weights that do not fit the stored config.
+    """
+    ckpt = read_checkpoint(checkpoint)
+    kind = ckpt.get("mmduplex_kind")
+    if kind == "bflow-tokenizer":
+        from tokenizer.bflow import BFlowTokenizer
+
+        return BFlowTokenizer.from_checkpoint(checkpoint).save_pretrained(out_dir)
+    if kind != DUPLEX_KIND:
+        raise CheckpointError(checkpoint, f"checkpoint of kind {kind!r}, expected a duplex model ({DUPLEX_KIND!r})")
+    config = dict(ckpt.get("duplex_config") or {})
+    state = ckpt.get("state_dict") or {}
+    if not config or not state:
+        raise CheckpointError(checkpoint, "the checkpoint holds no duplex config or no weights")
+    tokenizer_json = config.pop("text_tokenizer_json")
+    text_tokenizer = TextTokenizer.from_json(tokenizer_json, config["text_tokenizer"])
+    if config.get("video_tokenizer") is None:
+        raise CheckpointError(checkpoint, "the video tokenizer was not described at training time; cannot export it")
+    model = build_duplex_model(config)
+    video_tokenizer = build_video_tokenizer(config["video_tokenizer"], checkpoint)
+    try:
+        model.load_state_dict(_sub_state(state, "model."), strict=True)
+        video_tokenizer.load_state_dict(_sub_state(state, "video_tokenizer."), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(checkpoint, f"weights do not match the stored config: {str(exc)[:300]}") from exc
+    config = {"kind": DUPLEX_KIND, "format_version": FORMAT_VERSION, **config}
+    with atomic_dir(out_dir) as tmp:
+        save_model(model, str(tmp / MODEL_FILE))
+        tokenizer_state = {k: v.detach().cpu().contiguous() for k, v in video_tokenizer.state_dict().items()}
+        save_file(tokenizer_state, str(tmp / VIDEO_TOKENIZER_FILE))
+        text_tokenizer.save(tmp / TEXT_TOKENIZER_DIR)
+        write_json_atomic(tmp / CONFIG_FILE, config)
+    log.info("wrote duplex bundle %s", out_dir)
+    return Path(out_dir)
+
+
+def read_bundle_config(bundle_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a duplex bundle, checked for kind and format version.
+
+    Raises:
+        CheckpointError: no folder, no or malformed ``config.json``, another kind, or an unknown format version.
+    """
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise CheckpointError(bundle_dir, "no such bundle folder")
+    path = bundle_dir / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(bundle_dir, f"not an inference bundle ({CONFIG_FILE} missing)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(path, f"malformed JSON ({exc})") from exc
+    kind = config.get("kind") if isinstance(config, dict) else None
+    if kind != DUPLEX_KIND:
+        raise CheckpointError(path, f"bundle of kind {kind!r}, expected a duplex model bundle ({DUPLEX_KIND!r})")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(path, f"format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
+    return config
+
+
+def load_bundle(
+    bundle_dir: str | os.PathLike, device: str | torch.device = "cpu", attn_implementation: str | None = None
+) -> DuplexBundle:
+    """Load a duplex inference bundle (JSON + safetensors only, no network).
+
+    Args:
+        bundle_dir: the folder written by :func:`export_bundle`.
+        device: where to put the model and video tokenizer.
+        attn_implementation: backbone attention (``None``: flash-attn 2 on CUDA when installed, else sdpa).
+
+    Raises:
+        CheckpointError: a missing folder or file, a bundle of another kind, or weights that do not fit.
+    """
+    bundle_dir = Path(bundle_dir)
+    config = read_bundle_config(bundle_dir)
+    text_tokenizer = TextTokenizer.load(bundle_dir / TEXT_TOKENIZER_DIR)
+    model = build_duplex_model(config, attn_implementation)
+    video_tokenizer = build_video_tokenizer(config.get("video_tokenizer"), bundle_dir / CONFIG_FILE)
+    for file in (MODEL_FILE, VIDEO_TOKENIZER_FILE):
+        if not (bundle_dir / file).is_file():
+            raise CheckpointError(bundle_dir / file, "missing from the bundle")
+    try:
+        load_model(model, str(bundle_dir / MODEL_FILE), strict=True)
+        video_tokenizer.load_state_dict(load_file(str(bundle_dir / VIDEO_TOKENIZER_FILE)), strict=True)
+    except Exception as exc:  # safetensors' own errors for corrupt files, RuntimeError for mismatched keys
+        raise CheckpointError(bundle_dir, f"weights do not fit the bundle config ({str(exc)[:300]})") from exc
+    model.to(device).eval()
+    video_tokenizer.to(device).eval().requires_grad_(False)
+    return DuplexBundle(model=model, text_tokenizer=text_tokenizer, video_tokenizer=video_tokenizer, config=config)

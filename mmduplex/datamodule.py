@@ -1,0 +1,263 @@
+"""``DuplexDataModule``: windows of timed transcripts (LiveCC JSONL) over a feature cache, for duplex training.
+
+A sample is one window of one clip: the video's cache key, the clip's start in the video, the window's offset and
+length (seconds) and the clip's words and user questions. :class:`mmduplex.module.DuplexModule` puts samples on
+its step grid (so the stream settings live in the model only) and tokenizes the cached features with its frozen
+video tokenizer.
+
+By default (no ``transcripts``) it uses the synthetic commentary set, built on first use together with its feature
+cache by :meth:`tokenizer.datamodule.FeatureDataModule.prepare_data`; its ``split.json`` gives train / held-out.
+
+Training order: :class:`WindowSampler` shuffles with a generator seeded by ``(seed, epoch)`` and shards over
+ranks; the number of batches already trained in the current epoch is checkpointed (:meth:`state_dict`), and a
+resumed run skips exactly those, so it sees the same batches as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from mmduplex.data.transcripts import TimedClip, load_livecc_jsonl
+from mmduplex.errors import CacheError, InputError
+
+log = logging.getLogger(__name__)
+
+
+class WindowDataset(Dataset):
+    """A list of window samples (plain dicts)."""
+
+    def __init__(self, samples: list[dict[str, Any]]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.samples[index]
+
+
+def collate_windows(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batches stay lists of window descriptions; the model makes the tensors."""
+    return list(samples)
+
+
+class WindowSampler(DistributedSampler):
+    """Seeded shuffling by ``(seed, epoch)``, sharded over ranks, able to skip the batches a resumed run has seen.
+
+    Args:
+        dataset: the training windows.
+        num_replicas: world size.
+        rank: this process's rank.
+        seed: shuffling seed.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.resume_epoch: int | None = None
+        self.resume_skip = 0
+
+    def resume(self, epoch: int, skip: int) -> None:
+        """Make epoch ``epoch`` start after its first ``skip`` samples (of this rank)."""
+        self.resume_epoch, self.resume_skip = int(epoch), int(skip)
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        if self.epoch == self.resume_epoch:
+            indices = indices[self.resume_skip :]
+        return iter(indices)
+
+
+def clip_windows(duration_s: float, window_s: float, stride_s: float) -> list[float]:
+    """Window offsets covering ``[0, duration_s]``: every ``stride_s``, the last one ending at the clip's end."""
+    if duration_s <= window_s:
+        return [0.0]
+    count = math.ceil((duration_s - window_s) / stride_s - 1e-9) + 1
+    return sorted({round(min(k * stride_s, duration_s - window_s), 6) for k in range(count)})
+
+
+class DuplexDataModule(LightningDataModule):
+    """Windows of timed transcripts + a feature cache.
+
+    Args:
+        window_s: window length (s); the model makes ``round(window_s * step_hz)`` steps of it.
+        features: the feature cache folder (``mmduplex features``); built here for the synthetic set.
+        transcripts: LiveCC JSONL of the training clips (``None``: the synthetic set in ``synthetic_dir``).
+        val_transcripts: LiveCC JSONL of the validation clips (``None``: the synthetic held-out split, or none).
+        video_root: folder the transcripts' relative video paths are resolved against (default: the JSONL's).
+        window_stride_s: distance between window starts (``None``: ``window_s``, no overlap).
+        batch_size: windows per batch (per device).
+        num_workers: data-loading processes.
+        seed: seed of the window order.
+        synthetic_dir: where the synthetic set lives / is generated when ``transcripts`` is ``None``.
+        synthetic_videos: number of synthetic videos to generate (``None``: the generator's default).
+        encoder: encoder spec used when building the synthetic set's cache.
+        fps: frame rate used when building the synthetic set's cache.
+    """
+
+    def __init__(
+        self,
+        window_s: float,
+        features: str,
+        transcripts: str | None = None,
+        val_transcripts: str | None = None,
+        video_root: str | None = None,
+        window_stride_s: float | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        synthetic_dir: str | None = None,
+        synthetic_videos: int | None = None,
+        encoder: str = "mmduplex-tiny",
+        fps: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if not window_s > 0 or batch_size < 1 or num_workers < 0:
+            raise InputError("data", f"need window_s > 0, batch_size >= 1, num_workers >= 0; got {window_s}, {batch_size}, {num_workers}")
+        if transcripts is None and synthetic_dir is None:
+            raise InputError("data", "give `transcripts` (LiveCC JSONL) or `synthetic_dir` (the synthetic set)")
+        self.window_s = float(window_s)
+        self.window_stride_s = float(window_stride_s or window_s)
+        self.features = features
+        self.transcripts = transcripts
+        self.val_transcripts = val_transcripts
+        self.video_root = video_root
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.synthetic_dir = synthetic_dir
+        self.synthetic_videos = synthetic_videos
+        self.encoder = encoder
+        self.fps = fps
+        self.cache = None
+        self.train_samples: list[dict[str, Any]] = []
+        self.val_samples: list[dict[str, Any]] = []
+        self._resume: dict[str, int] | None = None
+
+    def prepare_data(self) -> None:
+        """Build the synthetic set and its feature cache on first use (when no ``transcripts`` are given)."""
+        if self.transcripts is not None:
+            return
+        from tokenizer.datamodule import FeatureDataModule
+
+        FeatureDataModule(
+            cache_dir=self.features,
+            synthetic_dir=self.synthetic_dir,
+            synthetic_videos=self.synthetic_videos,
+            encoder=self.encoder,
+            fps=self.fps,
+        ).prepare_data()
+
+    def _clips(self) -> tuple[list[TimedClip], list[TimedClip]]:
+        if self.transcripts is not None:
+            train = load_livecc_jsonl(self.transcripts, self.video_root)
+            val = load_livecc_jsonl(self.val_transcripts, self.video_root) if self.val_transcripts else []
+            return train, val
+        from mmduplex.data.synthetic import SyntheticDataset
+
+        dataset = SyntheticDataset(self.synthetic_dir)
+        clips = load_livecc_jsonl(dataset.transcripts_path)
+        by_split = {split: set(dataset.video_ids(split)) for split in ("train", "heldout")}
+        stem = lambda clip: Path(clip.video).stem  # noqa: E731
+        return [c for c in clips if stem(c) in by_split["train"]], [c for c in clips if stem(c) in by_split["heldout"]]
+
+    def _samples(self, clips: list[TimedClip]) -> list[dict[str, Any]]:
+        from mmduplex.features import video_key
+
+        entries = self.cache.entries()
+        by_source = {str(Path(e["source"]).resolve()): key for key, e in entries.items()}
+        samples = []
+        for clip in clips:
+            key = by_source.get(str(Path(clip.video).resolve()), video_key(clip.video))
+            if key not in entries:
+                raise CacheError(self.features, f"no features for video {clip.video} (key {key!r}); run `mmduplex features`")
+            end = clip.end_s if clip.end_s is not None else float(entries[key]["duration_s"])
+            words = [[w.start, w.end, w.text] for w in clip.words]
+            query = clip.meta.get("query")
+            questions = [[0.0, str(query)]] if isinstance(query, str) and query.strip() else []
+            for offset in clip_windows(end - clip.start_s, self.window_s, self.window_stride_s):
+                samples.append(
+                    {
+                        "key": key,
+                        "clip_start_s": float(clip.start_s),
+                        "offset_s": offset,
+                        "window_s": self.window_s,
+                        "words": words,
+                        "questions": questions,
+                    }
+                )
+        return samples
+
+    def setup(self, stage: str | None = None) -> None:
+        from mmduplex.features import FeatureCache
+
+        if self.cache is not None:
+            return
+        self.cache = FeatureCache(self.features)
+        train, val = self._clips()
+        self.train_samples, self.val_samples = self._samples(train), self._samples(val)
+        if not self.train_samples:
+            raise InputError(self.transcripts or self.synthetic_dir, "no training clips")
+        log.info("duplex windows: %d train / %d val", len(self.train_samples), len(self.val_samples))
+
+    def feature_info(self) -> dict[str, Any]:
+        """The cache's folder, encoder fingerprint, fps and per-frame patch shape ``(P, D)``."""
+        self.setup()
+        record = self.cache.load(self.train_samples[0]["key"])
+        return {
+            "cache_dir": self.features,
+            "encoder": self.cache.fingerprint,
+            "fps": self.cache.fps,
+            "patch_shape": tuple(record.patches.shape[1:]),
+        }
+
+    def load_features(self, key: str):
+        """One video's cached features (:class:`mmduplex.features.FeatureRecord`)."""
+        self.setup()
+        return self.cache.load(key)
+
+    def _loader(self, samples: list[dict[str, Any]], sampler: Any = None) -> DataLoader:
+        return DataLoader(
+            WindowDataset(samples),
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_windows,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        dataset = WindowDataset(self.train_samples)
+        sampler = WindowSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
+        if self._resume is not None:
+            sampler.resume(self._resume["epoch"], self._resume["batches"] * self.batch_size)
+        return self._loader(self.train_samples, sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_samples) if self.val_samples else []
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch and batches already trained in it (read from the trainer when the checkpoint is written)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": int(trainer.current_epoch), "batches": int(progress.processed), "seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Remember where the checkpointed run was; the next training loader skips what it had trained."""
+        if state_dict:
+            if state_dict.get("seed", self.seed) != self.seed:
+                log.warning("resuming with data seed %s, the checkpoint used %s", self.seed, state_dict["seed"])
+            self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}

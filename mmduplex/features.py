@@ -1,0 +1,583 @@
+"""The frozen-CLIP feature cache (``DIR/index.json`` + one ``DIR/<key>.safetensors`` shard per video) and the
+extraction job that fills it (``mmduplex features``).
+
+A shard holds ``patches`` ``[T, P, D]`` float16, ``pooled`` ``[T, E]`` float16 and ``timestamps`` ``[T]`` float64,
+and its safetensors metadata repeats the encoder fingerprint, fps, source and duration, so an index can be
+rebuilt from the shards alone. The index records the format version, the encoder fingerprint, the fps and one
+entry per video (file, source, frames, duration, size in bytes). One cache holds one encoder at one fps: opening
+it for another is refused. Shards and index are written atomically (temporary file + rename), the shard first,
+so a run killed at any point leaves only complete files; a re-run skips finished videos and adopts shards whose
+index update was lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+from mmduplex.errors import CacheError, InputError, MMDuplexError
+from mmduplex.fileio import atomic_path, write_json_atomic
+from mmduplex.video import read_video
+from tokenizer.encoder import FrozenCLIP, create_encoder
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "mmduplex-features"
+VERSION = 1
+INDEX_NAME = "index.json"
+SHARD_SUFFIX = ".safetensors"
+INDEX_FLUSH_S = 10.0  # extract_features rewrites the index at most this often (lost entries are re-adopted)
+
+
+@dataclass
+class FeatureRecord:
+    """The cached features of one video."""
+
+    patches: torch.Tensor  # [T, P, D] patch tokens
+    pooled: torch.Tensor  # [T, E] pooled embeddings
+    timestamps: torch.Tensor  # [T] float64 frame times (s)
+    duration_s: float  # duration of the source video (s)
+    source: str  # the source video's path
+
+    def check(self) -> None:
+        """Raise :class:`InputError` unless the tensors are ``[T, P, D]``, ``[T, E]``, ``[T]`` with one ``T``."""
+        shapes = f"patches {tuple(self.patches.shape)}, pooled {tuple(self.pooled.shape)}, "
+        shapes += f"timestamps {tuple(self.timestamps.shape)}"
+        if self.patches.ndim != 3 or self.pooled.ndim != 2 or self.timestamps.ndim != 1:
+            raise InputError(self.source, f"expected [T, P, D], [T, E], [T]; got {shapes}")
+        if not self.patches.shape[0] == self.pooled.shape[0] == self.timestamps.shape[0]:
+            raise InputError(self.source, f"frame counts differ: {shapes}")
+
+
+@dataclass
+class ExtractReport:
+    """What an :func:`extract_features` run did."""
+
+    out_dir: str
+    encoded: list[str] = field(default_factory=list)  # keys encoded by this run
+    skipped: list[str] = field(default_factory=list)  # keys already done (or adopted from a killed run)
+    failed: dict[str, str] = field(default_factory=dict)  # video path -> problem
+    frames: int = 0  # frames encoded by this run
+    seconds: float = 0.0  # wall time of the run
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line: counts, throughput and the cache folder."""
+        return (
+            f"features: {len(self.encoded)} encoded, {len(self.skipped)} skipped (done), {len(self.failed)} failed; "
+            f"{self.frames} frames in {self.seconds:.1f} s ({self.frames_per_second:.1f} frames/s) -> {self.out_dir}"
+        )
+
+
+def video_key(path: str | os.PathLike, hashed: bool = False) -> str:
+    """The cache key of a video: its file stem with unsafe characters replaced by ``_``.
+
+    Args:
+        path: the video file.
+        hashed: append ``-`` and 8 hex digits of the SHA-1 of the absolute path (used on a stem collision).
+    """
+    key = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem).strip("._") or "video"
+    if hashed:
+        key += "-" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:8]
+    return key
+
+
+def _describe(fingerprint: dict) -> str:
+    name, sha = str(fingerprint.get("model")), str(fingerprint.get("weights_sha256"))
+    name += f":{fingerprint['pretrained']}" if fingerprint.get("pretrained") else ""
+    return f"{name} (weights {sha[:12]}, {fingerprint.get('image_size')} px)"
+
+
+class FeatureCache:
+    """A folder of per-video feature shards with an index, for one encoder at one fps.
+
+    Args:
+        root: the cache folder.
+        fingerprint: the encoder's fingerprint; an existing cache made by another encoder is refused.
+        fps: the sampling rate; an existing cache made at another rate is refused.
+        create: create the cache (and its index) if ``root`` has none; also removes temporary files left by a
+            killed run. Needs ``fingerprint`` and ``fps``.
+
+    Raises:
+        CacheError: no cache at ``root`` (and not ``create``), an unreadable index, or a fingerprint / fps that
+            differs from the index's (the message names the field).
+    """
+
+    def __init__(
+        self, root: str | os.PathLike, fingerprint: dict | None = None, fps: float | None = None, create: bool = False
+    ) -> None:
+        self.root = Path(root)
+        self.index_path = self.root / INDEX_NAME
+        if self.index_path.is_file():
+            self._index = self._read_index()
+            self._check_identity(fingerprint, fps)
+        elif not create:
+            raise CacheError(self.index_path, "no feature cache here (index missing); run `mmduplex features` first")
+        elif fingerprint is None or fps is None:
+            raise InputError(self.root, "creating a feature cache needs the encoder fingerprint and the fps")
+        else:
+            self._index = {"format": FORMAT, "version": VERSION, "encoder": dict(fingerprint), "fps": float(fps)}
+            self._index["videos"] = {}
+            self.flush()
+        if create:
+            self._remove_temp_files()
+
+    @property
+    def fingerprint(self) -> dict:
+        return dict(self._index["encoder"])
+
+    @property
+    def fps(self) -> float:
+        return float(self._index["fps"])
+
+    def keys(self) -> list[str]:
+        return list(self._index["videos"])
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Index entries by key: ``file``, ``source``, ``frames``, ``duration_s``, ``bytes``."""
+        return {key: dict(entry) for key, entry in self._index["videos"].items()}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index["videos"]
+
+    def __len__(self) -> int:
+        return len(self._index["videos"])
+
+    def shard_path(self, key: str) -> Path:
+        return self.root / f"{key}{SHARD_SUFFIX}"
+
+    def load(self, key: str, dtype: torch.dtype = torch.float32) -> FeatureRecord:
+        """Read one video's features (``patches`` / ``pooled`` converted to ``dtype``).
+
+        Raises:
+            CacheError: ``key`` is not in the index, or its shard is missing, truncated or corrupt.
+        """
+        if key not in self:
+            raise CacheError(self.index_path, f"no video '{key}' in this cache")
+        path = self.shard_path(key)
+        try:
+            with safe_open(str(path), framework="pt") as shard:
+                tensors = {name: shard.get_tensor(name) for name in ("patches", "pooled", "timestamps")}
+                meta = shard.metadata() or {}
+            record = FeatureRecord(
+                tensors["patches"].to(dtype), tensors["pooled"].to(dtype), tensors["timestamps"].double(),
+                float(meta["duration_s"]), meta["source"],
+            )  # fmt: skip
+            record.check()
+        except Exception as exc:  # safetensors' own error type, missing tensors/metadata, bad shapes
+            raise CacheError(path, f"corrupt or truncated shard ({exc})") from exc
+        frames = self._index["videos"][key]["frames"]
+        if record.patches.shape[0] != frames:
+            raise CacheError(path, f"holds {record.patches.shape[0]} frames, the index says {frames}")
+        return record
+
+    def write_shard(self, key: str, record: FeatureRecord) -> int:
+        """Write ``key``'s shard atomically (the index is not touched) and return its size in bytes."""
+        if video_key(key) != key:
+            raise InputError(key, "not a valid cache key (letters, digits, '.', '_', '-'; see video_key)")
+        record.check()
+        patches, pooled = record.patches.detach().cpu().half(), record.pooled.detach().cpu().half()
+        if not (torch.isfinite(patches).all() and torch.isfinite(pooled).all()):
+            raise InputError(record.source, "features are not finite in float16 (overflow or NaN)")
+        tensors = {"patches": patches.contiguous(), "pooled": pooled.contiguous()}
+        tensors["timestamps"] = record.timestamps.detach().cpu().double().contiguous()
+        meta = {
+            "format": f"{FORMAT}/{VERSION}",
+            "encoder": json.dumps(self.fingerprint, sort_keys=True),
+            "fps": repr(self.fps),
+            "source": str(record.source),
+            "duration_s": repr(float(record.duration_s)),
+        }
+        path = self.shard_path(key)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path.stat().st_size
+
+    def add(self, key: str, record: FeatureRecord, flush: bool = True) -> None:
+        """Store one video's features: the shard atomically, then (with ``flush``) the index atomically."""
+        size = self.write_shard(key, record)
+        self._set_entry(key, record.source, int(record.patches.shape[0]), float(record.duration_s), size)
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the index atomically."""
+        write_json_atomic(self.index_path, self._index)
+
+    def verify(self, key: str) -> bool:
+        """True if ``key`` is indexed and its shard exists with the indexed size and a readable header."""
+        entry = self._index["videos"].get(key)
+        path = self.shard_path(key)
+        if entry is None or not path.is_file() or path.stat().st_size != entry["bytes"]:
+            return False
+        header = self._read_header(path)
+        return header is not None and header[1] == entry["frames"]
+
+    def adopt(self, key: str, source: str) -> bool:
+        """Index an existing shard written by an interrupted run if its metadata matches this cache and
+        ``source``; return whether it was adopted (the index is written on the next :meth:`flush`)."""
+        path = self.shard_path(key)
+        header = self._read_header(path) if path.is_file() else None
+        if header is None:
+            return False
+        meta, frames = header
+        try:
+            matches = (
+                meta.get("format") == f"{FORMAT}/{VERSION}"
+                and json.loads(meta.get("encoder", "null")) == self.fingerprint
+                and math.isclose(float(meta.get("fps", "nan")), self.fps)
+                and meta.get("source") == source
+            )
+            duration = float(meta["duration_s"]) if matches else 0.0
+        except (ValueError, KeyError):
+            return False
+        if matches:
+            self._set_entry(key, source, frames, duration, path.stat().st_size)
+        return matches
+
+    @classmethod
+    def rebuild(cls, root: str | os.PathLike) -> FeatureCache:
+        """Recreate a lost index from the shards in ``root`` (all must share one encoder and fps).
+
+        Raises:
+            CacheError: no readable shard, or shards made by different encoders / at different rates.
+        """
+        root = Path(root)
+        found: list[tuple[Path, dict[str, str]]] = []
+        for path in sorted(root.glob(f"*{SHARD_SUFFIX}")):
+            header = cls._read_header(path)
+            if header is None or header[0].get("format") != f"{FORMAT}/{VERSION}":
+                logger.warning("%s: not a readable feature shard, left out of the rebuilt index", path)
+                continue
+            found.append((path, header[0]))
+        if not found:
+            raise CacheError(root, "no readable feature shards to rebuild an index from")
+        first = found[0][1]
+        for path, meta in found:
+            if meta["encoder"] != first["encoder"] or meta["fps"] != first["fps"]:
+                raise CacheError(path, f"made by another encoder or fps than {found[0][0].name}; cannot merge")
+        cache = cls(root, json.loads(first["encoder"]), float(first["fps"]), create=not (root / INDEX_NAME).exists())
+        for path, meta in found:
+            cache.adopt(path.name[: -len(SHARD_SUFFIX)], meta["source"])
+        cache.flush()
+        return cache
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def _set_entry(self, key: str, source: str, frames: int, duration_s: float, size: int) -> None:
+        entry = {"file": f"{key}{SHARD_SUFFIX}", "source": source, "frames": frames, "duration_s": duration_s}
+        self._index["videos"][key] = {**entry, "bytes": size}
+
+    def _read_index(self) -> dict[str, Any]:
+        try:
+            index = json.loads(self.index_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CacheError(self.index_path, f"unreadable feature index ({exc})") from exc
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            raise CacheError(self.index_path, f'not a feature-cache index (no "format": "{FORMAT}")')
+        if not isinstance(index.get("version"), int) or index["version"] > VERSION:
+            raise CacheError(self.index_path, f"index format version {index.get('version')} (this reads {VERSION})")
+        for name, kind in (("encoder", dict), ("fps", (int, float)), ("videos", dict)):
+            if not isinstance(index.get(name), kind):
+                raise CacheError(self.index_path, f"index field '{name}' is missing or malformed")
+        return index
+
+    def _check_identity(self, fingerprint: dict | None, fps: float | None) -> None:
+        cached = self._index["encoder"]
+        if fingerprint is not None and dict(fingerprint) != cached:
+            fields = sorted(k for k in set(cached) | set(fingerprint) if cached.get(k) != fingerprint.get(k))
+            raise CacheError(
+                self.index_path,
+                f"made by another encoder ({', '.join(fields)} differ): cache has {_describe(cached)}, "
+                f"requested {_describe(fingerprint)}; use another --out folder",
+            )
+        if fps is not None and not math.isclose(float(fps), float(self._index["fps"])):
+            raise CacheError(
+                self.index_path, f"made at fps {self._index['fps']:g}, requested fps {fps:g}; use another --out folder"
+            )
+
+    @staticmethod
+    def _read_header(path: Path) -> tuple[dict[str, str], int] | None:
+        """(metadata, frames) from a shard's header, or ``None`` if it is not a complete shard."""
+        try:
+            with safe_open(str(path), framework="pt") as shard:
+                meta = shard.metadata() or {}
+                shapes = {name: shard.get_slice(name).get_shape() for name in shard.keys()}  # noqa: SIM118
+        except Exception:  # safetensors raises its own error type for truncated / garbage files
+            return None
+        if not {"patches", "pooled", "timestamps"} <= set(shapes):
+            return None
+        return meta, int(shapes["patches"][0])
+
+    def _remove_temp_files(self) -> None:
+        """Delete temporary files a killed run left behind (``.<name>.<random>.tmp``)."""
+        for tmp in self.root.glob(".*.tmp"):
+            if tmp.name.startswith((f".{INDEX_NAME}.",)) or SHARD_SUFFIX + "." in tmp.name:
+                logger.debug("removing leftover temporary file %s", tmp)
+                tmp.unlink(missing_ok=True)
+
+
+# -- extraction ------------------------------------------------------------------------------------------------
+
+
+class VideoFrames(Dataset):
+    """One item per video: its frames sampled at ``fps`` (decoded in DataLoader workers), or the problem.
+
+    Items are dicts with ``key``, ``path`` and either ``frames`` ``[T, S, S, 3]`` uint8, ``timestamps`` ``[T]``,
+    ``duration_s``, ``source`` or ``error`` (a message), so one bad video never stops the others.
+
+    Args:
+        jobs: ``(video path, cache key)`` pairs.
+        fps: sampling rate.
+        size: resize the shorter side and centre-crop to ``size`` while decoding (``None``: keep the size).
+    """
+
+    def __init__(self, jobs: list[tuple[str, str]], fps: float, size: int | None) -> None:
+        self.jobs, self.fps, self.size = list(jobs), fps, size
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, key = self.jobs[index]
+        try:
+            clip = read_video(path, self.fps, size=self.size)
+        except MMDuplexError as exc:
+            return {"key": key, "path": path, "error": exc.problem}
+        except Exception as exc:  # a decoder failure that video.py did not anticipate: report, keep going
+            return {"key": key, "path": path, "error": f"cannot decode ({type(exc).__name__}: {exc})"}
+        if clip.frames.shape[0] == 0:
+            return {"key": key, "path": path, "error": f"no frames sampled at {self.fps:g} fps"}
+        return {
+            "key": key, "path": path, "frames": clip.frames, "timestamps": clip.timestamps,
+            "duration_s": clip.duration_s, "source": path,
+        }  # fmt: skip
+
+
+def _plan(cache: FeatureCache, videos: Iterable[str | os.PathLike], report: ExtractReport) -> list[tuple[str, str]]:
+    """Choose each video's key, skip finished ones (adopting orphan shards), return ``(path, key)`` to encode.
+
+    A video keeps the key it already has in the index; a new one gets its stem, or stem + path hash when the
+    stem is shared by another video of this run or taken by another source in the index.
+    """
+    sources = list(dict.fromkeys(str(Path(v).resolve()) for v in videos))
+    owners = {key: entry["source"] for key, entry in cache.entries().items()}
+    by_source = {source: key for key, source in owners.items()}
+    stems = Counter(video_key(source) for source in sources)
+    jobs, taken = [], set()
+    for source in sources:
+        key = by_source.get(source)
+        if key is None:
+            key = video_key(source)
+            if stems[key] > 1 or key in owners or key in taken:
+                key = video_key(source, hashed=True)
+        taken.add(key)
+        if cache.verify(key):
+            report.skipped.append(key)
+        elif cache.adopt(key, source):
+            logger.info("adopted %s from an interrupted run", cache.shard_path(key))
+            report.skipped.append(key)
+        else:
+            jobs.append((source, key))
+    return jobs
+
+
+def _decode_size(encoder: FrozenCLIP) -> int | None:
+    """Resize while decoding when that equals the encoder's own preprocessing (shorter side + centre crop)."""
+    return encoder.image_size if encoder.resize_mode == "shortest" else None
+
+
+def _check_args(fps: float, workers: int, batch_size: int) -> None:
+    checks = (("fps", fps, fps > 0), ("workers", workers, workers >= 1), ("batch_size", batch_size, batch_size >= 1))
+    for name, value, ok in checks:
+        if not ok:
+            raise InputError(name, f"must be positive, got {value}")
+
+
+def extract_features(
+    videos: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    encoder: str | FrozenCLIP = "mmduplex-tiny",
+    fps: float = 2.0,
+    workers: int = 1,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    devices: int | None = None,
+    accelerator: str = "auto",
+) -> ExtractReport:
+    """Encode every video into the cache at ``out_dir``; resumable, a bad video is reported and skipped.
+
+    Args:
+        videos: video files.
+        out_dir: the cache folder (created if needed).
+        encoder: an encoder spec for :func:`tokenizer.encoder.create_encoder`, or a built encoder.
+        fps: frames sampled per second of video.
+        workers: decoding processes (``1``: decode in this process); the encoder runs in the main process.
+        batch_size: frames per encoder forward pass.
+        device: the encoder's device (default CUDA if available) on the single-process path.
+        devices: if set, run Lightning's predict loop on this many devices (DDP when > 1; each rank writes its
+            shards, rank 0 merges the index after a barrier).
+        accelerator: Lightning accelerator for ``devices`` (``"auto"``, ``"cpu"``, ``"gpu"``).
+
+    Returns:
+        the report (keys encoded / skipped, failed videos, frames and wall time).
+
+    Raises:
+        CacheError: ``out_dir`` holds a cache made by another encoder or at another fps.
+        CheckpointError: the encoder cannot be built.
+    """
+    _check_args(fps, workers, batch_size)
+    start = time.perf_counter()
+    if devices is not None:
+        spec = encoder.spec if isinstance(encoder, FrozenCLIP) else encoder
+        report = _extract_lightning(videos, out_dir, spec, fps, workers, batch_size, devices, accelerator)
+    else:
+        model = encoder if isinstance(encoder, FrozenCLIP) else create_encoder(encoder, device)
+        report = _extract_local(videos, out_dir, model, fps, workers, batch_size)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _loader(dataset: VideoFrames, workers: int) -> DataLoader:
+    """One video per item, decoded ahead in ``workers`` processes (none when ``workers == 1``)."""
+    return DataLoader(dataset, batch_size=None, num_workers=workers if workers > 1 else 0)
+
+
+def _extract_local(
+    videos: Iterable[str | os.PathLike], out_dir: str | os.PathLike, encoder: FrozenCLIP, fps: float, workers: int,
+    batch_size: int,
+) -> ExtractReport:  # fmt: skip
+    cache = FeatureCache(out_dir, encoder.fingerprint, fps, create=True)
+    report = ExtractReport(out_dir=str(out_dir))
+    jobs = _plan(cache, videos, report)
+    last_flush = time.monotonic()
+    try:
+        for item in _loader(VideoFrames(jobs, fps, _decode_size(encoder)), workers):
+            if "error" in item:
+                logger.warning("skipping %s: %s", item["path"], item["error"])
+                report.failed[item["path"]] = item["error"]
+                continue
+            out = encoder.encode(item["frames"], batch_size)  # [T, P, D], [T, E]
+            record = FeatureRecord(out.patches, out.pooled, item["timestamps"], item["duration_s"], item["source"])
+            flush = time.monotonic() - last_flush > INDEX_FLUSH_S
+            cache.add(item["key"], record, flush=flush)
+            last_flush = time.monotonic() if flush else last_flush
+            report.encoded.append(item["key"])
+            report.frames += int(out.patches.shape[0])
+            logger.info(
+                "encoded %s: %d frames -> %s", item["path"], out.patches.shape[0], cache.shard_path(item["key"])
+            )
+    finally:
+        cache.flush()
+    return report
+
+
+class FeatureExtractor(LightningModule):
+    """Lightning predict-loop wrapper around the frozen encoder: one video per step -> its features.
+
+    Args:
+        encoder: encoder spec for :func:`tokenizer.encoder.create_encoder` (built on CPU, moved by Lightning).
+        batch_size: frames per encoder forward pass.
+    """
+
+    def __init__(self, encoder: str = "mmduplex-tiny", batch_size: int = 64) -> None:
+        super().__init__()
+        self.encoder = create_encoder(encoder, device="cpu")
+        self.batch_size = batch_size
+
+    def predict_step(self, item: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        if "error" in item:
+            return item
+        out = self.encoder.encode(item["frames"], self.batch_size)  # [T, P, D], [T, E]
+        meta = {name: item[name] for name in ("key", "path", "timestamps", "duration_s", "source")}
+        return {**meta, "patches": out.patches.cpu(), "pooled": out.pooled.cpu()}
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each predicted video's shard on its rank; rank 0 indexes all ranks' shards at the end.
+
+    Args:
+        cache: the cache to write into (rank 0 alone writes its index).
+    """
+
+    def __init__(self, cache: FeatureCache) -> None:
+        super().__init__(write_interval="batch")
+        self.cache = cache
+        self.encoded: list[tuple[str, str, int]] = []  # (key, source, frames) written by this rank
+        self.failed: dict[str, str] = {}
+
+    def write_on_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, prediction: dict[str, Any], batch_indices: Any,
+        batch: Any, batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        if "error" in prediction:
+            logger.warning("skipping %s: %s", prediction["path"], prediction["error"])
+            self.failed[prediction["path"]] = prediction["error"]
+            return
+        record = FeatureRecord(
+            prediction["patches"], prediction["pooled"], prediction["timestamps"].cpu(),
+            float(prediction["duration_s"]), prediction["source"],
+        )  # fmt: skip
+        self.cache.write_shard(prediction["key"], record)
+        self.encoded.append((prediction["key"], prediction["source"], int(record.patches.shape[0])))
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Gather every rank's results; rank 0 adopts all new shards into the index; then a barrier."""
+        mine = (self.encoded, self.failed)
+        gathered = [mine]
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, mine)
+        self.encoded = [item for encoded, _ in gathered for item in encoded]
+        self.failed = {path: problem for _, failed in gathered for path, problem in failed.items()}
+        if trainer.is_global_zero:
+            for key, source, _ in self.encoded:
+                if not self.cache.adopt(key, source):
+                    self.failed[source] = f"shard {self.cache.shard_path(key)} was not written completely"
+            self.cache.flush()
+        trainer.strategy.barrier("mmduplex-features-index")
+
+
+def _extract_lightning(
+    videos: Iterable[str | os.PathLike], out_dir: str | os.PathLike, spec: str, fps: float, workers: int,
+    batch_size: int, devices: int, accelerator: str,
+) -> ExtractReport:  # fmt: skip
+    module = FeatureExtractor(spec, batch_size)
+    cache = FeatureCache(out_dir, module.encoder.fingerprint, fps, create=True)
+    report = ExtractReport(out_dir=str(out_dir))
+    jobs = _plan(cache, videos, report)
+    writer = ShardWriter(cache)
+    trainer = Trainer(
+        accelerator=accelerator, devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
+        callbacks=[writer], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=str(out_dir),
+    )  # fmt: skip
+    if jobs:
+        loader = _loader(VideoFrames(jobs, fps, _decode_size(module.encoder)), workers)
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    elif trainer.is_global_zero:
+        cache.flush()  # nothing to encode; record adopted shards
+    report.encoded = [key for key, _, _ in writer.encoded]
+    report.frames = sum(frames for _, _, frames in writer.encoded)
+    report.failed = dict(writer.failed)
+    return report

@@ -1,0 +1,373 @@
+"""``DuplexLM``: the delayed-streams duplex model — parallel video / user / text streams summed per step.
+
+One sequence position per time step. At step ``s`` the backbone's input is the sum of
+
+- the text embedding of the model's own text token ``text[s]`` (the LM's input embeddings; PAD and EPAD have their
+  own trainable rows, so a frozen LM still learns them),
+- the user stream's embedding (the LM's input embeddings plus a learned stream vector; user silence embeds to
+  zero), and
+- the video slots: each of the ``K`` slot tokens ``[Dv]`` goes through a projector MLP to the LM width, gets a learned
+  slot embedding, and the unmasked slots are summed (an empty step embeds to zero).
+
+The backbone is any Hugging Face causal LM with rotary positions (Llama, Qwen2, SmolLM, Mistral, ...), used through
+``inputs_embeds``; its LM head gives the text logits, whose PAD / EPAD columns come from a small trainable head.
+Logits at step ``s`` predict ``text[s + 1]``. The same ``forward`` serves teacher-forced training over a window and
+streaming (``S = 1`` with a KV cache), so both give the same numbers (tested).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmduplex.errors import CheckpointError, InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DuplexOutput:
+    """What :meth:`DuplexLM.forward` returns."""
+
+    logits: torch.Tensor
+    """``[B, S, V]`` float32 text logits; step ``s`` predicts the text token of step ``s + 1``."""
+    past_key_values: Any = None
+    """The backbone's KV cache (a ``transformers`` ``Cache``) when ``use_cache`` is set."""
+
+
+def default_attn_implementation() -> str:
+    """``"flash_attention_2"`` when flash-attn is installed and CUDA is available, else ``"sdpa"``."""
+    from transformers.utils import is_flash_attn_2_available
+
+    if torch.cuda.is_available() and is_flash_attn_2_available():
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise InputError("torch_dtype", f"not a torch dtype: {name!r}")
+    return value
+
+
+def backbone_config(spec: dict, vocab_size: int | None = None) -> Any:
+    """A ``transformers`` config from a dict with ``model_type`` (e.g. a tiny random ``llama`` / ``qwen2``).
+
+    Args:
+        spec: config fields; ``model_type`` selects the architecture.
+        vocab_size: overrides ``spec``'s vocabulary size (an LM trained from scratch on the text tokenizer).
+    """
+    from transformers import AutoConfig
+
+    fields = {k: v for k, v in spec.items() if k != "transformers_version"}
+    model_type = fields.pop("model_type", None)
+    if not model_type:
+        raise InputError("backbone", f"a backbone config needs a 'model_type' (e.g. 'llama'), got keys {sorted(spec)}")
+    if vocab_size is not None:
+        fields["vocab_size"] = int(vocab_size)
+    try:
+        return AutoConfig.for_model(model_type, **fields)
+    except ValueError as exc:
+        raise InputError("backbone", f"unknown model_type {model_type!r} ({exc})") from exc
+
+
+def build_backbone(
+    spec: str | dict,
+    vocab_size: int | None = None,
+    torch_dtype: str | None = None,
+    attn_implementation: str | None = None,
+) -> nn.Module:
+    """The causal LM: ``from_pretrained`` for a hub id / local folder, ``from_config`` (random init) for a dict.
+
+    Args:
+        spec: a hub id or local folder, or a config dict with ``model_type``.
+        vocab_size: vocabulary size of a config-built LM (ignored for pretrained weights).
+        torch_dtype: parameter dtype name (``"bfloat16"``, ``"float32"``); ``None`` keeps the default.
+        attn_implementation: ``"sdpa"``, ``"eager"``, ``"flash_attention_2"``; ``None`` picks
+            :func:`default_attn_implementation`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    attn = attn_implementation or default_attn_implementation()
+    dtype = _dtype(torch_dtype)
+    kwargs: dict[str, Any] = {"attn_implementation": attn}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if isinstance(spec, str):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(spec, f"cannot load the backbone LM ({exc})") from exc
+    else:
+        model = AutoModelForCausalLM.from_config(backbone_config(dict(spec), vocab_size), **kwargs)
+    rope = getattr(model.config, "rope_parameters", None) or getattr(model.config, "rope_theta", None)
+    if rope is None:
+        log.warning("backbone %s has no rotary position settings; the streaming cache needs a rotary LM", spec)
+    return model
+
+
+class VideoProjector(nn.Module):
+    """Video slots ``[B, S, K, Dv]`` -> one embedding per step ``[B, S, H]`` (projected, slot-embedded, masked sum).
+
+    Args:
+        token_dim: ``Dv``.
+        hidden: ``H``, the LM width.
+        slots_per_step: ``K``.
+        mlp_hidden: width of the projector's hidden layer (``None``: ``H``).
+    """
+
+    def __init__(self, token_dim: int, hidden: int, slots_per_step: int, mlp_hidden: int | None = None) -> None:
+        super().__init__()
+        mid = mlp_hidden or hidden
+        self.norm = nn.LayerNorm(token_dim)
+        self.mlp = nn.Sequential(nn.Linear(token_dim, mid), nn.GELU(), nn.Linear(mid, hidden))
+        self.slot_embedding = nn.Parameter(torch.randn(slots_per_step, hidden) * 0.02)  # [K, H]
+        self.slots_per_step = slots_per_step
+        self.token_dim = token_dim
+
+    def forward(self, slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if slots.dim() != 4 or slots.shape[-2:] != (self.slots_per_step, self.token_dim):
+            raise InputError(
+                "video_slots", f"expected [B, S, {self.slots_per_step}, {self.token_dim}], got {tuple(slots.shape)}"
+            )
+        if mask.shape != slots.shape[:-1]:
+            raise InputError("video_mask", f"expected {tuple(slots.shape[:-1])}, got {tuple(mask.shape)}")
+        projected = self.mlp(self.norm(slots.to(self.slot_embedding.dtype))) + self.slot_embedding  # [B, S, K, H]
+        return (projected * mask.unsqueeze(-1).to(projected.dtype)).sum(dim=2)  # [B, S, H]
+
+
+class DuplexLM(nn.Module):
+    """Causal LM over summed per-step stream embeddings; predicts the next step's text token.
+
+    Args:
+        backbone: a ``transformers`` causal LM (``get_decoder()``, ``get_input_embeddings()``,
+            ``get_output_embeddings()``).
+        vocab_size: ``V``, the text tokenizer's vocabulary size (PAD / EPAD included).
+        pad_id: the PAD id (also user silence).
+        epad_id: the EPAD id.
+        token_dim: ``Dv``, the video tokens' width.
+        slots_per_step: ``K``, video slots per step.
+        projector_hidden: width of the video projector's hidden layer (``None``: the LM width).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        vocab_size: int,
+        pad_id: int,
+        epad_id: int,
+        token_dim: int,
+        slots_per_step: int,
+        projector_hidden: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.vocab_size = int(vocab_size)
+        self.pad_id = int(pad_id)
+        self.epad_id = int(epad_id)
+        self.hidden = int(backbone.get_input_embeddings().embedding_dim)
+        self.special_embedding = nn.Embedding(2, self.hidden)  # rows: PAD, EPAD
+        nn.init.normal_(self.special_embedding.weight, std=0.02)
+        self.special_head = nn.Linear(self.hidden, 2)  # PAD, EPAD logits
+        nn.init.zeros_(self.special_head.weight)
+        nn.init.zeros_(self.special_head.bias)
+        self.user_stream = nn.Parameter(torch.zeros(self.hidden))  # [H] marks user tokens apart from text tokens
+        self.video = VideoProjector(token_dim, self.hidden, slots_per_step, projector_hidden)
+        decoder_params = inspect.signature(backbone.get_decoder().forward).parameters
+        self._cache_kw = "cache" if "cache" in decoder_params else "past_key_values"
+
+    @property
+    def slots_per_step(self) -> int:
+        return self.video.slots_per_step
+
+    @property
+    def token_dim(self) -> int:
+        return self.video.token_dim
+
+    def new_parameter_names(self) -> list[str]:
+        """Parameters that are not part of the backbone (trained in every fine-tuning mode)."""
+        return [name for name, _ in self.named_parameters() if not name.startswith("backbone.")]
+
+    def _token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[B, S]`` ids -> ``[B, S, H]``: the LM's input embeddings, PAD / EPAD from their own rows."""
+        table = self.backbone.get_input_embeddings()
+        is_pad, is_epad = ids == self.pad_id, ids == self.epad_id
+        special = is_pad | is_epad
+        base = table(torch.where(special, torch.zeros_like(ids), ids)).to(self.special_embedding.weight.dtype)
+        extra = self.special_embedding(is_epad.long())  # [B, S, H]
+        return torch.where(special.unsqueeze(-1), extra, base)
+
+    def embed(
+        self,
+        text_ids: torch.Tensor,
+        video_slots: torch.Tensor,
+        video_mask: torch.Tensor,
+        user_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The summed per-step input embeddings ``[B, S, H]``."""
+        if text_ids.dim() != 2:
+            raise InputError("text_ids", f"expected [B, S], got {tuple(text_ids.shape)}")
+        if video_slots.shape[:2] != text_ids.shape:
+            raise InputError("video_slots", f"expected [B, S] = {tuple(text_ids.shape)} leading, got {tuple(video_slots.shape)}")
+        if int(text_ids.max()) >= self.vocab_size or int(text_ids.min()) < 0:
+            raise InputError("text_ids", f"ids must be in [0, {self.vocab_size}), got [{int(text_ids.min())}, {int(text_ids.max())}]")
+        embeds = self._token_embedding(text_ids) + self.video(video_slots, video_mask)  # [B, S, H]
+        if user_ids is not None:
+            if user_ids.shape != text_ids.shape:
+                raise InputError("user_ids", f"expected {tuple(text_ids.shape)}, got {tuple(user_ids.shape)}")
+            speaking = (user_ids != self.pad_id).unsqueeze(-1)  # [B, S, 1]; silence embeds to zero
+            user = self._token_embedding(user_ids) + self.user_stream
+            embeds = embeds + torch.where(speaking, user, torch.zeros_like(user))
+        return embeds
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final hidden states ``[B, S, H]`` -> text logits ``[B, S, V]`` (float32)."""
+        lm_logits = self.backbone.get_output_embeddings()(hidden).float()  # [B, S, rows]
+        rows = lm_logits.shape[-1]
+        if rows >= self.vocab_size:
+            logits = lm_logits[..., : self.vocab_size]
+        else:  # the tokenizer's PAD / EPAD lie past the LM's rows
+            filler = lm_logits.new_full((*lm_logits.shape[:-1], self.vocab_size - rows), float("-inf"))
+            logits = torch.cat([lm_logits, filler], dim=-1)
+        special = self.special_head(hidden.to(self.special_head.weight.dtype)).float()  # [B, S, 2]
+        logits = logits.clone()
+        logits[..., self.pad_id] = special[..., 0]
+        logits[..., self.epad_id] = special[..., 1]
+        return logits
+
+    def forward(
+        self,
+        text_ids: torch.Tensor,
+        video_slots: torch.Tensor,
+        video_mask: torch.Tensor,
+        user_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        position_ids: torch.Tensor | None = None,
+        use_cache: bool = False,
+    ) -> DuplexOutput:
+        """Run ``S`` steps.
+
+        Args:
+            text_ids: ``[B, S]`` the model's text stream (teacher-forced, or the tokens it emitted).
+            video_slots: ``[B, S, K, Dv]`` video tokens per step and slot.
+            video_mask: ``[B, S, K]`` bool, which slots hold a token.
+            user_ids: ``[B, S]`` user stream (PAD = silence) or ``None``.
+            past_key_values: a KV cache from an earlier call (streaming), or ``None``.
+            position_ids: ``[B, S]`` positions; ``None`` continues after the cache (``0..S-1`` without one).
+            use_cache: return the updated cache.
+
+        Returns:
+            :class:`DuplexOutput` with ``logits [B, S, V]`` (step ``s`` predicts ``text[s + 1]``).
+        """
+        embeds = self.embed(text_ids, video_slots, video_mask, user_ids)
+        param = next(self.backbone.parameters())
+        if not torch.is_autocast_enabled(embeds.device.type):
+            embeds = embeds.to(param.dtype)
+        if position_ids is None:
+            start = 0 if past_key_values is None else int(past_key_values.get_seq_length())
+            position_ids = torch.arange(start, start + text_ids.shape[1], device=text_ids.device)
+            position_ids = position_ids.unsqueeze(0).expand(text_ids.shape[0], -1)  # [B, S]
+        out = self.backbone.get_decoder()(
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            **{self._cache_kw: past_key_values},
+        )
+        cache = None
+        if use_cache:
+            cache = out["cache"] if "cache" in out else out["past_key_values"]
+        return DuplexOutput(logits=self.head(out.last_hidden_state), past_key_values=cache)
+
+
+@dataclass
+class LossWeights:
+    """Per-target weights of the text loss."""
+
+    pad: float = 1.0
+    """Weight of PAD targets (Moshi: 0.5)."""
+    epad: float = 1.0
+    """Weight of EPAD targets."""
+    silence: float = 0.0
+    """Weight of the extra speak/silent term: binary cross-entropy of P(PAD) against "the target is PAD"."""
+
+
+def text_loss(
+    logits: torch.Tensor, text_ids: torch.Tensor, pad_id: int, epad_id: int, weights: LossWeights
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted next-token cross-entropy on the text stream.
+
+    ``loss = sum_s w_s * CE(logits[s], text[s + 1]) / sum_s w_s`` with ``w = weights.pad`` on PAD targets,
+    ``weights.epad`` on EPAD targets and 1 elsewhere, plus ``weights.silence`` times the mean binary cross-entropy
+    of ``P(PAD)`` against ``[text[s + 1] == PAD]`` (VideoLLM-online style emphasis on the speak/silent decision).
+
+    Args:
+        logits: ``[B, S, V]``.
+        text_ids: ``[B, S]`` the same window's text stream.
+        pad_id: PAD id.
+        epad_id: EPAD id.
+        weights: the loss weights.
+
+    Returns:
+        The scalar loss and detached figures (``ce``, ``ce_words``, ``pad_fraction``).
+    """
+    pred = logits[:, :-1].float()  # [B, S-1, V]
+    target = text_ids[:, 1:]  # [B, S-1]
+    ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none").view_as(target)
+    is_pad, is_epad = target == pad_id, target == epad_id
+    w = torch.ones_like(ce)
+    w = torch.where(is_pad, torch.full_like(ce, weights.pad), w)
+    w = torch.where(is_epad, torch.full_like(ce, weights.epad), w)
+    loss = (ce * w).sum() / w.sum().clamp_min(1e-8)
+    if weights.silence:
+        log_p_pad = torch.log_softmax(pred, dim=-1)[..., pad_id]  # [B, S-1]
+        bce = F.binary_cross_entropy_with_logits(
+            log_p_pad - torch.log1p(-log_p_pad.exp().clamp(max=1 - 1e-6)), is_pad.float()
+        )
+        loss = loss + weights.silence * bce
+    words = ~(is_pad | is_epad)
+    stats = {
+        "ce": ce.mean().detach(),
+        "ce_words": (ce[words].mean() if bool(words.any()) else ce.new_zeros(())).detach(),
+        "pad_fraction": is_pad.float().mean().detach(),
+    }
+    return loss, stats
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters on the backbone (``peft``), used with ``finetune: lora``."""
+
+    r: int
+    """Rank of the adapters."""
+    alpha: float
+    """Scaling numerator (the update is scaled by ``alpha / r``)."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input."""
+    target_modules: list[str] | None = None
+    """Names of the linear layers to adapt (``None``: peft's default for the architecture, e.g. q_proj, v_proj)."""
+
+
+def apply_lora(backbone: nn.Module, settings: LoraSettings) -> nn.Module:
+    """Inject LoRA adapters into ``backbone`` in place (parameter names gain ``lora_A`` / ``lora_B``)."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    targets = settings.target_modules
+    if targets is None:
+        model_type = getattr(backbone.config, "model_type", None)
+        targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+        if targets is None:
+            raise InputError("lora.target_modules", f"no default LoRA targets for model_type {model_type!r}; set them")
+    config = LoraConfig(
+        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=list(targets)
+    )
+    return inject_adapter_in_model(config, backbone)

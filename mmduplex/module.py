@@ -1,0 +1,304 @@
+"""``DuplexModule``: Lightning training of the duplex model on windows of timed transcripts + cached video features.
+
+The constructor is the schema (``mmduplex fit --config recipes/duplex/<name>.yaml``). The frozen video tokenizer
+(B-Flow or a baseline, injected by ``class_path``) turns cached patch features into frame tokens once per video —
+it is frozen and deterministic, so its output is memoised and later epochs do not recompute it. Each batch of
+windows from :class:`mmduplex.datamodule.DuplexDataModule` is put on the step grid here (:mod:`mmduplex.alignment`),
+so the stream settings live in one place. Everything :func:`mmduplex.bundle.export_bundle` needs (text tokenizer
+files, backbone config, video tokenizer description, encoder fingerprint and fps, stream settings) is stored in the
+checkpoint as plain JSON values, so the checkpoint loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import asdict
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from mmduplex.alignment import align_text, align_user, pack_video, time_to_step
+from mmduplex.bundle import DUPLEX_KIND, describe_video_tokenizer
+from mmduplex.errors import CacheError, InputError
+from mmduplex.model import DuplexLM, LoraSettings, LossWeights, apply_lora, build_backbone, text_loss
+from mmduplex.text import load_text_tokenizer
+
+log = logging.getLogger(__name__)
+
+FINETUNE_MODES = ("projector", "lora", "full")
+
+
+class DuplexModule(LightningModule):
+    """Trains :class:`mmduplex.model.DuplexLM` with the weighted text-stream loss.
+
+    Args:
+        video_tokenizer: the frozen video tokenizer (B-Flow or a baseline); its ``token_dim`` sets the video width.
+        backbone: a Hugging Face causal LM: hub id or local folder (pretrained weights), or a config dict with
+            ``model_type`` (random init, vocabulary = the text tokenizer's; e.g. a tiny ``llama``).
+        step_hz: model steps per second.
+        delay_steps: tau, how many steps the text stream lags the video.
+        slots_per_step: K, video token slots per step.
+        lr: peak learning rate (AdamW).
+        text_tokenizer: ``"synthetic"`` (word vocabulary of the synthetic set), a saved tokenizer folder, or a
+            Hugging Face tokenizer; ``None`` uses the backbone's (``backbone`` must then be a hub id or folder).
+        finetune: what trains besides the new parts (projector, user vector, PAD/EPAD rows and head):
+            ``projector`` nothing else (LM frozen), ``lora`` LoRA adapters, ``full`` the whole LM (an LM trained from
+            scratch needs ``full``).
+        lora: LoRA settings (required for ``finetune: lora``).
+        torch_dtype: backbone parameter dtype (``"bfloat16"``, ``"float32"``; ``None``: the default).
+        attn_implementation: ``sdpa`` / ``eager`` / ``flash_attention_2``; ``None``: flash-attn 2 when installed and
+            on CUDA, else sdpa.
+        gradient_checkpointing: recompute backbone activations in the backward pass (saves memory).
+        projector_hidden: hidden width of the video projector MLP (``None``: the LM width).
+        pad_weight: loss weight of PAD targets (Moshi: 0.5).
+        epad_weight: loss weight of EPAD targets.
+        silence_weight: weight of the extra speak/silent (P(PAD)) binary cross-entropy term.
+        weight_decay: AdamW weight decay on matrices (not on biases, norms and vectors).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps.
+        decay_steps: cosine decay steps after warm-up (``None``: constant after warm-up).
+        min_lr_ratio: final learning rate of the cosine as a fraction of ``lr``.
+        memo_videos: at most this many videos' tokens are memoised (``None``: all).
+    """
+
+    def __init__(
+        self,
+        video_tokenizer: nn.Module,
+        backbone: str | dict,
+        step_hz: float,
+        delay_steps: int,
+        slots_per_step: int,
+        lr: float,
+        text_tokenizer: str | None = None,
+        finetune: Literal["projector", "lora", "full"] = "full",
+        lora: LoraSettings | None = None,
+        torch_dtype: str | None = None,
+        attn_implementation: str | None = None,
+        gradient_checkpointing: bool = False,
+        projector_hidden: int | None = None,
+        pad_weight: float = 1.0,
+        epad_weight: float = 1.0,
+        silence_weight: float = 0.0,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        decay_steps: int | None = None,
+        min_lr_ratio: float = 0.0,
+        memo_videos: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        given_tokenizer = self.hparams.pop("video_tokenizer", None)  # a class_path dict under the CLI, else the module
+        if isinstance(self.hparams.get("lora"), LoraSettings):
+            self.hparams["lora"] = asdict(self.hparams["lora"])  # checkpoints hold plain values only
+        if finetune not in FINETUNE_MODES:
+            raise InputError("finetune", f"expected one of {FINETUNE_MODES}, got {finetune!r}")
+        if finetune == "lora" and lora is None:
+            raise InputError("lora", "finetune: lora needs LoRA settings (r, alpha)")
+        if not step_hz > 0 or delay_steps < 0 or slots_per_step < 1:
+            raise InputError("model", f"need step_hz > 0, delay_steps >= 0, K >= 1; got {step_hz}, {delay_steps}, {slots_per_step}")
+        if text_tokenizer is None:
+            if not isinstance(backbone, str):
+                raise InputError("text_tokenizer", "required when the backbone is built from a config dict")
+            text_tokenizer = backbone
+        self.text_tokenizer = load_text_tokenizer(text_tokenizer)
+        self.video_tokenizer = video_tokenizer
+        self.video_tokenizer_spec = describe_video_tokenizer(video_tokenizer, given_tokenizer)
+        self.video_tokenizer.requires_grad_(False).eval()
+        lm = build_backbone(
+            backbone,
+            vocab_size=None if isinstance(backbone, str) else self.text_tokenizer.vocab_size,
+            torch_dtype=torch_dtype,
+            attn_implementation=attn_implementation,
+        )
+        if finetune == "lora":
+            apply_lora(lm, LoraSettings(**lora) if isinstance(lora, dict) else lora)
+        self.model = DuplexLM(
+            lm,
+            vocab_size=self.text_tokenizer.vocab_size,
+            pad_id=self.text_tokenizer.pad_id,
+            epad_id=self.text_tokenizer.epad_id,
+            token_dim=int(video_tokenizer.token_dim),
+            slots_per_step=slots_per_step,
+            projector_hidden=projector_hidden,
+        )
+        self._set_trainable(finetune)
+        if gradient_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.loss_weights = LossWeights(pad=pad_weight, epad=epad_weight, silence=silence_weight)
+        self.feature_meta: dict[str, Any] = {}
+        self._memo: OrderedDict[str, list] = OrderedDict()
+
+    # ------------------------------------------------------------------ setup
+
+    def _set_trainable(self, finetune: str) -> None:
+        backbone = self.model.backbone
+        if finetune == "full":
+            backbone.requires_grad_(True)
+        else:
+            backbone.requires_grad_(False)
+            if finetune == "lora":
+                for name, param in backbone.named_parameters():
+                    if "lora_" in name:
+                        param.requires_grad_(True)
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        log.info("duplex model: %s fine-tuning, %d of %d parameters trainable", finetune, trainable, total)
+
+    def train(self, mode: bool = True) -> DuplexModule:
+        """Switch train/eval mode; the frozen video tokenizer always stays in eval mode."""
+        super().train(mode)
+        self.video_tokenizer.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        """Check the feature cache fits the video tokenizer and record its encoder fingerprint and fps."""
+        info = self.trainer.datamodule.feature_info()
+        expected = (int(self.video_tokenizer.num_patches), int(self.video_tokenizer.token_dim))
+        if tuple(info["patch_shape"]) != expected:
+            raise CacheError(
+                info["cache_dir"],
+                f"features are [P, D] = {list(info['patch_shape'])} but the video tokenizer expects {list(expected)}",
+            )
+        self.feature_meta = {"encoder": dict(info["encoder"]), "fps": float(info["fps"])}
+
+    # ------------------------------------------------------------------ batches on the step grid
+
+    def video_tokens(self, key: str) -> list:
+        """The video tokenizer's frame tokens for a whole cached video (memoised; CPU tensors)."""
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
+        record = self.trainer.datamodule.load_features(key)
+        device = next(self.video_tokenizer.parameters(), torch.empty(0)).device
+        with torch.no_grad():
+            video = self.video_tokenizer.tokenize(record.patches.to(device), record.timestamps)
+        frames = [type(f)(f.t, f.kind, f.tokens.detach().float().cpu(), f.positions.cpu()) for f in video.frames]
+        self._memo[key] = frames
+        if self.hparams.memo_videos is not None and len(self._memo) > self.hparams.memo_videos:
+            self._memo.popitem(last=False)
+        return frames
+
+    def window_tensors(self, sample: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One window of a clip on the step grid: ``text_ids [S]``, ``user_ids [S]``, ``video_slots [S, K, Dv]``,
+        ``video_mask [S, K]``.
+
+        The streams are built from the clip's start (so text spill and video FIFO state match a stream that
+        started there) and then cut to the window.
+        """
+        hz, tok = self.hparams.step_hz, self.text_tokenizer
+        start = time_to_step(float(sample["offset_s"]), hz)
+        steps = round(float(sample["window_s"]) * hz)
+        end = start + steps
+        from mmduplex.data.transcripts import Word
+
+        words = [Word(float(s), float(e), str(w)) for s, e, w in sample["words"]]
+        text = align_text(words, end, hz, tok, self.hparams.delay_steps)[start:end]  # [S]
+        questions = [(float(t), str(q)) for t, q in sample.get("questions", [])]
+        user = align_user(questions, end, hz, tok)[start:end]  # [S]
+        clip_start = float(sample["clip_start_s"])
+        frames = [f for f in self.video_tokens(sample["key"]) if f.t >= clip_start - 1e-6]
+        slots, mask = pack_video(frames, end, self.hparams.slots_per_step, hz, self.model.token_dim, clip_start)
+        return {"text_ids": text, "user_ids": user, "video_slots": slots[start:end], "video_mask": mask[start:end]}
+
+    def collate(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """A batch of window samples -> stacked ``[B, S, ...]`` tensors on the module's device."""
+        if not batch:
+            raise InputError("batch", "empty batch")
+        windows = [self.window_tensors(sample) for sample in batch]
+        return {key: torch.stack([w[key] for w in windows]).to(self.device) for key in windows[0]}
+
+    # ------------------------------------------------------------------ steps
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Teacher-forced logits ``[B, S, V]`` of a collated batch."""
+        return self.model(batch["text_ids"], batch["video_slots"], batch["video_mask"], batch["user_ids"]).logits
+
+    def _step(self, batch: list[dict[str, Any]], stage: str) -> torch.Tensor:
+        tensors = self.collate(batch)
+        logits = self(tensors)
+        loss, stats = text_loss(
+            logits, tensors["text_ids"], self.text_tokenizer.pad_id, self.text_tokenizer.epad_id, self.loss_weights
+        )
+        size = tensors["text_ids"].shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage != "train")
+        for name, value in stats.items():
+            self.log(f"{stage}/{name}", value, batch_size=size, sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Batches are lists of window descriptions; :meth:`collate` makes the tensors on the right device."""
+        return batch
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                (decay if param.dim() >= 2 else no_decay).append(param)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+
+        def schedule(step: int) -> float:
+            if step < hp.warmup_steps:
+                return (step + 1) / hp.warmup_steps
+            if hp.decay_steps is None:
+                return 1.0
+            progress = min((step - hp.warmup_steps) / max(hp.decay_steps, 1), 1.0)
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def duplex_config(self) -> dict[str, Any]:
+        """Everything an inference bundle needs besides the weights, as plain JSON values."""
+        hp = self.hparams
+        tokenizer_json, tokenizer_settings = self.text_tokenizer.to_json()
+        backbone_config = self.model.backbone.config.to_dict()
+        backbone_config.pop("transformers_version", None)
+        dtype = backbone_config.get("dtype", backbone_config.get("torch_dtype"))
+        return {
+            "step_hz": float(hp.step_hz),
+            "delay_steps": int(hp.delay_steps),
+            "slots_per_step": int(hp.slots_per_step),
+            "token_dim": int(self.model.token_dim),
+            "projector_hidden": hp.projector_hidden,
+            "vocab_size": int(self.text_tokenizer.vocab_size),
+            "pad_id": int(self.text_tokenizer.pad_id),
+            "epad_id": int(self.text_tokenizer.epad_id),
+            "finetune": hp.finetune,
+            "lora": hp.lora,
+            "backbone": backbone_config,
+            "backbone_source": hp.backbone if isinstance(hp.backbone, str) else None,
+            "torch_dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+            "text_tokenizer": tokenizer_settings,
+            "text_tokenizer_json": tokenizer_json,
+            "video_tokenizer": self.video_tokenizer_spec,
+            "encoder": self.feature_meta.get("encoder"),
+            "fps": self.feature_meta.get("fps"),
+            "loss": asdict(self.loss_weights),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mmduplex_kind"] = DUPLEX_KIND
+        checkpoint["duplex_config"] = self.duplex_config()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        config = checkpoint.get("duplex_config") or {}
+        if config.get("encoder") is not None:
+            self.feature_meta = {"encoder": config["encoder"], "fps": config["fps"]}

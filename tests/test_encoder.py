@@ -1,0 +1,156 @@
+"""The frozen CLIP encoder: presets, shapes, determinism, preprocessing, checkpoints and errors."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mmduplex.errors import CheckpointError, InputError
+from tokenizer.encoder import INIT_SEED, _weights_sha256, create_encoder
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return create_encoder("mmduplex-tiny", device="cpu")
+
+
+def _frames(t: int, h: int, w: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (t, h, w, 3), dtype=torch.uint8, generator=generator)  # [T, H, W, 3]
+
+
+def _full_clip(name: str, seed: int) -> torch.nn.Module:
+    """A whole open_clip model (text tower included), as a user's checkpoint would hold it."""
+    create_encoder(name, device="cpu")  # registers the presets
+    torch.manual_seed(seed)
+    return open_clip.create_model(name)
+
+
+def test_tiny_preset_shapes(tiny):
+    assert (tiny.image_size, tiny.grid, tiny.num_patches) == (96, (12, 12), 144)
+    assert (tiny.width, tiny.embed_dim) == (64, 64)
+    out = tiny.encode(_frames(5, 120, 160), batch_size=2)
+    assert out.patches.shape == (5, 144, 64) and out.patches.dtype == torch.float32
+    assert out.pooled.shape == (5, 64) and out.pooled.dtype == torch.float32
+    whole = tiny.encode(_frames(5, 120, 160), batch_size=64)
+    torch.testing.assert_close(out.patches, whole.patches, rtol=1e-5, atol=1e-5)  # batching does not matter
+    assert tiny.encode(_frames(0, 96, 96)).patches.shape == (0, 144, 64)
+
+
+def test_frozen_eval_no_grad(tiny):
+    tiny.train()
+    assert not tiny.training and not tiny.visual.training
+    assert not any(p.requires_grad for p in tiny.parameters())
+    out = tiny.encode(_frames(2, 96, 96))
+    assert not out.patches.requires_grad
+
+
+def test_build_is_deterministic_and_leaves_caller_rng_alone(tiny):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    again = create_encoder("mmduplex-tiny", device="cpu")
+    assert torch.equal(torch.rand(3), expected), "building an encoder consumed the caller's RNG"
+    assert again.fingerprint == tiny.fingerprint
+    frames = _frames(3, 96, 96)
+    assert torch.equal(again.encode(frames).patches, tiny.encode(frames).patches)
+    assert set(tiny.fingerprint) == {"model", "pretrained", "weights_sha256", "image_size"}
+    assert tiny.fingerprint["model"] == "mmduplex-tiny" and tiny.fingerprint["pretrained"] is None
+
+
+def test_fingerprint_differs_between_presets(tiny):
+    micro = create_encoder("mmduplex-micro", device="cpu")
+    assert micro.fingerprint != tiny.fingerprint
+    assert micro.fingerprint["weights_sha256"] != tiny.fingerprint["weights_sha256"]
+    assert micro.encode(_frames(2, 40, 50)).patches.shape == (2, micro.num_patches, micro.width)
+
+
+def test_preprocess_resizes_shorter_side_and_centre_crops(tiny):
+    # A 3:1 frame: red left third, blue centre, green right third. After the shorter side goes to 96 and the
+    # centre 96 x 96 is cropped, only blue remains.
+    frame = torch.zeros(1, 64, 192, 3, dtype=torch.uint8)  # [1, H, W, 3]
+    frame[:, :, :64, 0] = 255
+    frame[:, :, 64:128, 2] = 255
+    frame[:, :, 128:, 1] = 255
+    x = tiny.preprocess(frame)  # [1, 3, 96, 96]
+    assert x.shape == (1, 3, 96, 96)
+    pixels = x * tiny.std + tiny.mean  # back to [0, 1]
+    torch.testing.assert_close(pixels[0, :, 10:-10, 10:-10].mean(dim=(1, 2)), torch.tensor([0.0, 0.0, 1.0]))
+    # Frames already at the model size are only normalised.
+    square = _frames(2, 96, 96)
+    expected = (square.permute(0, 3, 1, 2).float() / 255 - tiny.mean) / tiny.std
+    torch.testing.assert_close(tiny.preprocess(square), expected)
+
+
+def test_local_weights_file_and_folder_match_open_clip(tmp_path, tiny):
+    model = _full_clip("mmduplex-tiny", seed=5).eval()
+    weights = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    from_file = create_encoder(f"mmduplex-tiny:{weights}", device="cpu")
+    assert from_file.fingerprint["weights_sha256"] == _weights_sha256(model.visual)
+    assert from_file.fingerprint["weights_sha256"] != tiny.fingerprint["weights_sha256"]
+    assert from_file.fingerprint["pretrained"] == "weights.safetensors"
+
+    frames = _frames(2, 96, 96)
+    out = from_file.encode(frames)
+    with torch.no_grad():
+        reference = model.encode_image(from_file.preprocess(frames))  # open_clip's own pooled embedding
+    torch.testing.assert_close(out.pooled, reference, rtol=1e-5, atol=1e-5)
+
+    folder = tmp_path / "clip"  # open_clip's local-dir layout: config + weights
+    folder.mkdir()
+    config = {"model_cfg": open_clip.get_model_config("mmduplex-tiny"), "preprocess_cfg": {}}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    (folder / "open_clip_model.safetensors").write_bytes(weights.read_bytes())
+    from_folder = create_encoder(str(folder), device="cpu")
+    assert from_folder.fingerprint["weights_sha256"] == from_file.fingerprint["weights_sha256"]
+    torch.testing.assert_close(from_folder.encode(frames).patches, out.patches)
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no-such-model"):
+        create_encoder("no-such-model")
+    missing = tmp_path / "missing.bin"
+    with pytest.raises(CheckpointError, match="missing.bin: no such checkpoint file"):
+        create_encoder(f"mmduplex-tiny:{missing}")
+    with pytest.raises(CheckpointError, match="not-a-tag"):
+        create_encoder("mmduplex-tiny:not-a-tag")
+    micro = tmp_path / "micro.safetensors"
+    save_file({k: v.contiguous() for k, v in _full_clip("mmduplex-micro", seed=1).state_dict().items()}, str(micro))
+    with pytest.raises(CheckpointError, match=r"micro.safetensors: cannot load as mmduplex-tiny"):
+        create_encoder(f"mmduplex-tiny:{micro}")  # weights of another shape
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.bin"):
+        create_encoder(f"mmduplex-tiny:{garbage}")
+    with pytest.raises(CheckpointError, match="needs its model"):
+        create_encoder(str(garbage))  # a bare weights file: which model?
+    with pytest.raises(CheckpointError, match="open_clip_config.json"):
+        create_encoder(f"local-dir:{tmp_path}")
+
+
+def test_bad_frames_are_refused(tiny):
+    with pytest.raises(InputError, match="uint8"):
+        tiny.encode(torch.zeros(2, 96, 96, 3))
+    with pytest.raises(InputError, match=r"\[T, H, W, 3\]"):
+        tiny.encode(torch.zeros(96, 96, 3, dtype=torch.uint8))
+    with pytest.raises(InputError, match="batch_size"):
+        tiny.encode(_frames(1, 96, 96), batch_size=0)
+
+
+def test_seed_constant_is_the_documented_one():
+    # Changing INIT_SEED changes every cached fingerprint; it is part of the cache format.
+    assert INIT_SEED == 0
+
+
+@pytest.mark.slow
+def test_vit_b32_random_init_shapes():
+    encoder = create_encoder("ViT-B-32", device="cpu")
+    assert (encoder.image_size, encoder.num_patches, encoder.width, encoder.embed_dim) == (224, 49, 768, 512)
+    assert encoder.fingerprint["pretrained"] is None
+    out = encoder.encode(_frames(1, 240, 320))
+    assert out.patches.shape == (1, 49, 768)

@@ -1,0 +1,209 @@
+"""Transcript loaders: LiveCC JSONL and moshi-finetune alignments, on hand-written samples, valid and broken."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mmduplex.data.transcripts import OVERLAP_TOLERANCE_S, Word, livecc_record, load_livecc_jsonl, load_moshi_alignments
+from mmduplex.errors import AnnotationError
+
+GOOD = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "video", "video": "clips/a.mp4", "video_start": 12.0, "video_end": 20.0},
+            {
+                "type": "text",
+                "text": "what happens?",
+                "previous": "earlier",
+                "title": "A title",
+                "category": "Sports",
+            },
+        ],
+    },
+    {
+        "role": "assistant",
+        "content": [{"type": "text_stream", "text_stream": [[12.31, 12.52, "the"], [12.52, 12.9, "ball"]]}],
+    },
+]
+
+
+def _write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    return path
+
+
+def _stream(record: list) -> list:
+    return record[1]["content"][0]["text_stream"]
+
+
+def test_livecc_words_relative_to_clip_start_with_meta(tmp_path):
+    path = _write_jsonl(tmp_path / "cc.jsonl", [GOOD, "", GOOD])
+    clips = load_livecc_jsonl(path)
+    assert len(clips) == 2
+    clip = clips[0]
+    assert clip.video == os.fspath(tmp_path / "clips" / "a.mp4")
+    assert (clip.start_s, clip.end_s) == (12.0, 20.0)
+    assert [w.text for w in clip.words] == ["the", "ball"]
+    assert clip.words[0].start == pytest.approx(0.31) and clip.words[1].end == pytest.approx(0.9)
+    assert clip.meta["title"] == "A title" and clip.meta["previous"] == "earlier"
+    assert clip.meta["query"] == "what happens?" and clip.meta["category"] == "Sports"
+    assert [c.meta["line"] for c in clips] == [1, 3]  # blank lines skipped, line numbers kept
+
+
+def test_livecc_video_paths_resolved_against_root(tmp_path):
+    record = copy.deepcopy(GOOD)
+    path = _write_jsonl(tmp_path / "cc.jsonl", [record])
+    assert load_livecc_jsonl(path, root="/data/x")[0].video == os.fspath(Path("/data/x/clips/a.mp4"))
+    record[0]["content"][0]["video"] = "/abs/v.mp4"
+    _write_jsonl(path, [record])
+    assert load_livecc_jsonl(path, root="/data/x")[0].video == "/abs/v.mp4"
+
+
+def test_livecc_record_round_trip(tmp_path):
+    words = [Word(1.0, 1.3, "red"), Word(1.3, 1.6, "square"), Word(1.6, 1.9, "enters")]
+    path = _write_jsonl(tmp_path / "t.jsonl", [livecc_record("v.mp4", words, 0.0, 5.0, title="t")])
+    clip = load_livecc_jsonl(path)[0]
+    assert clip.words == words and clip.end_s == 5.0 and clip.meta["title"] == "t"
+
+
+def test_small_overlap_is_clipped(tmp_path):
+    record = copy.deepcopy(GOOD)
+    _stream(record)[0][1] = 12.52 + OVERLAP_TOLERANCE_S / 2  # "the" runs into "ball"
+    clip = load_livecc_jsonl(_write_jsonl(tmp_path / "cc.jsonl", [record]))[0]
+    assert clip.words[0].end == pytest.approx(clip.words[1].start)
+
+
+def _set(stream_index: int, slot: int, value):
+    def edit(record):
+        _stream(record)[stream_index][slot] = value
+
+    return edit
+
+
+def _edit_video(key: str, value):
+    def edit(record):
+        if value is None:
+            del record[0]["content"][0][key]
+        else:
+            record[0]["content"][0][key] = value
+
+    return edit
+
+
+BROKEN = {
+    "missing assistant turn": (lambda r: r.pop(1), "missing the 'assistant' turn"),
+    "no video item": (lambda r: r[0]["content"].pop(0), "has no {'type': 'video'} item"),
+    "missing video key": (_edit_video("video", None), "missing key 'video'"),
+    "missing text_stream": (lambda r: r[1]["content"][0].pop("text_stream"), "missing key 'text_stream'"),
+    "content not a list": (lambda r: r[0].__setitem__("content", "x"), "'content' must be a list"),
+    "time as string": (_set(0, 0, "12.31"), "expected a finite number"),
+    "word not a string": (_set(0, 2, 7), "word must be a string"),
+    "entry not a triple": (lambda r: _stream(r).__setitem__(0, [12.3, "the"]), "expected [start, end, word]"),
+    "empty word": (_set(1, 2, "  "), "empty word text"),
+    "negative time": (lambda r: (_edit_video("video_start", 0.0)(r), _set(0, 0, -0.2)(r)), "negative time"),
+    "end before start": (_set(1, 1, 12.4), "end 12.4 < start 12.52"),
+    "unsorted": (lambda r: _stream(r).reverse(), "start times not sorted"),
+    "big overlap": (_set(0, 1, 12.52 + OVERLAP_TOLERANCE_S + 0.1), "of overlap is allowed"),
+    "before video_start": (_set(0, 0, 11.0), "out of range [12.0, 20.0]"),
+    "after video_end": (_set(1, 1, 20.5), "out of range [12.0, 20.0]"),
+    "video_end before start": (_edit_video("video_end", 5.0), "bad clip range"),
+    "turn not an object": (lambda r: r.__setitem__(1, "assistant"), "expected a list of conversation turns"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_livecc_errors_name_file_and_line(tmp_path, case):
+    edit, message = BROKEN[case]
+    record = copy.deepcopy(GOOD)
+    edit(record)
+    path = _write_jsonl(tmp_path / "cc.jsonl", [GOOD, record])
+    with pytest.raises(AnnotationError) as info:
+        load_livecc_jsonl(path)
+    assert info.value.path == os.fspath(path)
+    assert info.value.problem.startswith("line 2") and message in info.value.problem, info.value.problem
+
+
+def test_livecc_malformed_json_empty_and_missing_files(tmp_path):
+    path = _write_jsonl(tmp_path / "cc.jsonl", [GOOD, '[{"role": "user",'])
+    with pytest.raises(AnnotationError, match="line 2: malformed JSON"):
+        load_livecc_jsonl(path)
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(AnnotationError, match="empty file"):
+        load_livecc_jsonl(tmp_path / "empty.jsonl")
+    with pytest.raises(AnnotationError, match="file not found"):
+        load_livecc_jsonl(tmp_path / "nope.jsonl")
+
+
+def _moshi_set(tmp_path: Path, alignments: dict[str, list], durations: dict[str, float]) -> Path:
+    for name, rows in alignments.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"alignments": rows}))
+    return _write_jsonl(
+        tmp_path / "manifest.jsonl", [{"path": f"{n}.wav", "duration": d} for n, d in durations.items()]
+    )
+
+
+DIALOGUE = [
+    ["hello", [0.1, 0.4], "SPEAKER_MAIN"],
+    ["hi", [0.3, 0.5], "SPEAKER_OTHER"],  # speakers may talk over each other
+    ["there", [0.45, 0.8], "SPEAKER_MAIN"],
+    ["friend", [0.9, 1.2], "SPEAKER_MAIN"],
+]
+
+
+def test_moshi_manifest_speakers_and_filter(tmp_path):
+    manifest = _moshi_set(tmp_path, {"a": DIALOGUE, "b": DIALOGUE[:1]}, {"a": 2.0, "b": 1.0})
+    clips = load_moshi_alignments(manifest)
+    assert [c.video for c in clips] == [os.fspath(tmp_path / "a.wav"), os.fspath(tmp_path / "b.wav")]
+    a = clips[0]
+    assert a.end_s == 2.0 and [w.text for w in a.words] == ["hello", "hi", "there", "friend"]
+    assert a.meta["speakers"] == ["SPEAKER_MAIN", "SPEAKER_OTHER", "SPEAKER_MAIN", "SPEAKER_MAIN"]
+    assert a.words[0].end == pytest.approx(0.4)  # overlap with the other speaker is not clipped
+    assert a.meta["alignments"] == os.fspath(tmp_path / "a.json")
+    main = load_moshi_alignments(manifest, speaker="SPEAKER_MAIN")[0]
+    assert [w.text for w in main.words] == ["hello", "there", "friend"]
+    assert main.words[0].end == pytest.approx(0.4)
+    single = load_moshi_alignments(tmp_path / "a.json")[0]
+    assert single.video is None and single.end_s is None and len(single.words) == 4
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([["x", [0.5, 0.2], "S"]], "alignments[0]: end 0.2 < start 0.5"),
+        ([["x", [0.1, 0.2], "S"], ["y", [0.05, 0.3], "S"]], "alignments[1]: start times not sorted"),
+        ([["x", [0.1, 2.5], "S"]], "out of range [0.0, 2.0]"),
+        ([["x", [-0.1, 0.2], "S"]], "negative time"),
+        ([["", [0.1, 0.2], "S"]], "empty word text"),
+        ([["x", 0.1, "S"]], "expected [start, end]"),
+        ([["x", [0.1, 0.2], 3]], "speaker must be a string"),
+        ([["x", [0.1, 1.0], "S"], ["y", [0.2, 1.2], "S"]], "of overlap is allowed"),
+    ],
+)
+def test_moshi_alignment_errors_name_the_json(tmp_path, rows, message):
+    manifest = _moshi_set(tmp_path, {"a": rows}, {"a": 2.0})
+    with pytest.raises(AnnotationError) as info:
+        load_moshi_alignments(manifest)
+    assert info.value.path == os.fspath(tmp_path / "a.json")
+    assert message in info.value.problem, info.value.problem
+
+
+def test_moshi_manifest_errors(tmp_path):
+    manifest = _write_jsonl(tmp_path / "m.jsonl", [{"path": "a.wav"}])
+    with pytest.raises(AnnotationError, match="line 1: missing key 'duration'"):
+        load_moshi_alignments(manifest)
+    _write_jsonl(manifest, [{"path": "a.wav", "duration": 1.0}])
+    with pytest.raises(AnnotationError, match="file not found") as info:
+        load_moshi_alignments(manifest)
+    assert info.value.path == os.fspath(tmp_path / "a.json")
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(AnnotationError, match="malformed JSON"):
+        load_moshi_alignments(manifest)
+    (tmp_path / "a.json").write_text(json.dumps({"words": []}))
+    with pytest.raises(AnnotationError, match="key 'alignments'"):
+        load_moshi_alignments(manifest)
