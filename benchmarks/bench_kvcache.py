@@ -26,12 +26,19 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from benchmarks.common import print_header
 from mmduplex.kvcache import SinkWindowCache
 
+
 def build_model(hidden: int, layers: int, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     """A random-initialised Llama-style LM (head dim 16, two query heads per KV head)."""
     heads = max(hidden // 16, 2)
     config = LlamaConfig(
-        vocab_size=256, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads // 2, head_dim=16, max_position_embeddings=1 << 16,
+        vocab_size=256,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
+        head_dim=16,
+        max_position_embeddings=1 << 16,
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(config).to(dtype).eval()

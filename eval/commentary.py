@@ -1,8 +1,9 @@
 """Live-commentary evaluation: a model's timed lines against a timed transcript and/or the synthetic set's events.
 
-Inputs are the model's lines ``(start_s, end_s, text)`` as written by ``mmduplex stream`` (WebVTT, SRT or JSONL
-``{"start", "end", "text"}``; :func:`load_lines`), in video time. Words are lower-cased alphanumeric tokens, and a
-line's words are spread evenly over it (word ``i`` of ``n`` at ``start + i * (end - start) / n``).
+Inputs are the model's lines ``(start_s, end_s, text)`` in video time, as written by ``mmduplex stream`` (WebVTT,
+SRT or JSONL ``{"start", "end", "text"}``, read by :func:`load_lines` with ``mmduplex.outputs``' strict readers).
+Words are lower-cased alphanumeric tokens, and a line's words are spread evenly over it (word ``i`` of ``n`` at
+``start + i * (end - start) / n``).
 
 Against the synthetic set's **events** (:func:`event_metrics`, the figures ``mmduplex demo`` reports):
 
@@ -32,10 +33,8 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import html
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,24 +46,18 @@ import numpy as np
 
 from eval.base import EvalTask, markdown_table
 from mmduplex.errors import AnnotationError, InputError
+from mmduplex.outputs import CommentaryLine, read_commentary
 
 log = logging.getLogger(__name__)
 
 LINE_SUFFIXES = (".vtt", ".srt", ".jsonl")
 _VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
-_VTT_TIME = r"(?:(\d+):)?(\d{2}):(\d{2})[.,](\d{3})"
-_CUE_TIMING = re.compile(rf"^{_VTT_TIME}\s+-->\s+{_VTT_TIME}(?:\s.*)?$")
 _EPS = 1e-9
 
 
-@dataclass(frozen=True)
-class Line:
-    """One line of the model's commentary, in video time (s)."""
-
-    start: float
-    end: float
-    text: str
+Line = CommentaryLine
+"""One line of the model's commentary, ``(start, end, text)`` in video time (s): ``mmduplex.outputs``' type."""
 
 
 class EventLike(Protocol):
@@ -92,86 +85,9 @@ def tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
-def _clock(groups: Sequence[str | None]) -> float:
-    hours, minutes, seconds, millis = groups
-    return int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1000
-
-
-def _cue_text(lines: Sequence[str]) -> str:
-    return html.unescape(re.sub(r"<[^>]*>", "", " ".join(line.strip() for line in lines))).strip()
-
-
-def _parse_cues(path: Path, text: str, blocks_start: int) -> list[Line]:
-    """Cues of a WebVTT / SRT body: blank-line separated blocks, each an optional id, a timing line, text lines."""
-    cues, lineno = [], 0
-    raw_lines = text.splitlines()
-    block: list[tuple[int, str]] = []
-    for lineno, raw in enumerate([*raw_lines, ""], start=1):
-        if raw.strip():
-            block.append((lineno, raw))
-            continue
-        if block and block[0][0] > blocks_start and not re.match(r"^(NOTE|STYLE|REGION)\b", block[0][1]):
-            timing = next((k for k, (_, s) in enumerate(block[:2]) if "-->" in s), None)
-            if timing is None:
-                raise AnnotationError(path, f"line {block[0][0]}: expected a cue timing 'HH:MM:SS.mmm --> ...'")
-            at, timing_line = block[timing]
-            match = _CUE_TIMING.match(timing_line.strip())
-            if match is None:
-                raise AnnotationError(path, f"line {at}: malformed cue timing {timing_line.strip()!r}")
-            start, end = _clock(match.groups()[:4]), _clock(match.groups()[4:])
-            if end < start:
-                raise AnnotationError(path, f"line {at}: cue ends ({end}) before it starts ({start})")
-            cues.append(Line(start, end, _cue_text([s for _, s in block[timing + 1 :]])))
-        block = []
-    return cues
-
-
-def load_vtt(path: str | os.PathLike) -> list[Line]:
-    """Read a WebVTT file (``WEBVTT`` header, then ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues; tags stripped)."""
-    path = Path(path)
-    text = _read_text(path).lstrip("\ufeff")
-    first = text.splitlines()[0] if text else ""
-    if not re.match(r"^WEBVTT(?:[ \t].*)?$", first):
-        raise AnnotationError(path, "not a WebVTT file (the first line must be 'WEBVTT')")
-    return _parse_cues(path, text, blocks_start=1)
-
-
-def load_srt(path: str | os.PathLike) -> list[Line]:
-    """Read an SRT file (numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``)."""
-    path = Path(path)
-    return _parse_cues(path, _read_text(path).lstrip("\ufeff"), blocks_start=0)
-
-
-def load_lines_jsonl(path: str | os.PathLike) -> list[Line]:
-    """Read a JSONL of ``{"start": s, "end": s, "text": str}`` lines (an empty file = a silent model)."""
-    path = Path(path)
-    lines = []
-    for lineno, raw in enumerate(_read_text(path).splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise AnnotationError(path, f"line {lineno}: malformed JSON ({exc.msg})") from exc
-        ok = isinstance(record, dict) and isinstance(record.get("text"), str)
-        times = [record.get("start"), record.get("end")] if ok else []
-        if not ok or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in times
-        ):
-            raise AnnotationError(path, f'line {lineno}: expected {{"start": s, "end": s, "text": str}}')
-        if times[1] < times[0]:
-            raise AnnotationError(path, f"line {lineno}: end {times[1]} before start {times[0]}")
-        lines.append(Line(float(times[0]), float(times[1]), record["text"]))
-    return lines
-
-
 def load_lines(path: str | os.PathLike) -> list[Line]:
-    """Read the model's timed lines from a ``.vtt``, ``.srt`` or ``.jsonl`` file, sorted by start time."""
-    path = Path(path)
-    loaders = {".vtt": load_vtt, ".srt": load_srt, ".jsonl": load_lines_jsonl}
-    if path.suffix.lower() not in loaders:
-        raise InputError(path, f"unknown commentary format (expected one of {', '.join(LINE_SUFFIXES)})")
-    return sorted(loaders[path.suffix.lower()](path), key=lambda line: line.start)
+    """Read the model's timed lines from a ``.vtt``, ``.srt`` or ``.jsonl`` file (the project's strict readers)."""
+    return sorted(read_commentary(path), key=lambda line: line.start)
 
 
 def _read_text(path: Path) -> str:
@@ -184,8 +100,11 @@ def _read_text(path: Path) -> str:
 
 
 def as_lines(lines: Iterable[Line | tuple[float, float, str]]) -> list[Line]:
-    """Accept :class:`Line` objects or ``(start, end, text)`` tuples."""
-    return [line if isinstance(line, Line) else Line(float(line[0]), float(line[1]), str(line[2])) for line in lines]
+    """Accept :class:`Line` objects (or anything with ``start``, ``end``, ``text``) or ``(start, end, text)``."""
+    return [
+        Line(float(x.start), float(x.end), str(x.text)) if hasattr(x, "text") else Line(float(x[0]), float(x[1]), x[2])
+        for x in lines
+    ]
 
 
 def timed_words(lines: Iterable[Line | tuple[float, float, str]]) -> list[tuple[float, str]]:

@@ -24,9 +24,10 @@ Reference protocol (the official loader and lmms-eval agree):
 - prompt: the question, one ``A. text`` line per option, then ``Answer with the option's letter from the given
   choices directly.`` (lines joined by newlines, as lmms-eval does).
 
-Scoring (:func:`score`): accuracy is micro (fraction correct, via torchmetrics); a response without a letter is wrong
-and counted in ``no_letter``. Per-group accuracies are ``None`` for groups without questions (the keys for the four
-duration groups and the 17 categories are always present); ``counts`` gives the number of questions per group.
+Scoring (:func:`score`): accuracy is micro (the fraction correct: torchmetrics' mean of 0/1 correctness in float64,
+not its per-class multiclass default); a response without a letter is wrong and counted in ``no_letter``. Per-group
+accuracies are ``None`` for groups without questions (the keys for the four duration groups and the 17 categories are
+always present); ``counts`` gives the number of questions per group.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import av
 import torch
 from tqdm import tqdm
 
@@ -48,6 +50,7 @@ from eval.answer_parser import LETTERS, choice_letter, parse_response
 from eval.base import EvalTask, markdown_table
 from mmduplex.errors import AnnotationError, InputError, VideoError
 from mmduplex.fileio import write_text_atomic
+from mmduplex.video import probe_video
 
 log = logging.getLogger(__name__)
 
@@ -287,26 +290,52 @@ def build_prompt(question: Question) -> str:
 
 
 def load_frames(path: str | os.PathLike, duration: float, max_frames: int) -> tuple[torch.Tensor, list[float]]:
-    """Decode the reference's frames (decord, by index, as the reference does): ``[T, H, W, 3]`` uint8, times (s).
+    """Decode the reference's frames by index (decord, as the reference does): ``[T, H, W, 3]`` uint8, times (s).
 
-    Indices past the last decodable frame (a record ``duration`` a little longer than the file) are clamped to it.
+    Where decord cannot decode the file (decord 0.6 fails on some frame sizes) the same indices are decoded with
+    PyAV. Indices past the last frame (a record ``duration`` a little longer than the file) are clamped to it.
+
+    Raises:
+        VideoError: the file is missing, empty, truncated or undecodable.
     """
     import decord  # the reference protocol is index based; mmduplex.video samples by time
 
+    info = probe_video(path)  # a clear VideoError for empty / truncated / non-video files
     try:
         reader = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), num_threads=1)
-        fps = float(reader.get_avg_fps())
-        indices, timestamps = sample_frame_indices(duration, fps, max_frames)
-        last = len(reader) - 1
-        if indices[-1] > last:
-            log.warning("%s: frame %d requested, the video has %d frames; clamping", path, indices[-1], last + 1)
-            indices = [min(i, last) for i in indices]
-            timestamps = [i / fps for i in indices]
-        batch = reader.get_batch(indices)
-    except decord.DECORDError as exc:
+        fps, count = float(reader.get_avg_fps()), len(reader)
+    except (RuntimeError, decord.DECORDError):
+        reader, fps, count = None, info.native_fps, info.num_frames
+    indices, timestamps = sample_frame_indices(duration, fps, max_frames)
+    if indices[-1] > count - 1:
+        log.warning("%s: frame %d requested, the video has %d frames; clamping", path, indices[-1], count)
+        indices = [min(i, count - 1) for i in indices]
+        timestamps = [i / fps for i in indices]
+    if reader is not None:
+        try:
+            batch = reader.get_batch(indices)
+            frames = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch.asnumpy())
+            return frames, timestamps  # [T, H, W, 3] uint8
+        except (RuntimeError, decord.DECORDError) as exc:
+            log.info("decord cannot decode %s (%s); decoding with PyAV", path, str(exc).splitlines()[0])
+    return _decode_by_index(Path(path), indices), timestamps
+
+
+def _decode_by_index(path: Path, indices: Sequence[int]) -> torch.Tensor:
+    """Frames ``indices`` (in decode order) of ``path`` with PyAV: ``[T, H, W, 3]`` uint8."""
+    wanted, found = set(indices), {}
+    try:
+        with av.open(os.fspath(path)) as container:
+            for k, frame in enumerate(container.decode(video=0)):
+                if k in wanted:
+                    found[k] = torch.from_numpy(frame.to_ndarray(format="rgb24"))  # [H, W, 3]
+                if k >= max(indices):
+                    break
+    except av.error.FFmpegError as exc:
         raise VideoError(path, f"cannot decode video ({exc})") from exc
-    frames = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch.asnumpy())  # [T, H, W, 3] uint8
-    return frames, timestamps
+    if len(found) < len(wanted):
+        raise VideoError(path, f"decoded only {len(found)} of the {len(wanted)} requested frames")
+    return torch.stack([found[i] for i in indices])
 
 
 # ---------------------------------------------------------------------------------------------------------- responses
@@ -361,8 +390,20 @@ def run_responder(
     subtitles: bool,
     scoring: str,
     progress: bool = True,
+    annotations: str = "lvb_val.json",
 ) -> ModelRun:
-    """Ask every question through ``responder``: one ``prepare_video`` per video, then its questions on that state."""
+    """Ask every question through ``responder``: one ``prepare_video`` per video, then its questions on that state.
+
+    Args:
+        questions: the records to ask (from :func:`load_annotations`).
+        data_root: folder holding ``videos/`` and ``subtitles/``.
+        responder: the model.
+        max_frames: the reference's frame cap.
+        subtitles: interleave the kept subtitles.
+        scoring: ``"generation"`` or ``"likelihood"``.
+        progress: show a progress bar over questions.
+        annotations: the annotation file name (for error messages).
+    """
     if scoring not in SCORING_MODES:
         raise InputError("scoring", f"must be one of {SCORING_MODES}, got {scoring!r}")
     root = Path(data_root)
@@ -370,7 +411,7 @@ def run_responder(
     for q in questions:
         if q.video_path is None or q.duration is None or (subtitles and q.subtitle_path is None):
             raise AnnotationError(
-                root / "lvb_val.json",
+                root / annotations,
                 f"question {q.id!r}: model mode needs video_path, "
                 "duration" + (" and subtitle_path" if subtitles else ""),
             )
@@ -415,12 +456,14 @@ def run_responder(
 
 
 def _accuracy(preds: torch.Tensor, target: torch.Tensor) -> float | None:
-    """Micro accuracy (fraction correct) of class indices; ``None`` when there are none."""
-    from torchmetrics.functional.classification import multiclass_accuracy  # slow import, only when scoring
+    """Micro accuracy (fraction correct, float64) of class indices; ``None`` when there are none."""
+    from torchmetrics.aggregation import MeanMetric  # slow import, only when scoring
 
     if preds.numel() == 0:
         return None
-    return float(multiclass_accuracy(preds, target, num_classes=_NO_ANSWER + 1, average="micro"))
+    mean = MeanMetric().set_dtype(torch.float64)
+    mean.update((preds == target).to(torch.float64))  # [N] 1.0 = right
+    return float(mean.compute())
 
 
 def score(
@@ -561,7 +604,14 @@ class LongVideoBenchEval(EvalTask):
             settings.update(missing_videos=None, missing_subtitles=None)
         else:
             run = run_responder(
-                questions, self.data_root, self.responder, self.frames, self.subtitles, self.scoring, self.progress
+                questions,
+                self.data_root,
+                self.responder,
+                self.frames,
+                self.subtitles,
+                self.scoring,
+                self.progress,
+                self.annotations,
             )
             responses, reasons = run.responses, run.missing
             settings.update(missing_videos=run.missing_videos, missing_subtitles=run.missing_subtitles)
@@ -607,7 +657,7 @@ class LongVideoBenchEval(EvalTask):
             "which this command does not have yet)",
         )
         parser.add_argument("--annotations", default=s, metavar="NAME", help="annotation file in DIR (lvb_val.json)")
-        parser.add_argument("--frames", type=int, default=s, help="max frames the predictions used (recorded)")
+        parser.add_argument("--frames", type=int, default=s, metavar="N", help="max frames per video used (recorded)")
         parser.add_argument(
             "--subtitles",
             action=argparse.BooleanOptionalAction,

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "features": "mmduplex.commands.features",
     "eval": "mmduplex.commands.eval",
     "tokenize": "mmduplex.commands.tokenize",
+    "export": "mmduplex.commands.export",
 }
 
 

@@ -19,8 +19,9 @@ import math
 import os
 import re
 import time
+import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ FORMAT = "mmduplex-features"
 VERSION = 1
 INDEX_NAME = "index.json"
 SHARD_SUFFIX = ".safetensors"
+_KEY = re.compile(r"[A-Za-z0-9_-]([A-Za-z0-9._-]*[A-Za-z0-9_-])?")  # what video_key produces
 INDEX_FLUSH_S = 10.0  # extract_features rewrites the index at most this often (lost entries are re-adopted)
 
 
@@ -157,6 +159,9 @@ class FeatureCache:
         """Index entries by key: ``file``, ``source``, ``frames``, ``duration_s``, ``bytes``."""
         return {key: dict(entry) for key, entry in self._index["videos"].items()}
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
     def __contains__(self, key: object) -> bool:
         return key in self._index["videos"]
 
@@ -193,7 +198,7 @@ class FeatureCache:
 
     def write_shard(self, key: str, record: FeatureRecord) -> int:
         """Write ``key``'s shard atomically (the index is not touched) and return its size in bytes."""
-        if video_key(key) != key:
+        if not _KEY.fullmatch(key):
             raise InputError(key, "not a valid cache key (letters, digits, '.', '_', '-'; see video_key)")
         record.check()
         patches, pooled = record.patches.detach().cpu().half(), record.pooled.detach().cpu().half()
@@ -257,7 +262,7 @@ class FeatureCache:
 
     @classmethod
     def rebuild(cls, root: str | os.PathLike) -> FeatureCache:
-        """Recreate a lost index from the shards in ``root`` (all must share one encoder and fps).
+        """Recreate a lost or damaged index from the shards in ``root`` (all must share one encoder and fps).
 
         Raises:
             CacheError: no readable shard, or shards made by different encoders / at different rates.
@@ -276,7 +281,9 @@ class FeatureCache:
         for path, meta in found:
             if meta["encoder"] != first["encoder"] or meta["fps"] != first["fps"]:
                 raise CacheError(path, f"made by another encoder or fps than {found[0][0].name}; cannot merge")
-        cache = cls(root, json.loads(first["encoder"]), float(first["fps"]), create=not (root / INDEX_NAME).exists())
+        index = {"format": FORMAT, "version": VERSION, "encoder": json.loads(first["encoder"])}
+        write_json_atomic(root / INDEX_NAME, {**index, "fps": float(first["fps"]), "videos": {}})
+        cache = cls(root)
         for path, meta in found:
             cache.adopt(path.name[: -len(SHARD_SUFFIX)], meta["source"])
         cache.flush()
@@ -574,7 +581,9 @@ def _extract_lightning(
     )  # fmt: skip
     if jobs:
         loader = _loader(VideoFrames(jobs, fps, _decode_size(module.encoder)), workers)
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        with warnings.catch_warnings():  # one video per step: there are no batch indices to infer
+            warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
     elif trainer.is_global_zero:
         cache.flush()  # nothing to encode; record adopted shards
     report.encoded = [key for key, _, _ in writer.encoded]

@@ -140,6 +140,8 @@ class ShiftTable:
         table = self._tables.get(device)
         if table is None or table[0].shape[0] < size:
             n = max(size, 2 * table[0].shape[0] if table is not None else 64)
+            if getattr(self.rotary, "rope_type", "default") in _LENGTH_DEPENDENT_ROPE:
+                n = size  # probing further positions would switch the module to its long-context frequencies
             probe = torch.zeros(1, device=device, dtype=torch.float32)
             positions = torch.arange(n, device=device)[None]  # [1, n]
             cos, sin = self.rotary(probe, position_ids=positions)  # [1, n, Dh], times attention_scaling
@@ -216,6 +218,12 @@ class SinkWindowLayer(DynamicLayer):
         if self.keys is None or not self.evicted:
             return self.keys
         return self.table.rotate(self.keys, self.shifts, self.max_shift)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last ``-tokens_to_remove`` entries (HF's convention), keeping ``shifts`` aligned."""
+        super().crop(tokens_to_remove)
+        if self.shifts is not None:
+            self.shifts = self.shifts[: self.get_seq_length()]
 
     def get_max_length(self) -> int:
         """The most positions this layer keeps between steps."""

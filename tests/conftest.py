@@ -17,3 +17,68 @@ def _seed_everything():
     """Every test starts from the same RNG state, so results never depend on test order."""
     torch.manual_seed(0)
     yield
+
+
+# ---------------------------------------------------------------------- duplex model (tests/test_duplex_*.py, export)
+
+
+@pytest.fixture(scope="session")
+def duplex_data(tmp_path_factory):
+    """A small synthetic commentary set and its ``mmduplex-tiny`` feature cache (8 videos of 20-30 s, 2 fps).
+
+    Returns ``{"synthetic_dir": Path, "features": Path}``; pass them to the duplex recipes as
+    ``--data.init_args.synthetic_dir`` / ``--data.init_args.features``.
+    """
+    from mmduplex.data.synthetic import SyntheticConfig, generate_dataset
+    from mmduplex.features import extract_features
+
+    root = tmp_path_factory.mktemp("duplex_data")
+    dataset = generate_dataset(root / "synthetic", SyntheticConfig(num_videos=8, duration_s=(20.0, 30.0)))
+    extract_features(dataset.videos(), root / "features", encoder="mmduplex-tiny", fps=2.0)
+    return {"synthetic_dir": root / "synthetic", "features": root / "features"}
+
+
+def duplex_fit_args(data: dict, out_dir, *extra: str, recipe: str = "duplex/tiny") -> list[str]:
+    """``mmduplex fit`` arguments: a duplex recipe on ``duplex_data``, quiet, logging under ``out_dir``."""
+    from recipes import recipe_path
+
+    return [
+        "fit",
+        "--config",
+        str(recipe_path(recipe)),
+        f"--data.init_args.synthetic_dir={data['synthetic_dir']}",
+        f"--data.init_args.features={data['features']}",
+        f"--trainer.default_root_dir={out_dir}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.num_sanity_val_steps=0",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_duplex_run(duplex_data, tmp_path_factory):
+    """The tiny duplex recipe trained for 48 steps on ``duplex_data`` (in-process), shared by several tests.
+
+    Returns ``{"checkpoint": last.ckpt, "metrics": metrics.csv, "module": the trained DuplexModule}``.
+    """
+    from pathlib import Path
+
+    from mmduplex.lightning_cli import run_cli
+
+    out = tmp_path_factory.mktemp("tiny_duplex_run")
+    cli = run_cli(
+        duplex_fit_args(
+            duplex_data,
+            out,
+            "--data.init_args.window_stride_s=2.0",
+            "--trainer.max_steps=48",
+            "--trainer.limit_val_batches=0",
+            "--trainer.log_every_n_steps=1",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+            f"--trainer.logger.save_dir={out}",
+        )
+    )
+    log_dir = Path(cli.trainer.logger.log_dir)
+    checkpoint = next(out.rglob("last.ckpt"))
+    return {"checkpoint": checkpoint, "metrics": log_dir / "metrics.csv", "module": cli.model}

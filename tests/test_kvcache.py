@@ -41,8 +41,19 @@ _FAMILIES = {
     "llama-yarn": (
         LlamaConfig,
         LlamaForCausalLM,
-        {"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                             "original_max_position_embeddings": 128}},
+        {
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+            }
+        },
+    ),
+    "llama-dynamic": (
+        LlamaConfig,
+        LlamaForCausalLM,
+        {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}},
     ),
     "llama-linear": (
         LlamaConfig,
@@ -74,8 +85,10 @@ def test_rotation_helper_inverts_and_composes():
     back = rotate_positions(rotate_positions(keys, 7, rotary), -7, rotary)
     torch.testing.assert_close(back, keys, rtol=0, atol=1e-6)
     torch.testing.assert_close(
-        rotate_positions(rotate_positions(keys, 5, rotary), 11, rotary), rotate_positions(keys, 16, rotary),
-        rtol=0, atol=1e-5,
+        rotate_positions(rotate_positions(keys, 5, rotary), 11, rotary),
+        rotate_positions(keys, 16, rotary),
+        rtol=0,
+        atol=1e-5,
     )
     assert torch.equal(rotate_positions(keys, 0, rotary), keys)
     norms = rotate_positions(keys, 123, rotary).norm(dim=-1)  # a rotation keeps every key's norm
@@ -183,7 +196,7 @@ def test_copy_is_independent_and_continues_identically():
         a = model(input_ids=ids[:, t : t + 1], cache=twin).logits
         b = model(input_ids=ids[:, t : t + 1], cache=deep).logits
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert all(torch.equal(layer.keys, keys) for layer, keys in zip(cache.layers, snapshot))
+    assert all(torch.equal(layer.keys, keys) for layer, keys in zip(cache.layers, snapshot, strict=True))
     assert cache.total_seen == 20 and twin.total_seen == 30
 
 
@@ -200,3 +213,5 @@ def test_refuses_bad_sizes_and_a_too_short_model_sliding_window():
     mistral = MistralForCausalLM(MistralConfig(**_TINY, num_hidden_layers=1, sliding_window=16))
     with pytest.raises(InputError, match="sliding-window attention"):
         SinkWindowCache(mistral, sink=4, window=32)
+    with pytest.raises(InputError, match="rope_type 'dynamic' changes its frequencies beyond 512 positions"):
+        SinkWindowCache(tiny_lm("llama-dynamic"), sink=4, window=1024)

@@ -3,9 +3,19 @@
 from tokenizer.base import FrameTokens, TokenizedVideo, VideoTokenizer
 from tokenizer.baselines import CodecTokenizer, FrameDropTokenizer, UniformTokenizer, VideoLLMOnlineTokenizer
 from tokenizer.bflow import BFlowConfig, BFlowTokenizer
-from tokenizer.datamodule import FeatureDataModule
 from tokenizer.fidelity import fidelity, normalize_features
-from tokenizer.module import BFlowModule
+
+# Lightning classes load on first use, so importing the tokenizer (or its encoder) does not import Lightning.
+_LAZY = {"BFlowModule": "tokenizer.module", "FeatureDataModule": "tokenizer.datamodule"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tokenizer' has no attribute {name!r}")
+
 
 __all__ = [
     "BFlowConfig",

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -448,8 +449,12 @@ class BFlowTokenizer(VideoTokenizer):
             raise CheckpointError(path, "no such checkpoint file or bundle folder")
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle/zip errors of every flavour
-            raise CheckpointError(path, f"unreadable checkpoint: {err}") from err
+        except Exception as err:  # pickle/zip/EOF/OS errors of every flavour
+            if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):
+                problem = "holds pickled objects, not only tensors and plain values; refusing to unpickle it"
+            else:
+                problem = f"not a readable PyTorch checkpoint ({type(err).__name__})"
+            raise CheckpointError(path, problem) from err
         if not isinstance(ckpt, dict) or ckpt.get("mmduplex_kind") != BUNDLE_KIND:
             kind = ckpt.get("mmduplex_kind") if isinstance(ckpt, dict) else None
             raise CheckpointError(path, f"checkpoint of kind {kind!r}, expected a B-Flow tokenizer ({BUNDLE_KIND!r})")

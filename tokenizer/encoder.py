@@ -196,14 +196,14 @@ class FrozenCLIP(nn.Module):
             raise InputError("frames", f"expected [T, H, W, 3] uint8, got {tuple(frames.shape)} {frames.dtype}")
         if batch_size < 1:
             raise InputError("batch_size", f"must be >= 1, got {batch_size}")
+        if frames.shape[0] == 0:  # no frames: empty outputs of the right widths
+            empty = torch.zeros(0, device=self.device)
+            return EncodedFrames(empty.view(0, self.num_patches, self.width), empty.view(0, self.embed_dim))
         patches, pooled = [], []
         for chunk in frames.split(batch_size):
             p, e = self(self.preprocess(chunk))
             patches.append(p)
             pooled.append(e)
-        if not patches:  # no frames: empty outputs of the right width
-            empty = torch.zeros(0, device=self.device)
-            return EncodedFrames(empty.view(0, self.num_patches, self.width), empty.view(0, self.embed_dim))
         return EncodedFrames(torch.cat(patches), torch.cat(pooled))  # [T, P, D], [T, E]
 
     def extra_repr(self) -> str:

@@ -89,6 +89,8 @@ class SyntheticConfig:
     """Range of the delay from an event to its first word (s)."""
     word_duration_s: float = 0.25
     """Duration of each word (s)."""
+    shading: float = 0.6
+    """Depth of the shape shading (circles radial, triangles vertical, squares flat); 0 draws flat shapes."""
     heldout_fraction: float = 0.2
     """Share of the videos in the held-out split."""
     seed: int = 0
@@ -112,6 +114,7 @@ class SyntheticConfig:
             "shape_size": (0 < self.shape_size[0] <= self.shape_size[1], "must be (min, max) with 0 < min <= max"),
             "word_delay_s": (0 <= self.word_delay_s[0] <= self.word_delay_s[1], "must be (min, max), 0 <= min <= max"),
             "word_duration_s": (self.word_duration_s > 0, "must be > 0"),
+            "shading": (0 <= self.shading < 1, "must be in [0, 1)"),
             "heldout_fraction": (0 <= self.heldout_fraction < 1, "must be in [0, 1)"),
         }
         for name, (ok, problem) in checks.items():
@@ -182,6 +185,7 @@ class VideoSpec:
     shapes: tuple[ShapeTrack, ...]
     events: tuple[Event, ...] = field(default=())
     words: tuple[Word, ...] = field(default=())  # the commentary, in video time
+    shading: float = 0.5  # shape shading depth (see ``_draw``)
 
     @property
     def duration_s(self) -> float:
@@ -393,9 +397,17 @@ def plan_video(config: SyntheticConfig, index: int) -> VideoSpec:
     movers, events = _Planner(config, rng, num_frames / config.fps).run()
     tracks = tuple(ShapeTrack(m.shape_id, m.shape, m.size, tuple(m.waypoints), tuple(m.colours)) for m in movers)
     words = _commentary(events, config, np.random.default_rng([config.seed, index, 1]))
-    size = (config.width, config.height)
     return VideoSpec(
-        video_id(index), num_frames, config.fps, *size, background_seed, tracks, tuple(events), tuple(words)
+        video_id=video_id(index),
+        num_frames=num_frames,
+        fps=config.fps,
+        width=config.width,
+        height=config.height,
+        background_seed=background_seed,
+        shapes=tracks,
+        events=tuple(events),
+        words=tuple(words),
+        shading=config.shading,
     )
 
 
@@ -417,8 +429,13 @@ def _background(seed: int, height: int, width: int) -> np.ndarray:
     return image + 5.0 * texture[..., None]
 
 
-def _mask(shape: str, size: float, cx: float, cy: float, height: int, width: int):
-    """``(rows, cols, mask)`` of the pixels the shape covers (pixel centres inside it), or ``None`` if off-frame."""
+def _draw(shape: str, size: float, cx: float, cy: float, height: int, width: int, shading: float):
+    """``(rows, cols, mask, shade)`` of the pixels the shape covers (pixel centres inside it), ``None`` if off-frame.
+
+    ``shade`` ``[h, w]`` scales the colour: circles are shaded radially (1 at the centre, ``1 - shading`` at the rim),
+    triangles vertically (``1 - shading`` at the apex, 1 at the base), squares are flat. The shading makes the shape
+    visible inside every patch, not only along its outline, which random patch features need.
+    """
     half = size / 2
     x0, x1 = max(math.floor(cx - half), 0), min(math.ceil(cx + half), width)
     y0, y1 = max(math.floor(cy - half), 0), min(math.ceil(cy + half), height)
@@ -426,13 +443,16 @@ def _mask(shape: str, size: float, cx: float, cy: float, height: int, width: int
         return None
     dx = np.arange(x0, x1) + 0.5 - cx  # [w]
     dy = (np.arange(y0, y1) + 0.5 - cy)[:, None]  # [h, 1]
+    flat = np.ones((len(dy), len(dx)))  # [h, w]
     if shape == "square":
-        mask = (np.abs(dx) <= half) & (np.abs(dy) <= half)
+        mask, shade = (np.abs(dx) <= half) & (np.abs(dy) <= half), flat
     elif shape == "circle":
-        mask = dx**2 + dy**2 <= half**2
+        radius = np.sqrt(dx**2 + dy**2) / half  # [h, w]
+        mask, shade = radius <= 1, 1 - shading * np.minimum(radius, 1)
     else:  # triangle, apex up
         mask = (dy >= -half) & (dy <= half) & (np.abs(dx) <= (dy + half) / 2)
-    return slice(y0, y1), slice(x0, x1), mask  # mask [h, w]
+        shade = flat * (1 - shading * np.clip((half - dy) / size, 0, 1))
+    return slice(y0, y1), slice(x0, x1), mask, shade
 
 
 def render_video(spec: VideoSpec) -> np.ndarray:
@@ -443,7 +463,7 @@ def render_video(spec: VideoSpec) -> np.ndarray:
     times = np.arange(spec.num_frames) / spec.fps  # [T]
     background = np.clip(np.round(_background(spec.background_seed, spec.height, spec.width)), 0, 255)
     frames = np.repeat(background.astype(np.uint8)[None], spec.num_frames, axis=0)  # [T, H, W, 3]
-    palette = np.array(list(COLOURS.values()), dtype=np.uint8)  # [C, 3]
+    palette = np.array(list(COLOURS.values()), dtype=np.float64)  # [C, 3]
     names = list(COLOURS)
     layers = []
     for track in spec.shapes:
@@ -461,10 +481,10 @@ def render_video(spec: VideoSpec) -> np.ndarray:
     for k in range(spec.num_frames):
         on = sorted((layer for layer in layers if layer[3][k]), key=lambda layer: (layer[5][k], layer[0].shape_id))
         for track, xs, ys, _, colour, _ in on:
-            drawn = _mask(track.shape, track.size, xs[k], ys[k], spec.height, spec.width)
+            drawn = _draw(track.shape, track.size, xs[k], ys[k], spec.height, spec.width, spec.shading)
             if drawn is not None:
-                rows, cols, mask = drawn
-                frames[k, rows, cols][mask] = palette[colour[k]]
+                rows, cols, mask, shade = drawn
+                frames[k, rows, cols][mask] = np.round(shade[mask][:, None] * palette[colour[k]])  # [n, 3]
     return frames
 
 

@@ -1,0 +1,316 @@
+"""B-Flow tokenizer: streaming == batch, causality, motion-sized token counts, rate control, checkpoints, errors,
+baselines and training (constructed features; the tiny encoder for generated motion videos)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mmduplex.errors import CheckpointError, InputError
+from tokenizer import (
+    BFlowConfig,
+    BFlowModule,
+    BFlowTokenizer,
+    CodecTokenizer,
+    FrameDropTokenizer,
+    UniformTokenizer,
+    VideoLLMOnlineTokenizer,
+    fidelity,
+)
+
+D, GRID, FPS = 32, (12, 12), 5.0
+P = GRID[0] * GRID[1]
+
+
+def moving_blocks(num_frames: int, speed: float, seed: int = 0, blocks: int = 2) -> torch.Tensor:
+    """``[T, P, D]``: a random static background with ``blocks`` 2x2-patch objects moving ``speed`` patches/frame."""
+    g = torch.Generator().manual_seed(seed)
+    background = torch.randn(GRID[0], GRID[1], D, generator=g)
+    objects = torch.randn(blocks, D, generator=g)
+    starts = torch.randint(0, GRID[0] - 2, (blocks, 2), generator=g).float()
+    frames = []
+    for t in range(num_frames):
+        frame = background.clone()
+        for k in range(blocks):
+            span = GRID[1] - 2
+            x = (starts[k, 1] + speed * t) % (2 * span)
+            col = int(x if x <= span else 2 * span - x)  # bounce between the walls
+            row = int(starts[k, 0])
+            frame[row : row + 2, col : col + 2] = objects[k]
+        frames.append(frame.reshape(P, D))
+    return torch.stack(frames)  # [T, P, D]
+
+
+def times(num_frames: int) -> torch.Tensor:
+    return torch.arange(num_frames, dtype=torch.float64) / FPS
+
+
+def make(**changes) -> BFlowTokenizer:
+    return BFlowTokenizer(BFlowConfig(dim=D, grid=GRID, **changes)).eval()
+
+
+def trained_like(tokenizer: BFlowTokenizer) -> BFlowTokenizer:
+    """Perturb every weight so checks do not pass by relying on the (zero-initialised) defaults."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in tokenizer.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=g))
+    return tokenizer
+
+
+def assert_same(a, b) -> None:
+    assert [f.kind for f in a.frames] == [f.kind for f in b.frames]
+    for fa, fb in zip(a.frames, b.frames, strict=True):
+        assert fa.t == fb.t
+        assert torch.equal(fa.tokens, fb.tokens)
+        assert torch.equal(fa.positions, fb.positions)
+    assert torch.equal(a.recon, b.recon)
+
+
+@pytest.mark.parametrize("changes", [{}, {"target_rate": 8.0, "bucket_seconds": 4.0}, {"flow_region": 2}])
+def test_streaming_equals_batch(changes):
+    tok = trained_like(make(**changes))
+    x, ts = moving_blocks(30, 1.0), times(30)
+    batch = tok.tokenize(x, ts)
+    state, recons, frames = tok.init_state(1), [], []
+    for i in range(30):
+        out, recon, state = tok.step(x[i : i + 1], ts[i : i + 1], state)
+        frames.extend(out)
+        recons.append(recon)
+    assert torch.equal(torch.cat(recons), batch.recon)
+    assert [f.n_tokens for f in frames] == batch.n_tokens
+    for fa, fb in zip(frames, batch.frames, strict=True):
+        assert torch.equal(fa.tokens, fb.tokens)
+    # the batched training path over several videos makes the same decisions and reconstructions
+    videos = torch.stack([moving_blocks(30, s, seed=s) for s in (0, 1, 2)])  # [3, T, P, D]
+    with torch.no_grad():
+        recon, counts = tok(videos, ts.expand(3, -1))
+    for b in range(3):
+        single = tok.tokenize(videos[b], ts)
+        assert counts[b].tolist() == single.n_tokens
+        torch.testing.assert_close(recon[b], single.recon, rtol=1e-5, atol=1e-5)
+
+
+def test_causality():
+    tok = trained_like(make(target_rate=10.0))
+    x, ts = moving_blocks(40, 1.5), times(40)
+    full = tok.tokenize(x, ts)
+    for cut in (1, 17, 39):
+        prefix = tok.tokenize(x[:cut], ts[:cut])
+        assert_same(prefix, type(full)(full.frames[:cut], full.recon[:cut], ts[:cut]))
+
+
+def test_static_video_costs_one_keyframe():
+    x = moving_blocks(1, 0.0).expand(300, -1, -1).contiguous()  # 60 s of one frame
+    out = make().tokenize(x, times(300))
+    assert out.frames[0].kind == "key" and out.frames[0].n_tokens == 16
+    duration = 300 / FPS
+    assert out.tokens_after_first_key / duration <= 1.0
+    assert all(f.kind in ("none", "key") for f in out.frames[1:])  # only forced keyframes (every 20 s)
+    assert out.flow_tokens == 0
+
+
+def test_tokens_follow_motion_on_constructed_features():
+    rates = [make().tokenize(moving_blocks(40, v), times(40)).tokens_after_first_key for v in (0.0, 0.25, 0.5, 1.0)]
+    assert rates[0] == 0
+    assert all(a < b for a, b in zip(rates, rates[1:], strict=False)), rates
+
+
+def test_tokens_follow_motion_on_generated_videos():
+    from mmduplex.data.synthetic import make_motion_video
+    from tokenizer.encoder import create_encoder
+
+    encoder = create_encoder("mmduplex-tiny", device="cpu")
+    tok = BFlowTokenizer(BFlowConfig(dim=encoder.width, grid=encoder.grid))
+    rates = []
+    for speed in (0.0, 10.0, 30.0, 60.0):
+        frames = torch.from_numpy(make_motion_video(25, FPS, speed, num_shapes=2, seed=3))
+        patches = encoder.encode(frames).patches
+        rates.append(tok.tokenize(patches, times(25)).tokens_after_first_key / 5.0)
+    assert rates[0] <= 1.0
+    assert all(a < b for a, b in zip(rates, rates[1:], strict=False)), rates
+
+
+@pytest.mark.parametrize("target_rate", [10.0, 40.0])
+def test_rate_controller_lands_near_its_ceiling(target_rate):
+    num_frames = 600  # 120 s at 5 fps of continuous motion
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, P, D, generator=g)
+    phase = torch.rand(P, 1, generator=g) * 6.28 + 0.3 * torch.arange(num_frames)[:, None, None]  # [T, P, 1]
+    x = torch.cos(phase) * a + torch.sin(phase) * b  # every patch turns steadily: continuous motion everywhere
+    ts = times(num_frames)
+    out = make(target_rate=target_rate).tokenize(x, ts)
+    duration = num_frames / FPS
+    rate = out.tokens_after_first_key / duration
+    assert 0.85 * target_rate <= rate <= target_rate, rate
+    spent = torch.tensor(out.n_tokens[1:], dtype=torch.float64).cumsum(0)  # never ahead of the budget
+    assert bool((spent <= target_rate * (ts[1:] - ts[0]) + 1e-9).all())
+    assert out.keyframes >= 1 + int(duration // 20) - 1  # forced keyframes still come (waiting for budget)
+
+
+def test_save_load_round_trip(tmp_path):
+    tok = trained_like(make(target_rate=12.0, flow_region=2))
+    tok.metadata = {"encoder": {"model": "mmduplex-tiny"}, "fps": FPS}
+    x, ts = moving_blocks(20, 1.0), times(20)
+    tok.save_pretrained(tmp_path / "bundle")
+    loaded = BFlowTokenizer.from_pretrained(tmp_path / "bundle")
+    assert loaded.config == tok.config and loaded.metadata == tok.metadata
+    assert_same(tok.tokenize(x, ts), loaded.tokenize(x, ts))
+    assert_same(tok.tokenize(x, ts), BFlowTokenizer.from_checkpoint(tmp_path / "bundle").tokenize(x, ts))
+
+
+def test_loading_refuses_wrong_or_broken_checkpoints(tmp_path):
+    make().save_pretrained(tmp_path / "bundle")
+    meta = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    meta["kind"] = "duplex-lm"
+    (tmp_path / "bundle" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="kind 'duplex-lm'"):
+        BFlowTokenizer.from_pretrained(tmp_path / "bundle")
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="expected a B-Flow tokenizer"):
+        BFlowTokenizer.from_checkpoint(tmp_path / "other.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        BFlowTokenizer.from_checkpoint(tmp_path / "junk.ckpt")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        BFlowTokenizer.from_checkpoint(tmp_path / "missing.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("patches", "stamps", "message"),
+    [
+        (torch.zeros(0, P, D), torch.zeros(0), "empty"),
+        (torch.randn(4, P, D + 1), times(4), "dim D=32"),
+        (torch.randn(4, P - 1, D), times(4), "P=144"),
+        (torch.randn(P, D), times(4), r"\[T, P, D\]"),
+        (torch.full((4, P, D), math.nan), times(4), "NaN"),
+        (torch.randn(4, P, D), torch.tensor([0.0, 0.2, 0.2, 0.4]), "not strictly increasing"),
+        (torch.randn(4, P, D), times(3), "expected shape"),
+    ],
+)
+def test_bad_inputs_raise_input_error(patches, stamps, message):
+    with pytest.raises(InputError, match=message):
+        make().tokenize(patches, stamps)
+
+
+def test_bad_stream_and_config_raise_input_error():
+    tok = make()
+    _, _, state = tok.step(torch.randn(1, P, D), torch.tensor([1.0]), tok.init_state(1))
+    with pytest.raises(InputError, match="not increasing"):
+        tok.step(torch.randn(1, P, D), torch.tensor([1.0]), state)
+    with pytest.raises(InputError, match="cannot afford a keyframe"):
+        make(target_rate=0.5)  # 16 tokens per 20 s need >= 0.8 tok/s
+    with pytest.raises(InputError, match="must divide"):
+        make(flow_region=5)
+
+
+def test_flow_tokens_point_at_the_changed_region():
+    x = moving_blocks(1, 0.0).repeat(3, 1, 1)
+    x[1, 17] = torch.randn(D)
+    x[2, 17] = x[1, 17]
+    out = make().tokenize(x, times(3))
+    assert [f.kind for f in out.frames] == ["key", "flow", "none"]
+    assert out.frames[1].positions.tolist() == [17] and out.frames[1].tokens.shape == (1, D)
+    assert (out.frames[0].positions == -1).all() and out.frames[0].tokens.shape == (16, D)
+    torch.testing.assert_close(out.recon[1, 17], torch.nn.functional.layer_norm(x[1, 17], (D,), eps=1e-6))
+
+
+def test_baselines_emit_their_advertised_counts():
+    x, ts = moving_blocks(12, 1.0), times(12)
+    assert UniformTokenizer(D, GRID, 64).tokenize(x, ts).n_tokens == [64] * 12
+    assert UniformTokenizer(D, GRID, 10).tokenize(x, ts).n_tokens == [10] * 12
+    assert fidelity(x, UniformTokenizer(D, GRID, P).tokenize(x, ts).recon) == pytest.approx(1.0, abs=1e-5)
+    codec = CodecTokenizer(D, GRID, keyframe_interval=4, key_tokens=16, p_tokens=5).tokenize(x, ts)
+    assert codec.n_tokens == [16, 5, 5, 5] * 3 and codec.keyframes == 3
+    static = x[:1].expand(12, -1, -1).contiguous()
+    assert FrameDropTokenizer(D, GRID, 0.9, 16).tokenize(static, ts).n_tokens == [16] + [0] * 11
+    assert FrameDropTokenizer(D, GRID, 0.9, 16).tokenize(torch.randn(12, P, D), ts).n_tokens == [16] * 12
+    assert VideoLLMOnlineTokenizer(D, GRID, 1).tokenize(x, ts).n_tokens == [1] * 12
+    assert VideoLLMOnlineTokenizer(D, GRID, 10).tokenize(x, ts).n_tokens == [10] * 12
+    # all tokenizers hand downstream the same token width
+    assert {t.token_dim for t in (make(), UniformTokenizer(D, GRID, 4), CodecTokenizer(D, GRID, 2, 4, 2))} == {D}
+
+
+def test_fidelity_definition():
+    x = torch.randn(5, P, D)
+    assert fidelity(x, x) == pytest.approx(1.0, abs=1e-5)
+    assert fidelity(x, 3.0 * x + 1.0) == pytest.approx(1.0, abs=1e-5)  # per-patch normalised: scale/shift free
+    assert abs(fidelity(x, torch.randn(5, P, D))) < 0.1
+    with pytest.raises(InputError, match="differs"):
+        fidelity(x, x[:4])
+
+
+def test_a_few_training_steps_reduce_the_loss():
+    module = BFlowModule(BFlowConfig(dim=D, grid=GRID, num_key_tokens=4), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.arange(P) // GRID[1] * 3 // GRID[0]  # [P]: three horizontal bands (a structured scene)
+    scenes = torch.randn(4, 3, D, generator=g)[:, rows] + 0.1 * torch.randn(4, P, D, generator=g)  # [4, P, D]
+    patches = scenes[:, None].expand(-1, 8, -1, -1).clone()  # [4, 8, P, D]
+    patches[:, 4:, :20] = torch.randn(4, 1, 20, D, generator=g)  # something moves in mid clip
+    batch = {"patches": patches, "timestamps": times(8).expand(4, -1)}
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    losses = []
+    for _ in range(20):
+        loss = module.training_step(batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def _feature_cache(root, num_videos: int = 4, num_frames: int = 12):
+    from mmduplex.features import FeatureCache, FeatureRecord
+
+    cache = FeatureCache(root, fingerprint={"model": "constructed", "pretrained": None}, fps=FPS, create=True)
+    for k in range(num_videos):
+        patches = moving_blocks(num_frames + k, 1.0, seed=k)
+        record = FeatureRecord(patches, patches.mean(1), times(num_frames + k), (num_frames + k) / FPS, f"v{k}.mp4")
+        cache.add(f"v{k}", record)
+    return cache
+
+
+def test_lightning_fit_checkpoint_loads_for_inference(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from tokenizer import FeatureDataModule
+
+    _feature_cache(tmp_path / "cache")
+    data = FeatureDataModule(str(tmp_path / "cache"), clip_frames=8, batch_size=2, val_fraction=0.25, seed=3)
+    module = BFlowModule(BFlowConfig(dim=D, grid=GRID, num_key_tokens=4), warmup_steps=1)
+    trainer = Trainer(
+        max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "bflow.ckpt")
+    loaded = BFlowTokenizer.from_checkpoint(tmp_path / "bflow.ckpt")
+    assert loaded.metadata == {"encoder": {"model": "constructed", "pretrained": None}, "fps": FPS}
+    x, ts = moving_blocks(10, 1.0, seed=9), times(10)
+    assert_same(module.tokenizer.eval().tokenize(x, ts), loaded.tokenize(x, ts))
+    # the clip order is a pure function of (seed, epoch)
+    sampler = data.train_dataloader().sampler
+    first = list(sampler)
+    assert list(data.train_dataloader().sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+def test_datamodule_rejects_features_of_another_shape(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from mmduplex.errors import CacheError
+    from tokenizer import FeatureDataModule
+
+    _feature_cache(tmp_path / "cache", num_videos=2)
+    data = FeatureDataModule(str(tmp_path / "cache"), clip_frames=4, batch_size=2)
+    module = BFlowModule(BFlowConfig(dim=D * 2, grid=GRID))
+    trainer = Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    with pytest.raises(CacheError, match="tokenizer expects"):
+        trainer.fit(module, datamodule=data)

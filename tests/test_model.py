@@ -1,0 +1,119 @@
+"""DuplexLM: streaming (KV cache, one step at a time) == teacher-forced forward, causality, loss weighting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmduplex.errors import InputError
+from mmduplex.model import DuplexLM, LoraSettings, LossWeights, apply_lora, build_backbone, text_loss
+
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+V, PAD, EPAD, DV, K = 12, 10, 11, 16, 3
+
+
+def make_model(spec=None, vocab_size=V) -> DuplexLM:
+    torch.manual_seed(0)
+    backbone = build_backbone(spec or TINY_LLAMA, vocab_size=vocab_size, attn_implementation="sdpa")
+    return DuplexLM(backbone, V, PAD, EPAD, DV, K).eval()
+
+
+def make_inputs(batch=2, steps=9, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(0, V, (batch, steps), generator=g)
+    slots = torch.randn(batch, steps, K, DV, generator=g)
+    mask = torch.rand(batch, steps, K, generator=g) > 0.4
+    user = torch.full((batch, steps), PAD)
+    user[:, 3:5] = torch.randint(0, PAD, (batch, 2), generator=g)
+    return text, slots, mask, user
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_streaming_equals_teacher_forced(model_type):
+    model = make_model({**TINY_LLAMA, "model_type": model_type})
+    text, slots, mask, user = make_inputs()
+    with torch.no_grad():
+        full = model(text, slots, mask, user).logits  # [B, S, V]
+        cache, steps = None, []
+        for s in range(text.shape[1]):
+            out = model(text[:, s : s + 1], slots[:, s : s + 1], mask[:, s : s + 1], user[:, s : s + 1],
+                        past_key_values=cache, use_cache=True)  # fmt: skip
+            cache = out.past_key_values
+            steps.append(out.logits)
+    assert full.shape == (2, 9, V)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_causality():
+    model = make_model()
+    text, slots, mask, user = make_inputs()
+    with torch.no_grad():
+        base = model(text, slots, mask, user).logits
+        for s in (0, 4, 8):
+            t2, v2, m2, u2 = text.clone(), slots.clone(), mask.clone(), user.clone()
+            t2[:, s] = (t2[:, s] + 1) % V
+            v2[:, s] += 5.0
+            m2[:, s] = True
+            u2[:, s] = 1
+            changed = model(t2, v2, m2, u2).logits
+            torch.testing.assert_close(changed[:, :s], base[:, :s], rtol=0, atol=1e-6)
+            assert (changed[:, s] - base[:, s]).abs().max() > 1e-4  # step s itself does see its inputs
+
+
+def test_absent_streams_embed_to_zero():
+    model = make_model()
+    text, slots, mask, _ = make_inputs()
+    silent = torch.full_like(text, PAD)
+    none_masked = torch.zeros_like(mask)
+    with torch.no_grad():
+        a = model.embed(text, slots, none_masked, silent)
+        b = model.embed(text, torch.randn_like(slots), none_masked, None)
+    torch.testing.assert_close(a, b)
+
+
+def test_pad_weighting_changes_loss_as_specified():
+    logits = torch.tensor([[[2.0, 0.0, 1.0, 0.0] + [0.0] * (V - 4), [0.0, 3.0, 0.0, 0.0] + [0.0] * (V - 4),
+                            [0.0] * V]])  # fmt: skip
+    text = torch.tensor([[0, PAD, 1]])  # targets: PAD (predicted by step 0), then word 1 (by step 1)
+    log_p = torch.log_softmax(logits[0], dim=-1)
+    ce_pad, ce_word = -log_p[0, PAD].item(), -log_p[1, 1].item()
+    loss_half, stats = text_loss(logits, text, PAD, EPAD, LossWeights(pad=0.5))
+    loss_one, _ = text_loss(logits, text, PAD, EPAD, LossWeights(pad=1.0))
+    assert loss_half.item() == pytest.approx((0.5 * ce_pad + ce_word) / 1.5, rel=1e-6)
+    assert loss_one.item() == pytest.approx((ce_pad + ce_word) / 2, rel=1e-6)
+    assert stats["pad_fraction"].item() == pytest.approx(0.5)
+    zero_pad, _ = text_loss(logits, text, PAD, EPAD, LossWeights(pad=0.0))
+    assert zero_pad.item() == pytest.approx(ce_word, rel=1e-6)
+    p_pad = log_p[0, PAD].exp().item()
+    with_silence, _ = text_loss(logits, text, PAD, EPAD, LossWeights(pad=1.0, silence=2.0))
+    bce = (-math.log(p_pad) - math.log(1 - log_p[1, PAD].exp().item())) / 2
+    assert with_silence.item() == pytest.approx(loss_one.item() + 2.0 * bce, rel=1e-5)
+
+
+def test_vocabulary_beyond_lm_rows_and_specials():
+    """A pretrained LM whose rows end before the tokenizer's PAD / EPAD: those come from their own rows / head."""
+    model = make_model(vocab_size=PAD)  # the LM has 10 rows, the text vocabulary 12
+    text, slots, mask, user = make_inputs()
+    with torch.no_grad():
+        logits = model(text, slots, mask, user).logits
+    assert logits.shape[-1] == V and torch.isfinite(logits).all()
+    with pytest.raises(InputError, match="ids must be in"):
+        model(text + V, slots, mask, user)
+
+
+def test_lora_adds_adapters_only():
+    model = make_model()
+    apply_lora(model.backbone, LoraSettings(r=4, alpha=8.0))
+    names = [n for n, _ in model.backbone.named_parameters() if "lora_" in n]
+    assert names and all("q_proj" in n or "v_proj" in n for n in names)
+    text, slots, mask, user = make_inputs()
+    assert model(text, slots, mask, user).logits.shape == (2, 9, V)

@@ -1,0 +1,99 @@
+"""``mmduplex tokenize``: JSON keys and definitions (DESIGN.md), checkpoints, rate flag and clean errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmduplex.cli import main
+from mmduplex.data.samples import sample_videos
+
+DESIGN_KEYS = ["video", "fps", "duration_s", "frames", "tokens_total", "tokens_per_second", "keyframes", "flow_tokens"]
+
+
+@pytest.fixture(scope="module")
+def carphone():
+    return str(sample_videos()["carphone"])  # 4 s, 176x144
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """An (untrained) B-Flow bundle for the mmduplex-tiny encoder, with the encoder's fingerprint recorded."""
+    from tokenizer import BFlowConfig, BFlowTokenizer
+    from tokenizer.encoder import create_encoder
+
+    encoder = create_encoder("mmduplex-tiny", device="cpu")
+    tokenizer = BFlowTokenizer(BFlowConfig(dim=encoder.width, grid=encoder.grid, num_key_tokens=9))
+    tokenizer.metadata = {"encoder": encoder.fingerprint, "fps": 4.0}
+    return tokenizer.save_pretrained(tmp_path_factory.mktemp("bflow") / "bundle")
+
+
+def check_report(report: dict, fps: float) -> None:
+    assert list(report)[: len(DESIGN_KEYS)] == DESIGN_KEYS and "per_frame" in report
+    frames = report["per_frame"]
+    assert report["fps"] == fps and report["frames"] == len(frames) > 0
+    assert sum(f["n_tokens"] for f in frames) == report["tokens_total"]
+    assert report["tokens_per_second"] == pytest.approx(report["tokens_total"] / report["duration_s"])
+    assert all(f["kind"] in ("key", "flow", "none") and set(f) == {"t", "kind", "n_tokens"} for f in frames)
+    assert frames[0]["kind"] == "key"
+    assert report["keyframes"] == sum(f["kind"] == "key" for f in frames)
+    assert report["flow_tokens"] == sum(f["n_tokens"] for f in frames if f["kind"] == "flow")
+    after = sum(f["n_tokens"] for f in frames[1:])
+    assert report["tokens_per_second_after_first_keyframe"] == pytest.approx(after / report["duration_s"])
+    assert all(b["t"] > a["t"] for a, b in zip(frames, frames[1:], strict=False))
+
+
+def test_tokenize_untrained_defaults(carphone, tmp_path, capsys):
+    out = tmp_path / "tokens.json"
+    assert main(["tokenize", carphone, "--fps", "5", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    check_report(report, 5.0)
+    assert report["duration_s"] == pytest.approx(4.004, abs=0.01) and report["frames"] == 21
+    assert "fidelity" not in report and report["target_rate"] is None
+    line = capsys.readouterr().out.strip()
+    assert "\n" not in line and "tokens/s" in line and "keyframes" in line and "flow tokens" in line
+
+
+def test_tokenize_with_checkpoint_and_rate(carphone, bundle, tmp_path, capsys):
+    out = tmp_path / "tokens.json"
+    assert main(["tokenize", carphone, "--checkpoint", str(bundle), "--target-rate", "6", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    check_report(report, 4.0)  # fps from the checkpoint
+    assert -1.0 <= report["fidelity"] <= 1.0 and report["target_rate"] == 6.0
+    assert report["tokens_per_second_after_first_keyframe"] <= 6.0
+    assert f"fidelity {report['fidelity']:.3f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target-rate", "0.1"], "--target-rate: target_rate=0.1 tok/s cannot afford a keyframe"),
+        (["--fps", "0"], "--fps: must be > 0"),
+        (["--encoder", "mmduplex-micro"], "trained on features of encoder"),
+    ],
+)
+def test_tokenize_bad_settings(carphone, bundle, tmp_path, capsys, extra, message):
+    out = tmp_path / "tokens.json"
+    assert main(["tokenize", carphone, "--checkpoint", str(bundle), *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmduplex: error: ") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_tokenize_corrupt_video_and_wrong_checkpoint(carphone, tmp_path, capsys):
+    corrupt = tmp_path / "broken.mp4"
+    with open(carphone, "rb") as f:
+        corrupt.write_bytes(f.read()[:4000])
+    out = tmp_path / "tokens.json"
+    assert main(["tokenize", str(corrupt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mmduplex: error: {corrupt}") and "\n" not in err
+    assert not out.exists() and list(tmp_path.iterdir()) == [corrupt]
+    wrong = tmp_path / "duplex"
+    wrong.mkdir()
+    (wrong / "config.json").write_text(json.dumps({"kind": "duplex-lm"}))
+    (wrong / "model.safetensors").write_bytes(b"")
+    assert main(["tokenize", carphone, "--checkpoint", str(wrong), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "kind 'duplex-lm'" in err and "\n" not in err and not out.exists()
