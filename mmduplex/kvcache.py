@@ -134,6 +134,7 @@ class ShiftTable:
     def __init__(self, rotary: nn.Module) -> None:
         self.rotary = rotary
         self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # shifts, cos, sin gathered
 
     def get(self, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 ``(cos, sin)``, each ``[n, Dh]`` with ``n >= size``: row ``d`` rotates by ``+d`` positions."""
@@ -152,10 +153,18 @@ class ShiftTable:
 
     def rotate(self, keys: torch.Tensor, shifts: torch.Tensor, max_shift: int) -> torch.Tensor:
         """Move each key ``[..., L, Dh]`` by its own ``shifts`` ``[L]`` (long, ``|shift| <= max_shift``) positions."""
-        cos, sin = self.get(max_shift + 1, keys.device)
-        index = shifts.abs()
-        sign = torch.where(shifts < 0, -1.0, 1.0).to(torch.float32)[:, None]  # [L, 1]: sin(-a) = -sin(a)
-        return _apply_rotation(keys, cos[index], sin[index] * sign)
+        last = self._last  # every layer of a step, and every step of a steady stream, shares one shift pattern
+        if (
+            last is None
+            or last[0].shape != shifts.shape
+            or last[0].device != shifts.device
+            or not torch.equal(last[0], shifts)
+        ):
+            cos, sin = self.get(max_shift + 1, keys.device)
+            index = shifts.abs()
+            sign = torch.where(shifts < 0, -1.0, 1.0).to(torch.float32)[:, None]  # [L, 1]: sin(-a) = -sin(a)
+            last = self._last = (shifts, cos[index], sin[index] * sign)  # [L], [L, Dh], [L, Dh]
+        return _apply_rotation(keys, last[1], last[2])
 
 
 def rotate_positions(keys: torch.Tensor, delta: int, rotary: nn.Module) -> torch.Tensor:

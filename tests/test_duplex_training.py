@@ -20,7 +20,7 @@ from mmduplex.lightning_cli import run_cli
 
 SMALL = (  # a lighter variant of the tiny recipe for the subprocess tests: short windows, small batches
     "--data.init_args.window_s=4.0",
-    "--data.init_args.batch_size=4",
+    "--data.init_args.batch_size=8",
     "--trainer.limit_val_batches=0",
     "--trainer.logger=false",
 )
@@ -66,7 +66,7 @@ def _weights(module) -> dict[str, torch.Tensor]:
 
 
 def test_resume_after_kill_matches_uninterrupted(duplex_data, tmp_path):
-    steps = "--trainer.max_steps=14"
+    steps = "--trainer.max_steps=8"
     every = [
         "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
         "--trainer.callbacks.every_n_train_steps=3",
@@ -75,9 +75,9 @@ def test_resume_after_kill_matches_uninterrupted(duplex_data, tmp_path):
     ]
     full = run_cli(duplex_fit_args(duplex_data, tmp_path / "full", *SMALL, steps))
     save_file(_weights(full.model), str(tmp_path / "full.safetensors"))
-    assert full.trainer.global_step == 14 and full.trainer.current_epoch >= 1  # crosses an epoch boundary
+    assert full.trainer.global_step == 8 and full.trainer.current_epoch >= 1  # crosses an epoch boundary
 
-    # the interrupted run: same settings, no step limit, killed once its step-6 checkpoint is complete
+    # the interrupted run: same settings, no step limit, killed once its step-3 checkpoint is complete
     killed_dir = tmp_path / "killed"
     argv = duplex_fit_args(duplex_data, killed_dir, *SMALL, "--trainer.max_steps=100000", *every)
     proc = subprocess.Popen(mmduplex_command() + argv, env=subprocess_env(), stdout=subprocess.DEVNULL,
@@ -86,7 +86,7 @@ def test_resume_after_kill_matches_uninterrupted(duplex_data, tmp_path):
     try:
         while checkpoint is None and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
-            for path in killed_dir.rglob("step=6.ckpt"):
+            for path in killed_dir.rglob("step=3.ckpt"):
                 try:
                     read_checkpoint(path)
                     checkpoint = path
@@ -97,7 +97,7 @@ def test_resume_after_kill_matches_uninterrupted(duplex_data, tmp_path):
         _, stderr = proc.communicate()
     assert checkpoint is not None, f"no checkpoint from the run to interrupt:\n{stderr.decode()[-3000:]}"
     state = read_checkpoint(checkpoint)
-    assert state["global_step"] == 6 and state["DuplexDataModule"]["batches"] > 0  # a mid-epoch checkpoint
+    assert state["global_step"] == 3 and state["DuplexDataModule"]["batches"] > 0  # a mid-epoch checkpoint
 
     resumed = run_cli(duplex_fit_args(duplex_data, tmp_path / "resumed", *SMALL, steps, f"--ckpt_path={checkpoint}"))
     save_file(_weights(resumed.model), str(tmp_path / "resumed.safetensors"))
@@ -112,7 +112,7 @@ def test_ddp_two_cpu_processes(duplex_data, tmp_path):
         duplex_data,
         tmp_path,
         *SMALL,
-        "--trainer.max_steps=3",
+        "--trainer.max_steps=2",
         "--trainer.strategy=ddp",
         "--trainer.devices=2",
         "--trainer.accelerator=cpu",
@@ -123,15 +123,15 @@ def test_ddp_two_cpu_processes(duplex_data, tmp_path):
     checkpoints = list(tmp_path.rglob("*.ckpt"))
     assert checkpoints, "no checkpoint written"
     ckpt = read_checkpoint(checkpoints[0])
-    assert ckpt["global_step"] == 3
+    assert ckpt["global_step"] == 2
 
 
 @pytest.mark.parametrize("kind", ["projector", "lora"])
 def test_finetune_modes_train_the_right_parameters(duplex_data, tmp_path, kind):
-    extra = ["--model.init_args.finetune=" + kind, "--trainer.max_steps=2", *SMALL]
+    extra = ["--model.init_args.finetune=" + kind, "--trainer.max_steps=1", *SMALL]
     if kind == "lora":
         extra += ["--model.init_args.lora.r=2", "--model.init_args.lora.alpha=4"]
-    cli = run_cli(duplex_fit_args(duplex_data, tmp_path, *extra, "--trainer.enable_checkpointing=false"))
+    cli = run_cli(duplex_fit_args(duplex_data, tmp_path, *extra))
     trainable = {n for n, p in cli.model.model.named_parameters() if p.requires_grad}
     assert "video.mlp.0.weight" in trainable and "special_head.weight" in trainable
     backbone = {n for n in trainable if n.startswith("backbone.")}

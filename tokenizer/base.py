@@ -149,8 +149,8 @@ class VideoTokenizer(nn.Module):
         state = self.init_state(1)
         frames: list[FrameTokens] = []
         recons = []
-        for i in range(patches.shape[0]):
-            out, recon, state = self.step(patches[i : i + 1], timestamps[i : i + 1], state)
+        for i in range(patches.shape[0]):  # inputs are checked: step's own checks are skipped, decisions are not
+            out, recon, state = self._step(patches[i : i + 1], timestamps[i : i + 1], state)
             frames.extend(out)
             recons.append(recon)
         return TokenizedVideo(frames=frames, recon=torch.cat(recons, dim=0), timestamps=timestamps)  # [T, P, D]
@@ -250,12 +250,13 @@ class TokenEmbedder(nn.Module):
         out = torch.cat([sinusoid(rc[:, 0], half), sinusoid(rc[:, 1], self.dim - half)], dim=-1)
         return out.to(self.kind_embedding.device)
 
-    def forward(self, values: torch.Tensor, kind: str, since_key_s: float, rc: torch.Tensor) -> torch.Tensor:
-        """Embed one frame's ``[n, D]`` values (``kind`` key/flow, seconds since its keyframe, positions ``[n, 2]``)."""
+    def forward(self, values: torch.Tensor, kind: str, since_key_s: float, position: torch.Tensor) -> torch.Tensor:
+        """Embed one frame's ``[n, D]`` values: ``kind`` key/flow, seconds since its keyframe, and their position
+        embeddings ``[n, D]`` (from :meth:`position`, usually precomputed)."""
         n = values.shape[0]
         if n == 0:
             return values
-        kind_vec = self.kind_embedding[0 if kind == "key" else 1].expand(n, -1)
-        time_vec = sinusoid(torch.full((n,), float(since_key_s)), self.dim).to(values.device)
-        extra = (kind_vec + time_vec + self.position(rc.to(values.device))) / math.sqrt(3.0)
-        return values + self.scale * extra.to(values.dtype)
+        kind_vec = self.kind_embedding[0 if kind == "key" else 1]  # [D]
+        time_vec = sinusoid(torch.tensor([float(since_key_s)]), self.dim)[0].to(values.device)  # [D]
+        extra = (kind_vec + time_vec)[None, :] + position.to(values.device)  # [n, D]
+        return values + (self.scale / math.sqrt(3.0)) * extra.to(values.dtype)

@@ -62,6 +62,7 @@ class PoolingTokenizer(VideoTokenizer):
     def __init__(self, dim: int, grid: tuple[int, int], embed_scale: float = 1.0) -> None:
         super().__init__(dim, grid)
         self.embedder = TokenEmbedder(self.token_dim, embed_scale)
+        self._positions: dict[tuple[int, int], torch.Tensor] = {}
 
     def init_state(self, batch_size: int = 1) -> BaselineState:
         shape = (batch_size, self.num_patches, self.token_dim)
@@ -76,9 +77,15 @@ class PoolingTokenizer(VideoTokenizer):
     def _pooled(self, x: torch.Tensor, t: float, layout: tuple[int, int]) -> tuple[FrameTokens, torch.Tensor]:
         """A full frame as ``a x b`` pooled key tokens, and its reconstruction ``[P, D]``."""
         cells = pool_cells(x, self.grid, layout)  # [a*b, D]
-        tokens = self.embedder(cells, "key", 0.0, cell_centres(layout, self.grid))
+        tokens = self.embedder(cells, "key", 0.0, self._cell_position(layout))
         positions = torch.full((cells.shape[0],), -1, dtype=torch.long)
         return FrameTokens(t, "key", tokens, positions), upsample_cells(cells, self.grid, layout)
+
+    def _cell_position(self, layout: tuple[int, int]) -> torch.Tensor:
+        """Position embeddings ``[a*b, D]`` of the cell centres of ``layout`` (computed once per layout)."""
+        if layout not in self._positions:
+            self._positions[layout] = self.embedder.position(cell_centres(layout, self.grid))
+        return self._positions[layout]
 
     def _none(self, t: float) -> FrameTokens:
         return FrameTokens(t, "none", torch.zeros(0, self.token_dim), torch.zeros(0, dtype=torch.long))
@@ -149,7 +156,7 @@ class CodecTokenizer(PoolingTokenizer):
         self.p_tokens = p_tokens
         h, w = self.grid
         rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        self.patch_rc = torch.stack([rows, cols], dim=-1).reshape(-1, 2).float()  # [P, 2]
+        self.patch_position = self.embedder.position(torch.stack([rows, cols], dim=-1).reshape(-1, 2).float())  # [P, D]
 
     def _frame(self, x, t, b, state):
         if int(state.frame[b]) % self.keyframe_interval == 0:
@@ -159,7 +166,7 @@ class CodecTokenizer(PoolingTokenizer):
         chosen = torch.sort(torch.argsort(-error, stable=True)[: self.p_tokens]).values  # [p]
         recon = state.recon[b].clone()
         recon[chosen] = x[chosen]
-        tokens = self.embedder(x[chosen], "flow", t - float(state.last_key_t[b]), self.patch_rc[chosen])
+        tokens = self.embedder(x[chosen], "flow", t - float(state.last_key_t[b]), self.patch_position[chosen])
         return FrameTokens(t, "flow", tokens, chosen), recon
 
 

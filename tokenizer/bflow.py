@@ -251,6 +251,9 @@ class BFlowTokenizer(VideoTokenizer):
         cols = (torch.arange(w // r, dtype=torch.float32) + 0.5) * r - 0.5
         centres = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
         self.register_buffer("region_centres", centres, persistent=False)  # [R, 2]
+        self.register_buffer("region_position", self.embedder.position(centres), persistent=False)  # [R, D]
+        key_position = self.embedder.position(self.key_codec.centres)
+        self.register_buffer("key_position", key_position, persistent=False)  # [K, D]
 
     # ------------------------------------------------------------------ streaming core
 
@@ -269,7 +272,7 @@ class BFlowTokenizer(VideoTokenizer):
 
     def _regions(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over each region's patches: ``[B, P, ...]`` -> ``[B, R, ...]``."""
-        return x[:, self.region_patches].mean(dim=2)
+        return x if self.config.flow_region == 1 else x[:, self.region_patches].mean(dim=2)
 
     def _advance(self, patches: torch.Tensor, t: torch.Tensor, state: BFlowState) -> tuple[Decisions, BFlowState]:
         """Decide and reconstruct one frame per video (validated ``[B, P, D]``, ``[B]`` float64)."""
@@ -315,8 +318,9 @@ class BFlowTokenizer(VideoTokenizer):
             key_values = self.key_codec.encode(x[key_index])  # [k, K, D]
             recon[key_index] = self.key_codec.decode(key_values)
             reference[key_index] = x[key_index]
-        flow_values = self._regions(x)[flow_batch, flow_region]  # [n, D]
+        flow_values = x.new_zeros(0, self.token_dim)
         if flow_batch.numel():
+            flow_values = self._regions(x)[flow_batch, flow_region]  # [n, D]
             ids = self.region_patches[flow_region]  # [n, r*r]
             recon[flow_batch[:, None], ids] = self.flow_decoder(flow_values)
             reference[flow_batch[:, None], ids] = x[flow_batch[:, None], ids]
@@ -342,14 +346,14 @@ class BFlowTokenizer(VideoTokenizer):
             since = float(decisions.since_key_s[b])
             if b in key_rows:
                 values = decisions.key_values[key_rows[b]]  # [K, D]
-                tokens = self.embedder(values, "key", since, self.key_codec.centres)
+                tokens = self.embedder(values, "key", since, self.key_position)
                 positions = torch.full((values.shape[0],), -1, dtype=torch.long)
                 out.append(FrameTokens(float(t[b]), "key", tokens, positions))
                 continue
             mine = decisions.flow_batch == b
             if bool(mine.any()):
                 regions = decisions.flow_region[mine]
-                tokens = self.embedder(decisions.flow_values[mine], "flow", since, self.region_centres[regions])
+                tokens = self.embedder(decisions.flow_values[mine], "flow", since, self.region_position[regions])
                 out.append(FrameTokens(float(t[b]), "flow", tokens, regions.cpu()))
             else:
                 out.append(

@@ -12,6 +12,10 @@ Each event is described by exactly the words ``<colour> <shape> <action>`` ("red
 turns"), starting ``word_delay_s`` after the event, one word every ``word_duration_s``. Events are at least
 ``min_gap_s`` apart, so each description ends before the next event. Shapes on screen at once have distinct
 (colour, shape) pairs, and the shape of the latest event is drawn on top, so every event's shape is visible.
+Circles are shaded radially and triangles vertically (squares are flat), so that the shape shows inside every 8 px
+patch and not only along its outline: with frozen random-init patch features a small probe then tells the shape
+apart (flat shapes are barely above chance). The next event's action is drawn among the feasible ones, rarer actions
+so far being likelier, which keeps the five actions balanced.
 
 Layout written by :func:`generate_dataset` (atomically: a temporary folder renamed at the end)::
 
@@ -50,6 +54,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: tuple[str, ...] = ("square", "circle", "triangle")
 ACTIONS: tuple[str, ...] = ("enters", "stops", "moves", "turns", "leaves")
+DEFAULT_SHADING = 0.6  # shading depth of circles / triangles (see ``_draw``)
 GENERATOR_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "heldout")
@@ -89,7 +94,7 @@ class SyntheticConfig:
     """Range of the delay from an event to its first word (s)."""
     word_duration_s: float = 0.25
     """Duration of each word (s)."""
-    shading: float = 0.6
+    shading: float = DEFAULT_SHADING
     """Depth of the shape shading (circles radial, triangles vertical, squares flat); 0 draws flat shapes."""
     heldout_fraction: float = 0.2
     """Share of the videos in the held-out split."""
@@ -185,7 +190,7 @@ class VideoSpec:
     shapes: tuple[ShapeTrack, ...]
     events: tuple[Event, ...] = field(default=())
     words: tuple[Word, ...] = field(default=())  # the commentary, in video time
-    shading: float = 0.5  # shape shading depth (see ``_draw``)
+    shading: float = DEFAULT_SHADING  # shape shading depth (see ``_draw``)
 
     @property
     def duration_s(self) -> float:
@@ -265,7 +270,6 @@ class _Planner:
         self.cfg, self.rng, self.duration = config, rng, duration
         self.movers: list[_Mover] = []
         self.events: list[Event] = []
-        self.t_last_event = -math.inf
 
     def _on_screen(self, t: float) -> list[_Mover]:
         return [m for m in self.movers if m.gone_t > t]
@@ -289,11 +293,11 @@ class _Planner:
                     options["leaves"].append((t_exit, m))
         return {action: found for action, found in options.items() if found}
 
-    def _free_pairs(self, t: float, exclude: _Mover | None = None) -> list[tuple[str, str]]:
-        """(colour, shape) pairs not on screen at ``t``; with ``exclude``, the pairs it could turn into."""
+    def _free_pairs(self, t: float, turning: _Mover | None = None) -> list[tuple[str, str]]:
+        """(colour, shape) pairs not on screen at ``t``; with ``turning``, only those that shape could turn into."""
         taken = {(m.colour, m.shape) for m in self._on_screen(t)}
-        if exclude is not None:
-            return [(c, exclude.shape) for c in COLOURS if (c, exclude.shape) not in taken]
+        if turning is not None:
+            return [(c, turning.shape) for c in COLOURS if (c, turning.shape) not in taken]
         return [(c, s) for s in SHAPES for c in COLOURS if (c, s) not in taken]
 
     def _enter(self, t: float) -> _Mover:
@@ -331,6 +335,7 @@ class _Planner:
         mover.gone_t = mover.t
 
     def run(self) -> tuple[list[_Mover], list[Event]]:
+        """Simulate the whole video: the shapes (with waypoints and colours) and the events, in time order."""
         cfg, rng = self.cfg, self.rng
         limit = self.duration - (cfg.word_delay_s[1] + 3 * cfg.word_duration_s)
         tau = math.ceil(rng.uniform(0.5, 1.5) * cfg.fps) / cfg.fps
