@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "eval": "mmduplex.commands.eval",
     "tokenize": "mmduplex.commands.tokenize",
     "export": "mmduplex.commands.export",
+    "stream": "mmduplex.commands.stream",
 }
 
 

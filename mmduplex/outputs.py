@@ -341,7 +341,7 @@ video {{ max-width: 100%; width: 640px; background: #000; }}
 </head>
 <body>
 <h1>{title}</h1>
-<main>
+{note}<main>
 <video id="video" controls preload="metadata" src="{video}">
 <track id="commentary" kind="captions" srclang="en" label="Commentary" src="{vtt}" default>
 </video>
@@ -379,6 +379,9 @@ video.addEventListener("timeupdate", () => {{
 """
 
 
+_NO_VIDEO = '<p id="no-video">No video file: the commentary was made from a live stream.</p>\n'
+
+
 def _href(target: str | os.PathLike, page_dir: Path) -> str:
     """A URL for ``target`` as seen from a page in ``page_dir``: URLs unchanged, paths made relative."""
     target = os.fspath(target)
@@ -389,7 +392,10 @@ def _href(target: str | os.PathLike, page_dir: Path) -> str:
 
 
 def write_html(
-    video: str | os.PathLike, vtt_path: str | os.PathLike, path: str | os.PathLike, title: str = "Commentary"
+    video: str | os.PathLike | None,
+    vtt_path: str | os.PathLike,
+    path: str | os.PathLike,
+    title: str = "Commentary",
 ) -> Path:
     """Write a self-contained viewer page: the video with the commentary as a captions track, and the cue list.
 
@@ -398,7 +404,8 @@ def write_html(
     contains both. The cue list is rendered from the WebVTT file itself; clicking a cue seeks the video.
 
     Args:
-        video: the video file (path) or URL.
+        video: the video file (path) or URL; ``None`` when there is none (a live stream read from stdin): the page
+            says so and shows the cue list.
         vtt_path: the WebVTT commentary written by ``write_vtt``.
         path: the HTML file to write.
         title: page title and heading.
@@ -414,7 +421,8 @@ def write_html(
     )
     page = _PAGE.format(
         title=html.escape(title),
-        video=html.escape(_href(video, page_dir)),
+        video="" if video is None else html.escape(_href(video, page_dir)),
+        note="" if video is not None else _NO_VIDEO,
         vtt=html.escape(_href(vtt_path, page_dir)),
         items=items,
     )

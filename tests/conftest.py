@@ -82,3 +82,11 @@ def tiny_duplex_run(duplex_data, tmp_path_factory):
     log_dir = Path(cli.trainer.logger.log_dir)
     checkpoint = next(out.rglob("last.ckpt"))
     return {"checkpoint": checkpoint, "metrics": log_dir / "metrics.csv", "module": cli.model}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_duplex_run, tmp_path_factory):
+    """``tiny_duplex_run`` exported as an inference bundle folder (``mmduplex.bundle.export_bundle``); shared."""
+    from mmduplex.bundle import export_bundle
+
+    return export_bundle(tiny_duplex_run["checkpoint"], tmp_path_factory.mktemp("tiny_bundle") / "bundle")

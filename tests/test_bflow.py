@@ -230,6 +230,13 @@ def test_baselines_emit_their_advertised_counts():
     assert FrameDropTokenizer(D, GRID, 0.9, 16).tokenize(torch.randn(12, P, D), ts).n_tokens == [16] * 12
     assert VideoLLMOnlineTokenizer(D, GRID, 1).tokenize(x, ts).n_tokens == [1] * 12
     assert VideoLLMOnlineTokenizer(D, GRID, 10).tokenize(x, ts).n_tokens == [10] * 12
+    for baseline in (
+        UniformTokenizer(D, GRID, 9),
+        CodecTokenizer(D, GRID, 3, 4, 2),
+        FrameDropTokenizer(D, GRID, 0.5, 4),
+    ):
+        rebuilt = type(baseline)(**json.loads(json.dumps(baseline.init_args())))  # describable for bundles
+        assert_same(baseline.tokenize(x, ts), rebuilt.tokenize(x, ts))
     # all tokenizers hand downstream the same token width
     assert {t.token_dim for t in (make(), UniformTokenizer(D, GRID, 4), CodecTokenizer(D, GRID, 2, 4, 2))} == {D}
 

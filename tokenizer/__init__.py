@@ -3,6 +3,7 @@
 from tokenizer.base import FrameTokens, TokenizedVideo, VideoTokenizer
 from tokenizer.baselines import CodecTokenizer, FrameDropTokenizer, UniformTokenizer, VideoLLMOnlineTokenizer
 from tokenizer.bflow import BFlowConfig, BFlowTokenizer
+from tokenizer.encoder import FrozenCLIP, create_encoder
 from tokenizer.fidelity import fidelity, normalize_features
 
 # Lightning classes load on first use, so importing the tokenizer (or its encoder) does not import Lightning.
@@ -25,10 +26,12 @@ __all__ = [
     "FeatureDataModule",
     "FrameDropTokenizer",
     "FrameTokens",
+    "FrozenCLIP",
     "TokenizedVideo",
     "UniformTokenizer",
     "VideoLLMOnlineTokenizer",
     "VideoTokenizer",
+    "create_encoder",
     "fidelity",
     "normalize_features",
 ]

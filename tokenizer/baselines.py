@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,11 @@ class PoolingTokenizer(VideoTokenizer):
         super().__init__(dim, grid)
         self.embedder = TokenEmbedder(self.token_dim, embed_scale)
         self._positions: dict[tuple[int, int], torch.Tensor] = {}
+        self._init_args: dict[str, Any] = {"dim": self.token_dim, "grid": list(self.grid), "embed_scale": embed_scale}
+
+    def init_args(self) -> dict[str, Any]:
+        """The constructor arguments (plain values), so a bundle can describe and rebuild this tokenizer."""
+        return dict(self._init_args)
 
     def init_state(self, batch_size: int = 1) -> BaselineState:
         shape = (batch_size, self.num_patches, self.token_dim)
@@ -119,6 +125,7 @@ class UniformTokenizer(PoolingTokenizer):
     def __init__(self, dim: int, grid: tuple[int, int], tokens_per_frame: int, embed_scale: float = 1.0) -> None:
         super().__init__(dim, grid, embed_scale)
         self.layout = cell_layout(tokens_per_frame, self.grid)
+        self._init_args["tokens_per_frame"] = tokens_per_frame
 
     def _frame(self, x, t, b, state):
         return self._pooled(x, t, self.layout)
@@ -154,6 +161,7 @@ class CodecTokenizer(PoolingTokenizer):
         self.keyframe_interval = keyframe_interval
         self.layout = cell_layout(key_tokens, self.grid)
         self.p_tokens = p_tokens
+        self._init_args.update(keyframe_interval=keyframe_interval, key_tokens=key_tokens, p_tokens=p_tokens)
         h, w = self.grid
         rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         self.patch_position = self.embedder.position(torch.stack([rows, cols], dim=-1).reshape(-1, 2).float())  # [P, D]
@@ -193,6 +201,7 @@ class FrameDropTokenizer(PoolingTokenizer):
         super().__init__(dim, grid, embed_scale)
         self.similarity_threshold = similarity_threshold
         self.layout = cell_layout(tokens_per_frame, self.grid)
+        self._init_args.update(similarity_threshold=similarity_threshold, tokens_per_frame=tokens_per_frame)
 
     def _frame(self, x, t, b, state):
         if int(state.frame[b]) > 0:
@@ -221,6 +230,7 @@ class VideoLLMOnlineTokenizer(PoolingTokenizer):
         if tokens_per_frame == 10 and min(self.grid) < 3:
             raise InputError("config", f"10 tokens per frame need a grid of at least 3x3, got {self.grid}")
         self.tokens_per_frame = tokens_per_frame
+        self._init_args["tokens_per_frame"] = tokens_per_frame
 
     def _frame(self, x, t, b, state):
         mean, recon = self._pooled(x, t, (1, 1))

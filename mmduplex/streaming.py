@@ -1,0 +1,386 @@
+"""``DuplexSession``: live duplex inference, one model step per tick on a bounded KV cache (Moshi's step API).
+
+The clock: step ``k`` covers stream time ``[k / step_hz, (k + 1) / step_hz)``. Per tick the session
+
+1. takes the video tokens that arrived for this step (frames go through the bundle's frozen encoder and the video
+   tokenizer's streaming ``step`` as they are pushed, then into the same :class:`~mmduplex.alignment.VideoSlotPacker`
+   training uses),
+2. takes the next user-stream token (a question asked with :meth:`DuplexSession.ask`, one token per step, PAD =
+   silence, the same rule as :func:`~mmduplex.alignment.align_user`),
+3. runs :class:`~mmduplex.model.DuplexLM` on that one position (``S = 1``), its own previous text token as the text
+   input, on a :class:`~mmduplex.kvcache.SinkWindowCache`,
+4. samples the next text token (greedy at temperature 0; temperature, top-k and a PAD bias otherwise). It becomes
+   the next step's text input and is returned: a word piece, or ``None`` for PAD / EPAD.
+
+The video never waits for the text: a step always runs on whatever video has arrived, and a frame pushed late goes
+out at the next step. The token sampled by step ``k`` occupies the text stream's step ``k + 1``; it is shown at
+``t = (k + 1) / step_hz``, the end of step ``k`` (all of that step's frames have arrived by then), so word times are
+what a viewer experiences and include the text delay tau.
+
+Memory is bounded: the cache keeps ``sink + window`` positions (attention sink + sliding window, contiguous
+re-rotated positions, StreamingVLM), the packer's and the user queue's backlogs are capped, and the session keeps
+no per-step history. For a stream that fits in the cache, the logits equal ``DuplexLM.forward`` over the whole
+window, teacher-forced with the same text tokens and packed video (tested in ``tests/test_streaming.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mmduplex.alignment import VideoSlotPacker, time_to_step
+from mmduplex.bundle import DuplexBundle, load_bundle
+from mmduplex.errors import CheckpointError, InputError
+from mmduplex.kvcache import SinkWindowCache
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SINK = 4
+"""Attention-sink positions when the bundle names none (StreamingLLM's value)."""
+DEFAULT_WINDOW_S = 30.0
+"""Sliding-window span in seconds of steps when the bundle names none (capped by the LM's position range)."""
+MAX_VIDEO_BACKLOG_S = 10.0
+"""Video tokens waiting for free slots are capped at this many seconds of slots; a frame beyond it is dropped."""
+MAX_PENDING_USER_TOKENS = 4096
+"""User-stream tokens that may wait to be fed (one per step); asking more is an error."""
+
+
+@dataclass
+class StepOutput:
+    """What one :meth:`DuplexSession.step` produced."""
+
+    index: int
+    """The step that ran (``k``; it covered ``[k / step_hz, (k + 1) / step_hz)``)."""
+    t: float
+    """When the token is shown (s): ``(k + 1) / step_hz``, the start of the text-stream step it occupies."""
+    token_id: int
+    """The sampled text token (the next step's text input)."""
+    word: str | None
+    """The decoded word piece, ``None`` for PAD / EPAD."""
+    word_start: bool
+    """Whether the piece begins a new word (always for a word-level tokenizer); ``False`` for PAD / EPAD."""
+    logits: torch.Tensor
+    """``[V]`` float32 raw logits of this step (before PAD bias / temperature); they predicted ``token_id``."""
+    elapsed_s: float
+    """Wall-clock seconds the step took (slot packing, LM step, sampling)."""
+
+
+def stream_settings(bundle: DuplexBundle, sink: int | None, window: int | None) -> tuple[int, int]:
+    """The cache's ``(sink, window)``: the arguments, else the bundle's ``config["streaming"]``, else defaults.
+
+    The defaults are :data:`DEFAULT_SINK` and :data:`DEFAULT_WINDOW_S` seconds of steps, the window capped so that
+    ``sink + window + 1`` positions stay within the backbone's ``max_position_embeddings``.
+    """
+    stored = bundle.config.get("streaming") or {}
+    sink = int(sink if sink is not None else stored.get("sink", DEFAULT_SINK))
+    if window is None and stored.get("window") is not None:
+        window = int(stored["window"])
+    if window is None:
+        window = max(1, round(DEFAULT_WINDOW_S * bundle.step_hz))
+        limit = getattr(bundle.model.backbone.config, "max_position_embeddings", None)
+        if limit is not None:
+            window = max(1, min(window, int(limit) - sink - 1))
+    if sink < 0 or window < 1:
+        raise InputError("sink/window", f"need sink >= 0 and window >= 1, got sink={sink}, window={window}")
+    return sink, int(window)
+
+
+class DuplexSession:
+    """A live duplex session over one video stream (see the module docstring).
+
+    Args:
+        bundle: a loaded inference bundle (:func:`mmduplex.bundle.load_bundle`).
+        sink: attention-sink positions the cache keeps for ever (``None``: the bundle's, else :data:`DEFAULT_SINK`).
+        window: most recent positions the cache keeps (``None``: the bundle's, else :data:`DEFAULT_WINDOW_S` seconds
+            of steps). Per-step cost and memory are set by ``sink + window``, whatever the stream's length.
+        temperature: sampling temperature; 0 is greedy (argmax).
+        top_k: sample among the ``top_k`` most likely tokens only (``None``: all); ignored when greedy.
+        pad_bias: added to the PAD logit before sampling: > 0 makes the model quieter, < 0 more talkative.
+        seed: seed of the sampling generator.
+        encoder: the frozen image encoder for :meth:`push_frame` (``None``: built from the bundle's encoder spec on
+            first use and checked against the bundle's encoder fingerprint).
+        device: where the LM step runs (``None``: where the bundle's model is).
+
+    Raises:
+        InputError: bad sampling settings or cache sizes, or a backbone the bounded cache cannot serve.
+    """
+
+    def __init__(
+        self,
+        bundle: DuplexBundle,
+        *,
+        sink: int | None = None,
+        window: int | None = None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        pad_bias: float = 0.0,
+        seed: int = 0,
+        encoder: Any = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise InputError("temperature", f"must be a finite number >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise InputError("top_k", f"must be >= 1 or None, got {top_k}")
+        if not math.isfinite(pad_bias):
+            raise InputError("pad_bias", f"must be finite, got {pad_bias}")
+        self.bundle = bundle
+        self.model = bundle.model.eval()
+        self.video_tokenizer = bundle.video_tokenizer.eval()
+        self.text_tokenizer = bundle.text_tokenizer
+        self.device = torch.device(device) if device is not None else next(self.model.parameters()).device
+        if next(self.model.parameters()).device != self.device:
+            self.model.to(self.device)
+            self.video_tokenizer.to(self.device)
+        self.step_hz = bundle.step_hz
+        self.fps = bundle.fps
+        self.sink, self.window = stream_settings(bundle, sink, window)
+        self.temperature, self.top_k, self.pad_bias, self.seed = float(temperature), top_k, float(pad_bias), seed
+        self._encoder = encoder
+        if encoder is not None:
+            self._check_encoder(encoder)
+        self.pad_id, self.epad_id = self.text_tokenizer.pad_id, self.text_tokenizer.epad_id
+        self.max_video_backlog = self.model.slots_per_step * max(1, math.ceil(MAX_VIDEO_BACKLOG_S * self.step_hz))
+        SinkWindowCache(self.model, self.sink, self.window)  # refuse an unsupported backbone now, not at step 0
+        self.reset()
+
+    @classmethod
+    def from_bundle(
+        cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any
+    ) -> DuplexSession:
+        """Load the bundle folder at ``path`` (:func:`~mmduplex.bundle.load_bundle`) and open a session on it."""
+        return cls(load_bundle(path, device=device), device=device, **kwargs)
+
+    # ------------------------------------------------------------------ state
+
+    def reset(self) -> None:
+        """Forget the stream: empty cache, packer, user queue and tokenizer state; back to step 0."""
+        self.cache = SinkWindowCache(self.model, self.sink, self.window)
+        self._packer = VideoSlotPacker(self.model.slots_per_step, self.step_hz, self.model.token_dim)
+        self._video_state = self.video_tokenizer.init_state(1)
+        self._user: deque[tuple[int, int]] = deque()  # (first step it may go out, token id)
+        self._text_in = self.pad_id  # the text stream starts silent
+        self._last_frame_t = -math.inf
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self.step_index = 0
+        self.frames_pushed = 0
+        self.video_tokens = 0
+        self.dropped_video_tokens = 0
+
+    def copy(self) -> DuplexSession:
+        """An independent copy of the whole stream state (cache included); model, tokenizers and encoder are shared.
+
+        Ask several questions about one streamed video: stream once, then ``copy()`` per question.
+        """
+        new = copy.copy(self)
+        new.cache = self.cache.copy()
+        new._packer = copy.deepcopy(self._packer)
+        new._video_state = copy.deepcopy(self._video_state)
+        new._user = deque(self._user)
+        new._generator = torch.Generator().set_state(self._generator.get_state())
+        return new
+
+    @property
+    def time(self) -> float:
+        """Stream time (s) at which the next step starts."""
+        return self.step_index / self.step_hz
+
+    @property
+    def pending_video_tokens(self) -> int:
+        """Video tokens pushed but not yet fed to the model."""
+        return self._packer.pending
+
+    @property
+    def pending_user_tokens(self) -> int:
+        """User-stream tokens queued but not yet fed to the model."""
+        return len(self._user)
+
+    # ------------------------------------------------------------------ inputs
+
+    @property
+    def encoder(self) -> Any:
+        """The frozen image encoder (built from the bundle's encoder spec on first use)."""
+        if self._encoder is None:
+            from tokenizer.encoder import create_encoder
+
+            spec = self.bundle.encoder_spec
+            if spec is None:
+                raise CheckpointError("bundle", "the bundle records no encoder; pass encoder= or push features")
+            encoder = create_encoder(spec, device=self.device)
+            self._check_encoder(encoder)
+            self._encoder = encoder
+        return self._encoder
+
+    def _check_encoder(self, encoder: Any) -> None:
+        trained_on = self.bundle.encoder
+        if trained_on and dict(trained_on) != dict(encoder.fingerprint):
+            raise CheckpointError(
+                "encoder", f"the bundle was trained on encoder {trained_on}, got {encoder.fingerprint}"
+            )
+
+    @torch.inference_mode()
+    def push_frame(self, t: float, frame: torch.Tensor) -> Any:
+        """Encode a ``[H, W, 3]`` uint8 RGB frame shown at stream time ``t`` (s) and queue its video tokens.
+
+        Returns:
+            The video tokenizer's :class:`~tokenizer.base.FrameTokens` for the frame.
+        """
+        frame = torch.as_tensor(frame)
+        if frame.dim() != 3 or frame.shape[-1] != 3 or frame.dtype != torch.uint8:
+            raise InputError("frame", f"expected [H, W, 3] uint8, got {tuple(frame.shape)} {frame.dtype}")
+        patches = self.encoder.encode(frame[None]).patches[0]  # [P, D]
+        return self.push_features(t, patches)
+
+    @torch.inference_mode()
+    def push_features(self, t: float, patches: torch.Tensor) -> Any:
+        """Queue the video tokens of one frame given as patch features ``[P, D]`` (cached features, benchmarks).
+
+        Frame times must increase. A frame whose step has already run goes out at the next step (the video never
+        waits); when more tokens wait than :data:`MAX_VIDEO_BACKLOG_S` seconds of slots hold, the frame's tokens are
+        dropped (logged), so the backlog stays bounded.
+
+        Returns:
+            The video tokenizer's :class:`~tokenizer.base.FrameTokens` for the frame.
+        """
+        t = float(t)
+        if not t > self._last_frame_t:
+            raise InputError("t", f"frame times must increase: {t} after {self._last_frame_t}")
+        if patches.dim() != 2:
+            raise InputError("patches", f"expected [P, D], got {tuple(patches.shape)}")
+        times = torch.tensor([t], dtype=torch.float64)  # [1]
+        frames, _, self._video_state = self.video_tokenizer.step(
+            patches[None].to(self.device), times, self._video_state
+        )  # patches [1, P, D]
+        tokens = frames[0]
+        self._last_frame_t = t
+        self.frames_pushed += 1
+        if self._packer.pending + tokens.n_tokens > self.max_video_backlog:
+            self.dropped_video_tokens += tokens.n_tokens
+            log.warning("video backlog full at t=%.2f s: dropped a frame's %d tokens", t, tokens.n_tokens)
+        else:
+            self._packer.push(tokens)
+            self.video_tokens += tokens.n_tokens
+        return tokens
+
+    def ask(self, text: str, t: float | None = None) -> int:
+        """Queue a user question on the user stream, one token per step from step ``floor(t * step_hz)``.
+
+        Args:
+            text: the question (whitespace-separated words).
+            t: stream time (s) it is typed at; ``None`` or a time already past: from the next step. Questions go
+                out in the order they are asked, each after the previous one's tokens.
+
+        Returns:
+            The number of tokens queued.
+        """
+        tokens = self.text_tokenizer.encode_text(text)
+        if not tokens:
+            raise InputError("question", "empty question")
+        if len(self._user) + len(tokens) > MAX_PENDING_USER_TOKENS:
+            raise InputError("question", f"more than {MAX_PENDING_USER_TOKENS} user tokens would be waiting")
+        ready = self.step_index if t is None else max(self.step_index, time_to_step(float(t), self.step_hz))
+        self._user.extend((ready, token) for token in tokens)
+        return len(tokens)
+
+    # ------------------------------------------------------------------ stepping
+
+    def _user_token(self) -> int:
+        if self._user and self._user[0][0] <= self.step_index:
+            return self._user.popleft()[1]
+        return self.pad_id
+
+    def _sample(self, logits: torch.Tensor) -> int:
+        scores = logits.detach().float().cpu().clone()  # [V]
+        scores[self.pad_id] += self.pad_bias
+        if self.temperature == 0:
+            return int(scores.argmax())
+        scores = scores / self.temperature
+        if self.top_k is not None and self.top_k < scores.numel():
+            kth = torch.topk(scores, self.top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, -math.inf)
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self._generator))
+
+    @torch.inference_mode()
+    def step(self) -> StepOutput:
+        """Run one tick: this step's video slots + user token + the previous text token -> the next text token."""
+        start = time.perf_counter()
+        slots, mask = self._packer.pop_step()  # [K, Dv], [K]
+        user = torch.tensor([[self._user_token()]], device=self.device)  # [1, 1]
+        text = torch.tensor([[self._text_in]], device=self.device)  # [1, 1]
+        out = self.model(
+            text,
+            slots[None, None].to(self.device),  # [1, 1, K, Dv]
+            mask[None, None].to(self.device),  # [1, 1, K]
+            user,
+            past_key_values=self.cache,
+            position_ids=torch.zeros(1, 1, dtype=torch.long),
+            use_cache=True,
+        )
+        logits = out.logits[0, -1]  # [V]
+        token = self._sample(logits)
+        index = self.step_index
+        self._text_in = token
+        self.step_index += 1
+        silent = token in (self.pad_id, self.epad_id)
+        word = None if silent else (self.text_tokenizer.decode([token]) or None)
+        return StepOutput(
+            index=index,
+            t=(index + 1) / self.step_hz,
+            token_id=token,
+            word=word,
+            word_start=word is not None and self.text_tokenizer.is_word_start(token),
+            logits=logits,
+            elapsed_s=time.perf_counter() - start,
+        )
+
+    def _steps_before(self, stop: int, wait: Callable[[float], None] | None) -> Iterator[StepOutput]:
+        """Run steps until ``step_index == stop``; each waits (``wait``) for its due time, the end of its span."""
+        while self.step_index < stop:
+            if wait is not None:
+                wait((self.step_index + 1) / self.step_hz)
+            yield self.step()
+
+    def run(
+        self,
+        frames: Iterable[tuple[float, torch.Tensor]],
+        end_s: float | None = None,
+        wait: Callable[[float], None] | None = None,
+    ) -> Iterator[StepOutput]:
+        """Drive the session over a stream of ``(t, frame [H, W, 3] uint8)`` pairs; yield every step's output.
+
+        Each frame is pushed before the step that contains it runs; a step runs as soon as a later frame arrives
+        (or the stream ends). The stream ends at ``end_s`` or after the last frame's display period
+        (``1 / fps``), whichever comes first.
+
+        Args:
+            frames: frames in increasing time order (e.g. :func:`mmduplex.video.iter_video`).
+            end_s: stop at this stream time (s) at the latest; frames at or after it are not read.
+            wait: called with a stream time before each event at that time (a frame arriving at ``t``, step ``k``
+                due at ``(k + 1) / step_hz``), in time order; real-time pacing sleeps until then.
+        """
+        last_t = None
+        for t, frame in frames:
+            t = float(t)
+            if end_s is not None and t >= end_s:
+                break
+            yield from self._steps_before(self._packer.frame_step(t), wait)
+            if wait is not None:
+                wait(t)
+            self.push_frame(t, frame)
+            last_t = t
+        if last_t is None:
+            return
+        end = last_t + 1.0 / self.fps if self.fps else (self._packer.frame_step(last_t) + 1) / self.step_hz
+        if end_s is not None:
+            end = min(end, end_s)
+        yield from self._steps_before(max(math.ceil(end * self.step_hz - 1e-6), self.step_index), wait)

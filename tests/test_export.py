@@ -1,0 +1,106 @@
+"""Export: checkpoint -> inference bundle -> load_bundle gives the same logits; wrong kinds are refused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+from conftest import duplex_fit_args
+
+from mmduplex.bundle import export_bundle, load_bundle
+from mmduplex.cli import main
+from mmduplex.errors import CheckpointError
+from mmduplex.lightning_cli import run_cli
+from tokenizer.bflow import BFlowConfig, BFlowTokenizer
+
+
+def random_inputs(model, steps=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(0, model.vocab_size, (2, steps), generator=g)
+    slots = torch.randn(2, steps, model.slots_per_step, model.token_dim, generator=g)
+    mask = torch.rand(2, steps, model.slots_per_step, generator=g) > 0.5
+    return text, slots, mask, torch.full_like(text, model.pad_id)
+
+
+def test_export_load_round_trip(tiny_duplex_run, tmp_path):
+    out = tmp_path / "bundle"
+    assert main(["export", str(tiny_duplex_run["checkpoint"]), "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["kind"] == "mmduplex-duplex" and config["format_version"] == 1
+    assert config["encoder"]["model"] == "mmduplex-tiny" and config["fps"] == 2.0
+    assert (config["step_hz"], config["delay_steps"], config["slots_per_step"]) == (5.0, 2, 8)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "model.safetensors", "text_tokenizer", "video_tokenizer.safetensors"
+    ]  # fmt: skip
+
+    bundle = load_bundle(out)
+    module = tiny_duplex_run["module"]
+    trained = module.model.eval()
+    inputs = random_inputs(trained)
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.model(*inputs).logits, trained(*inputs).logits, rtol=0, atol=0)
+    assert bundle.encoder_spec == "mmduplex-tiny" and bundle.step_hz == 5.0
+    assert bundle.text_tokenizer.encode_word("red") == module.text_tokenizer.encode_word("red")
+    patches = torch.randn(3, 144, 64)
+    times = torch.tensor([0.0, 0.5, 1.0])
+    ours, theirs = bundle.video_tokenizer.tokenize(patches, times), module.video_tokenizer.tokenize(patches, times)
+    assert [f.n_tokens for f in ours.frames] == [f.n_tokens for f in theirs.frames]
+    torch.testing.assert_close(ours.frames[0].tokens, theirs.frames[0].tokens)
+
+
+def test_wrong_kinds_are_refused(tmp_path, capsys):
+    with pytest.raises(CheckpointError, match="no such bundle folder"):
+        load_bundle(tmp_path / "missing")
+    tokenizer_bundle = BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2)).save_pretrained(tmp_path / "bflow")
+    with pytest.raises(CheckpointError, match="expected a duplex model bundle"):
+        load_bundle(tokenizer_bundle)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json missing"):
+        load_bundle(tmp_path / "empty")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        export_bundle(junk, tmp_path / "out")
+    assert main(["export", str(junk), "--out", str(tmp_path / "out")]) == 2
+    assert "junk.ckpt" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save({"mmduplex_kind": "mmduplex-duplex", "evil": BFlowConfig(dim=8, grid=(2, 2))}, pickled)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):  # weights_only refuses the object
+        export_bundle(pickled, tmp_path / "out")
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "mmduplex_kind": "something-else"}, other)
+    with pytest.raises(CheckpointError, match="expected a duplex model"):
+        export_bundle(other, tmp_path / "out")
+
+
+def test_bflow_checkpoint_exports_a_tokenizer_bundle(tmp_path):
+    tokenizer = BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2))
+    state = {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()}
+    ckpt = tmp_path / "bflow.ckpt"
+    torch.save({"mmduplex_kind": "bflow-tokenizer", "bflow_config": asdict(tokenizer.config), "state_dict": state}, ckpt)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "bundle")]) == 0
+    loaded = BFlowTokenizer.from_pretrained(tmp_path / "bundle")
+    assert loaded.config == tokenizer.config
+
+
+def test_baseline_video_tokenizer_round_trip(duplex_data, tmp_path):
+    """A baseline tokenizer given by class_path is described from the CLI config and rebuilt from the bundle."""
+    override = tmp_path / "uniform.yaml"
+    override.write_text(
+        "model:\n  init_args:\n    video_tokenizer:\n      class_path: tokenizer.baselines.UniformTokenizer\n"
+        "      init_args: {dim: 64, grid: [12, 12], tokens_per_frame: 4}\n"
+    )
+    cli = run_cli(
+        duplex_fit_args(duplex_data, tmp_path, f"--config={override}", "--trainer.max_steps=1",
+                        "--data.init_args.window_s=4.0", "--trainer.limit_val_batches=0", "--trainer.logger=false")
+    )  # fmt: skip
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    bundle = load_bundle(export_bundle(ckpt, tmp_path / "bundle"))
+    assert type(bundle.video_tokenizer).__name__ == "UniformTokenizer"
+    frames = bundle.video_tokenizer.tokenize(torch.randn(2, 144, 64), torch.tensor([0.0, 0.5])).frames
+    assert [f.n_tokens for f in frames] == [4, 4]
+    inputs = random_inputs(bundle.model)
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.model(*inputs).logits, cli.model.model.eval()(*inputs).logits)
