@@ -46,7 +46,8 @@ def time_to_step(t: float, step_hz: float) -> int:
 def _check_grid(num_steps: int, step_hz: float, delay_steps: int = 0) -> None:
     if num_steps < 0 or not step_hz > 0 or delay_steps < 0:
         raise InputError(
-            "alignment", f"need num_steps >= 0, step_hz > 0, delay_steps >= 0; got {num_steps}, {step_hz}, {delay_steps}"
+            "alignment",
+            f"need num_steps >= 0, step_hz > 0, delay_steps >= 0; got {num_steps}, {step_hz}, {delay_steps}",
         )
 
 
@@ -172,7 +173,8 @@ class VideoSlotPacker:
     def __init__(self, slots_per_step: int, step_hz: float, token_dim: int, start_s: float = 0.0) -> None:
         if slots_per_step < 1 or not step_hz > 0 or token_dim < 1:
             raise InputError(
-                "VideoSlotPacker", f"need K >= 1, step_hz > 0, token_dim >= 1; got {slots_per_step}, {step_hz}, {token_dim}"
+                "VideoSlotPacker",
+                f"need K >= 1, step_hz > 0, token_dim >= 1; got {slots_per_step}, {step_hz}, {token_dim}",
             )
         self.slots_per_step = int(slots_per_step)
         self.step_hz = float(step_hz)

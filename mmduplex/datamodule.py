@@ -118,7 +118,10 @@ class DuplexDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if not window_s > 0 or batch_size < 1 or num_workers < 0:
-            raise InputError("data", f"need window_s > 0, batch_size >= 1, num_workers >= 0; got {window_s}, {batch_size}, {num_workers}")
+            raise InputError(
+                "data",
+                f"need window_s > 0, batch_size >= 1, num_workers >= 0; got {window_s}, {batch_size}, {num_workers}",
+            )
         if transcripts is None and synthetic_dir is None:
             raise InputError("data", "give `transcripts` (LiveCC JSONL) or `synthetic_dir` (the synthetic set)")
         self.window_s = float(window_s)
@@ -175,7 +178,9 @@ class DuplexDataModule(LightningDataModule):
         for clip in clips:
             key = by_source.get(str(Path(clip.video).resolve()), video_key(clip.video))
             if key not in entries:
-                raise CacheError(self.features, f"no features for video {clip.video} (key {key!r}); run `mmduplex features`")
+                raise CacheError(
+                    self.features, f"no features for video {clip.video} (key {key!r}); run `mmduplex features`"
+                )
             end = clip.end_s if clip.end_s is not None else float(entries[key]["duration_s"])
             words = [[w.start, w.end, w.text] for w in clip.words]
             query = clip.meta.get("query")

@@ -217,9 +217,13 @@ class DuplexLM(nn.Module):
         if text_ids.dim() != 2:
             raise InputError("text_ids", f"expected [B, S], got {tuple(text_ids.shape)}")
         if video_slots.shape[:2] != text_ids.shape:
-            raise InputError("video_slots", f"expected [B, S] = {tuple(text_ids.shape)} leading, got {tuple(video_slots.shape)}")
+            raise InputError(
+                "video_slots", f"expected [B, S] = {tuple(text_ids.shape)} leading, got {tuple(video_slots.shape)}"
+            )
         if int(text_ids.max()) >= self.vocab_size or int(text_ids.min()) < 0:
-            raise InputError("text_ids", f"ids must be in [0, {self.vocab_size}), got [{int(text_ids.min())}, {int(text_ids.max())}]")
+            raise InputError(
+                "text_ids", f"ids must be in [0, {self.vocab_size}), got [{int(text_ids.min())}, {int(text_ids.max())}]"
+            )
         embeds = self._token_embedding(text_ids) + self.video(video_slots, video_mask)  # [B, S, H]
         if user_ids is not None:
             if user_ids.shape != text_ids.shape:

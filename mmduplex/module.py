@@ -100,7 +100,9 @@ class DuplexModule(LightningModule):
         if finetune == "lora" and lora is None:
             raise InputError("lora", "finetune: lora needs LoRA settings (r, alpha)")
         if not step_hz > 0 or delay_steps < 0 or slots_per_step < 1:
-            raise InputError("model", f"need step_hz > 0, delay_steps >= 0, K >= 1; got {step_hz}, {delay_steps}, {slots_per_step}")
+            raise InputError(
+                "model", f"need step_hz > 0, delay_steps >= 0, K >= 1; got {step_hz}, {delay_steps}, {slots_per_step}"
+            )
         if text_tokenizer is None:
             if not isinstance(backbone, str):
                 raise InputError("text_tokenizer", "required when the backbone is built from a config dict")

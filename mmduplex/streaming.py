@@ -154,9 +154,7 @@ class DuplexSession:
         self.reset()
 
     @classmethod
-    def from_bundle(
-        cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any
-    ) -> DuplexSession:
+    def from_bundle(cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any) -> DuplexSession:
         """Load the bundle folder at ``path`` (:func:`~mmduplex.bundle.load_bundle`) and open a session on it."""
         return cls(load_bundle(path, device=device), device=device, **kwargs)
 
@@ -323,7 +321,7 @@ class DuplexSession:
             mask[None, None].to(self.device),  # [1, 1, K]
             user,
             past_key_values=self.cache,
-            position_ids=torch.zeros(1, 1, dtype=torch.long),
+            position_ids=self.cache.next_position_ids(1, 1, self.device),
             use_cache=True,
         )
         logits = out.logits[0, -1]  # [V]

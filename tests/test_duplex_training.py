@@ -15,7 +15,7 @@ from conftest import duplex_fit_args
 from safetensors.torch import load_file, save_file
 
 from mmduplex.bundle import read_checkpoint
-from mmduplex.datamodule import WindowSampler, WindowDataset, clip_windows
+from mmduplex.datamodule import WindowDataset, WindowSampler, clip_windows
 from mmduplex.lightning_cli import run_cli
 
 SMALL = (  # a lighter variant of the tiny recipe for the subprocess tests: short windows, small batches

@@ -53,7 +53,9 @@ def test_export_load_round_trip(tiny_duplex_run, tmp_path):
 def test_wrong_kinds_are_refused(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="no such bundle folder"):
         load_bundle(tmp_path / "missing")
-    tokenizer_bundle = BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2)).save_pretrained(tmp_path / "bflow")
+    tokenizer_bundle = BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2)).save_pretrained(
+        tmp_path / "bflow"
+    )
     with pytest.raises(CheckpointError, match="expected a duplex model bundle"):
         load_bundle(tokenizer_bundle)
     (tmp_path / "empty").mkdir()
@@ -66,7 +68,7 @@ def test_wrong_kinds_are_refused(tmp_path, capsys):
     assert main(["export", str(junk), "--out", str(tmp_path / "out")]) == 2
     assert "junk.ckpt" in capsys.readouterr().err and not (tmp_path / "out").exists()
     pickled = tmp_path / "pickled.ckpt"
-    torch.save({"mmduplex_kind": "mmduplex-duplex", "evil": BFlowConfig(dim=8, grid=(2, 2))}, pickled)
+    torch.save({"mmduplex_kind": "mmduplex-duplex", "evil": BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2)}, pickled)
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):  # weights_only refuses the object
         export_bundle(pickled, tmp_path / "out")
     other = tmp_path / "other.ckpt"
@@ -79,7 +81,9 @@ def test_bflow_checkpoint_exports_a_tokenizer_bundle(tmp_path):
     tokenizer = BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2))
     state = {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()}
     ckpt = tmp_path / "bflow.ckpt"
-    torch.save({"mmduplex_kind": "bflow-tokenizer", "bflow_config": asdict(tokenizer.config), "state_dict": state}, ckpt)
+    torch.save(
+        {"mmduplex_kind": "bflow-tokenizer", "bflow_config": asdict(tokenizer.config), "state_dict": state}, ckpt
+    )
     assert main(["export", str(ckpt), "--out", str(tmp_path / "bundle")]) == 0
     loaded = BFlowTokenizer.from_pretrained(tmp_path / "bundle")
     assert loaded.config == tokenizer.config

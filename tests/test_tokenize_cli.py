@@ -97,3 +97,17 @@ def test_tokenize_corrupt_video_and_wrong_checkpoint(carphone, tmp_path, capsys)
     assert main(["tokenize", carphone, "--checkpoint", str(wrong), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "kind 'duplex-lm'" in err and "\n" not in err and not out.exists()
+
+
+def test_untrained_counts_follow_motion(tmp_path):
+    from mmduplex.data.synthetic import make_motion_video
+    from mmduplex.video import write_video
+
+    rates = []
+    for speed in (0.0, 15.0, 60.0):
+        video = tmp_path / f"motion_{speed:g}.mp4"
+        write_video(video, make_motion_video(30, 10.0, speed, num_shapes=2, seed=2), 10.0)
+        out = tmp_path / f"motion_{speed:g}.json"
+        assert main(["tokenize", str(video), "--fps", "5", "--out", str(out)]) == 0
+        rates.append(json.loads(out.read_text())["tokens_per_second_after_first_keyframe"])
+    assert rates[0] <= 1.0 and rates[0] < rates[1] < rates[2], rates

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``mmduplex stream``."""
     parser.add_argument("video", metavar="VIDEO", help="video file, '-' for a stream on stdin, or a URL PyAV opens")
     parser.add_argument("--checkpoint", required=True, metavar="BUNDLE", help="duplex inference bundle folder")
-    parser.add_argument("--out", default=None, help="commentary file; the format follows the suffix: .vtt, .srt, .jsonl")
+    parser.add_argument("--out", default=None, help="commentary file; format by suffix: .vtt, .srt, .jsonl")
     parser.add_argument("--html", default=None, help="viewer page: the video with the commentary as a <track>")
     parser.add_argument("--report", default=None, help="timing report JSON (steps, rtf, step latency, memory, ...)")
     parser.add_argument(
@@ -235,9 +235,7 @@ def run(args: argparse.Namespace) -> int:
     total_s = duration if args.max_seconds is None else min(args.max_seconds, duration or math.inf)
     progress = _progress(total_s if is_file else None)
     echo = progress.write if progress is not None else (lambda text: print(text, flush=True))
-    lines = _Lines(
-        LineBuilder(max(1, round(args.line_pause * hz)), args.line_words, args.line_display), echo
-    )
+    lines = _Lines(LineBuilder(max(1, round(args.line_pause * hz)), args.line_words, args.line_display), echo)
     pacer = RealtimePacer(hz) if args.realtime else None
     step_ms: list[float] = []
     cache_peak, interrupted = 0, False

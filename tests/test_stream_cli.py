@@ -1,0 +1,143 @@
+"""``mmduplex stream``: outputs that parse with monotone cue times, report keys, HTML page, stdin, clean errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from mmduplex.cli import main
+from mmduplex.commands.stream import _Lines, parse_ask, timestamp
+from mmduplex.errors import InputError
+from mmduplex.outputs import LineBuilder, read_commentary
+
+REPORT_KEYS = ["steps", "step_hz", "rtf", "step_ms_p50", "step_ms_p95", "peak_rss_mb", "video_tokens_per_second"]
+PRINTED = re.compile(r"^\[\d{2}:\d{2}:\d{2}\.\d\] \S.*$")
+
+
+@pytest.fixture(scope="module")
+def video(duplex_data) -> Path:
+    return sorted((duplex_data["synthetic_dir"] / "videos").glob("*.mp4"))[0]
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("suffix", [".vtt", ".srt", ".jsonl"])
+def test_stream_writes_commentary_page_and_report(tiny_bundle, video, tmp_path, capsys, suffix):
+    out, page, report = tmp_path / f"c{suffix}", tmp_path / "page" / "index.html", tmp_path / "r.json"
+    argv = ["stream", str(video), "--checkpoint", str(tiny_bundle), "--out", str(out), "--html", str(page),
+            "--report", str(report), "--max-seconds", "6", "--pad-bias", "-2", "--ask", "2.5:what moved"]  # fmt: skip
+    assert main(argv) == 0
+    lines = read_commentary(out)
+    assert lines, "the PAD bias should make the tiny model talk"
+    assert all(b.start >= a.start for a, b in zip(lines, lines[1:], strict=False))
+    assert all(line.end > line.start and 0 <= line.start <= 6.0 for line in lines)
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(lines) and all(PRINTED.match(p) for p in printed)
+    assert [p.split("] ", 1)[1] for p in printed] == [line.text for line in lines]
+
+    data = json.loads(report.read_text())
+    assert list(data)[: len(REPORT_KEYS)] == REPORT_KEYS
+    assert data["steps"] == 30 and data["step_hz"] == 5.0 and data["frames"] == 12
+    assert data["rtf"] > 0 and 0 < data["step_ms_p50"] <= data["step_ms_p95"] and data["peak_rss_mb"] > 0
+    assert data["video_tokens_per_second"] == pytest.approx(data["video_tokens"] / 6.0)
+    assert data["cache_peak_length"] <= data["cache_max_length"]
+    assert data["questions"] == [{"t": 2.5, "text": "what moved"}]
+
+    html = page.read_text()
+    track = "../c.vtt" if suffix == ".vtt" else "index.vtt"
+    assert f'src="{track}"' in html and f'src="{os.path.relpath(video, page.parent)}"' in html
+    if suffix != ".vtt":
+        assert read_commentary(page.with_suffix(".vtt")) == lines
+    assert files_in(tmp_path) == sorted([out.name, "page", "r.json"])
+
+
+def test_stream_from_stdin_pipe(tiny_bundle, video, tmp_path):
+    script = Path(sys.executable).with_name("mmduplex")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "mmduplex"]
+    out, page = tmp_path / "live.vtt", tmp_path / "live.html"
+    argv = ["stream", "-", "--checkpoint", str(tiny_bundle), "--out", str(out), "--html", str(page),
+            "--max-seconds", "4", "--pad-bias", "-2"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    with open(video, "rb") as stdin:
+        result = subprocess.run(command + argv, stdin=stdin, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = read_commentary(out)
+    assert lines and all(line.start < 4.0 for line in lines)
+    assert [p for p in result.stdout.splitlines() if PRINTED.match(p)] == [
+        f"[{timestamp(line.start)}] {line.text}" for line in lines
+    ]
+    assert 'id="no-video"' in page.read_text()
+
+
+def test_realtime_paces_and_reports_lateness(tiny_bundle, video, tmp_path):
+    report = tmp_path / "r.json"
+    argv = ["stream", str(video), "--checkpoint", str(tiny_bundle), "--report", str(report), "--realtime",
+            "--max-seconds", "1.5"]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(report.read_text())
+    assert data["realtime"] is True and isinstance(data["late_steps"], int) and data["max_lag_s"] >= 0
+    assert data["steps"] == 8 and data["compute_s"] < 1.5  # the sleeping is not counted as compute
+
+
+def _tokenizer_bundle(folder: Path) -> Path:
+    from tokenizer import BFlowConfig, BFlowTokenizer
+
+    return BFlowTokenizer(BFlowConfig(dim=64, grid=(12, 12))).save_pretrained(folder)
+
+
+@pytest.mark.parametrize("case", ["missing video", "corrupt video", "missing bundle", "tokenizer bundle",
+                                  "random folder", "bad ask", "bad suffix"])  # fmt: skip
+def test_bad_inputs_fail_cleanly(tiny_bundle, video, tmp_path, capsys, case):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    source, bundle, extra = str(video), str(tiny_bundle), []
+    if case == "missing video":
+        source = str(inputs / "nothing.mp4")
+    elif case == "corrupt video":
+        source = str(inputs / "cut.mp4")
+        Path(source).write_bytes(video.read_bytes()[:2000])
+    elif case == "missing bundle":
+        bundle = str(inputs / "no_bundle")
+    elif case == "tokenizer bundle":
+        bundle = str(_tokenizer_bundle(inputs / "bflow"))
+    elif case == "random folder":
+        (inputs / "folder").mkdir()
+        (inputs / "folder" / "notes.txt").write_text("hello")
+        bundle = str(inputs / "folder")
+    elif case == "bad ask":
+        extra = ["--ask", "soon:what moved"]
+    out_dir = tmp_path / "out"
+    out = out_dir / ("c.txt" if case == "bad suffix" else "c.vtt")
+    argv = ["stream", source, "--checkpoint", bundle, "--out", str(out), "--html", str(out_dir / "p.html"),
+            "--report", str(out_dir / "r.json"), *extra]  # fmt: skip
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("mmduplex: error: "), err
+    assert not out_dir.exists() or files_in(out_dir) == []
+
+
+def test_ask_parsing():
+    assert parse_ask("4.5:what moved") == (4.5, "what moved")
+    assert parse_ask(" 10 : a:b ") == (10.0, "a:b")
+    for bad in ("what", ":x", "3:", "-1:x", "nan:x", "inf:x"):
+        with pytest.raises(InputError, match="--ask"):
+            parse_ask(bad)
+
+
+def test_subword_pieces_join_into_words():
+    printed: list[str] = []
+    lines = _Lines(LineBuilder(pause_steps=2, max_words=10, min_display_s=1.0), printed.append)
+    steps = [("red", True), ("dish", True), ("es", False), (None, False), (None, False), ("go", True)]
+    for k, (word, start) in enumerate(steps):
+        lines.push(SimpleNamespace(t=(k + 1) / 5, word=word, word_start=start))
+    lines.flush()
+    assert printed == ["[00:00:00.2] red dishes", "[00:00:01.2] go"]
