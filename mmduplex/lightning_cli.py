@@ -7,6 +7,8 @@ constructor defaults; ``--print_config`` shows the full resolved configuration.
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -16,13 +18,21 @@ class MMDuplexCLI(LightningCLI):
 
 
 def run_cli(args: list[str]) -> MMDuplexCLI:
-    """Run the CLI on ``args`` (e.g. ``["fit", "--config", "recipes/tokenizer/tiny.yaml"]``)."""
-    return MMDuplexCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    """Run the CLI on ``args`` (e.g. ``["fit", "--config", "recipes/tokenizer/tiny.yaml"]``).
+
+    ``args`` is handed over as ``sys.argv`` (restored afterwards): LightningCLI's DDP launcher re-executes
+    ``sys.argv`` in its worker processes, so it must hold the real command, whoever called this function.
+    """
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "mmduplex", *args]
+    try:
+        return MMDuplexCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+    finally:
+        sys.argv = saved
