@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import warnings
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import psutil

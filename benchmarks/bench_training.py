@@ -81,7 +81,7 @@ def training_throughput(
     print(
         f"{name:<28} {finetune:<9} params {result['params_m']:8.1f} M (trainable {result['trainable_m']:8.1f} M)  "
         f"batch {batch} x {window} steps: {result['steps_per_s']:7.3f} steps/s, "
-        f"{result['text_tokens_per_s']:9.1f} text tokens/s"
+        f"{result['text_tokens_per_s']:9.1f} text tokens/s ({result['cpu_s_per_step']:.3f} CPU s/step)"
     )
     return result
 
@@ -120,9 +120,7 @@ def epoch_video_side(videos: int, workdir: Path, encoder_spec: str) -> None:
             _ = memo[path]
     frames = sum(r.patches.shape[0] for r in features.values())
     with_cache, on_the_fly = cached.seconds + tokenize.seconds, live.seconds + tokenize.seconds
-    print(
-        f"\nvideo side of one epoch, {videos} synthetic videos ({frames} frames at {fps:g} fps), encoder {encoder_spec}:"
-    )
+    print(f"\nvideo side of one epoch, {videos} synthetic videos ({frames} frames at {fps:g} fps), {encoder_spec}:")
     print(f"  building the cache once             {build.seconds:9.2f} s")
     print(f"  features: read from the cache       {cached.seconds:9.3f} s")
     print(

@@ -140,7 +140,8 @@ def build_video_tokenizer(spec: Any, source: str | os.PathLike = "bundle") -> nn
     parser.add_class_arguments(cls, "tokenizer", fail_untyped=False)
     try:
         cfg = parser.parse_object({"tokenizer": spec.get("init_args") or {}})
-        return parser.instantiate_classes(cfg).tokenizer
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
+        return instantiate(cfg).tokenizer
     except Exception as exc:  # jsonargparse's ArgumentError or the class's own InputError
         raise CheckpointError(source, f"cannot build video tokenizer {spec['class_path']}: {exc}") from exc
 

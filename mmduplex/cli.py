@@ -24,6 +24,7 @@ LIGHTNING_SUBCOMMANDS = {
 
 # Subcommand name -> module in mmduplex.commands. A command is listed here only once it works.
 COMMANDS: dict[str, str] = {
+    "demo": "mmduplex.commands.demo",
     "features": "mmduplex.commands.features",
     "eval": "mmduplex.commands.eval",
     "tokenize": "mmduplex.commands.tokenize",

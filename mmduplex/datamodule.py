@@ -190,6 +190,7 @@ class DuplexDataModule(LightningDataModule):
                     {
                         "key": key,
                         "clip_start_s": float(clip.start_s),
+                        "clip_end_s": float(end),
                         "offset_s": offset,
                         "window_s": self.window_s,
                         "words": words,

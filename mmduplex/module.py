@@ -23,6 +23,7 @@ from torch import nn
 
 from mmduplex.alignment import align_text, align_user, pack_video, time_to_step
 from mmduplex.bundle import DUPLEX_KIND, describe_video_tokenizer
+from mmduplex.data.transcripts import Word
 from mmduplex.errors import CacheError, InputError
 from mmduplex.model import DuplexLM, LoraSettings, LossWeights, apply_lora, build_backbone, text_loss
 from mmduplex.text import load_text_tokenizer
@@ -196,14 +197,16 @@ class DuplexModule(LightningModule):
         start = time_to_step(float(sample["offset_s"]), hz)
         steps = round(float(sample["window_s"]) * hz)
         end = start + steps
-        from mmduplex.data.transcripts import Word
-
         words = [Word(float(s), float(e), str(w)) for s, e, w in sample["words"]]
         text = align_text(words, end, hz, tok, self.hparams.delay_steps)[start:end]  # [S]
         questions = [(float(t), str(q)) for t, q in sample.get("questions", [])]
         user = align_user(questions, end, hz, tok)[start:end]  # [S]
-        clip_start = float(sample["clip_start_s"])
-        frames = [f for f in self.video_tokens(sample["key"]) if f.t >= clip_start - 1e-6]
+        clip_start, clip_end = float(sample["clip_start_s"]), sample.get("clip_end_s")
+        frames = [
+            f
+            for f in self.video_tokens(sample["key"])
+            if f.t >= clip_start - 1e-6 and (clip_end is None or f.t < float(clip_end))
+        ]
         slots, mask = pack_video(frames, end, self.hparams.slots_per_step, hz, self.model.token_dim, clip_start)
         return {"text_ids": text, "user_ids": user, "video_slots": slots[start:end], "video_mask": mask[start:end]}
 

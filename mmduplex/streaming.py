@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,6 +41,10 @@ from mmduplex.alignment import VideoSlotPacker, time_to_step
 from mmduplex.bundle import DuplexBundle, load_bundle
 from mmduplex.errors import CheckpointError, InputError
 from mmduplex.kvcache import SinkWindowCache
+
+if TYPE_CHECKING:
+    from tokenizer.base import FrameTokens
+    from tokenizer.encoder import FrozenCLIP
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +128,7 @@ class DuplexSession:
         top_k: int | None = None,
         pad_bias: float = 0.0,
         seed: int = 0,
-        encoder: Any = None,
+        encoder: FrozenCLIP | None = None,
         device: str | torch.device | None = None,
     ) -> None:
         if not (math.isfinite(temperature) and temperature >= 0):
@@ -150,8 +154,7 @@ class DuplexSession:
             self._check_encoder(encoder)
         self.pad_id, self.epad_id = self.text_tokenizer.pad_id, self.text_tokenizer.epad_id
         self.max_video_backlog = self.model.slots_per_step * max(1, math.ceil(MAX_VIDEO_BACKLOG_S * self.step_hz))
-        SinkWindowCache(self.model, self.sink, self.window)  # refuse an unsupported backbone now, not at step 0
-        self.reset()
+        self.reset()  # builds the cache: an unsupported backbone is refused here, not at step 0
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any) -> DuplexSession:
@@ -205,7 +208,7 @@ class DuplexSession:
     # ------------------------------------------------------------------ inputs
 
     @property
-    def encoder(self) -> Any:
+    def encoder(self) -> FrozenCLIP:
         """The frozen image encoder (built from the bundle's encoder spec on first use)."""
         if self._encoder is None:
             from tokenizer.encoder import create_encoder
@@ -218,7 +221,7 @@ class DuplexSession:
             self._encoder = encoder
         return self._encoder
 
-    def _check_encoder(self, encoder: Any) -> None:
+    def _check_encoder(self, encoder: FrozenCLIP) -> None:
         trained_on = self.bundle.encoder
         if trained_on and dict(trained_on) != dict(encoder.fingerprint):
             raise CheckpointError(
@@ -226,7 +229,7 @@ class DuplexSession:
             )
 
     @torch.inference_mode()
-    def push_frame(self, t: float, frame: torch.Tensor) -> Any:
+    def push_frame(self, t: float, frame: torch.Tensor) -> FrameTokens:
         """Encode a ``[H, W, 3]`` uint8 RGB frame shown at stream time ``t`` (s) and queue its video tokens.
 
         Returns:
@@ -239,7 +242,7 @@ class DuplexSession:
         return self.push_features(t, patches)
 
     @torch.inference_mode()
-    def push_features(self, t: float, patches: torch.Tensor) -> Any:
+    def push_features(self, t: float, patches: torch.Tensor) -> FrameTokens:
         """Queue the video tokens of one frame given as patch features ``[P, D]`` (cached features, benchmarks).
 
         Frame times must increase. A frame whose step has already run goes out at the next step (the video never

@@ -89,22 +89,34 @@ def test_bflow_checkpoint_exports_a_tokenizer_bundle(tmp_path):
     assert loaded.config == tokenizer.config
 
 
-def test_baseline_video_tokenizer_round_trip(duplex_data, tmp_path):
-    """A baseline tokenizer given by class_path is described from the CLI config and rebuilt from the bundle."""
-    override = tmp_path / "uniform.yaml"
-    override.write_text(
-        "model:\n  init_args:\n    video_tokenizer:\n      class_path: tokenizer.baselines.UniformTokenizer\n"
-        "      init_args: {dim: 64, grid: [12, 12], tokens_per_frame: 4}\n"
-    )
+UNIFORM = (
+    "class_path: tokenizer.baselines.UniformTokenizer\n      init_args: {dim: 64, grid: [12, 12], tokens_per_frame: 4}"
+)
+BFLOW = "class_path: tokenizer.bflow.BFlowTokenizer.from_checkpoint\n      init_args: {path: %s}"
+
+
+@pytest.mark.parametrize("which", ["uniform", "bflow_bundle"])
+def test_injected_video_tokenizers_round_trip(duplex_data, tmp_path, which):
+    """A baseline given by class_path, and a saved B-Flow loaded by a factory, both rebuild from the bundle."""
+    if which == "uniform":
+        spec, expected = UNIFORM, "UniformTokenizer"
+    else:
+        config = BFlowConfig(dim=64, grid=(12, 12), num_key_tokens=4, max_flow_tokens=6)
+        spec, expected = BFLOW % BFlowTokenizer(config).save_pretrained(tmp_path / "bflow"), "BFlowTokenizer"
+    override = tmp_path / "tokenizer.yaml"
+    override.write_text(f"model:\n  init_args:\n    video_tokenizer:\n      {spec}\n")
     cli = run_cli(
-        duplex_fit_args(duplex_data, tmp_path, f"--config={override}", "--trainer.max_steps=1",
+        duplex_fit_args(duplex_data, tmp_path / "run", f"--config={override}", "--trainer.max_steps=1",
                         "--data.init_args.window_s=4.0", "--trainer.limit_val_batches=0", "--trainer.logger=false")
     )  # fmt: skip
-    ckpt = next(tmp_path.rglob("*.ckpt"))
+    ckpt = next((tmp_path / "run").rglob("*.ckpt"))
     bundle = load_bundle(export_bundle(ckpt, tmp_path / "bundle"))
-    assert type(bundle.video_tokenizer).__name__ == "UniformTokenizer"
-    frames = bundle.video_tokenizer.tokenize(torch.randn(2, 144, 64), torch.tensor([0.0, 0.5])).frames
-    assert [f.n_tokens for f in frames] == [4, 4]
+    assert type(bundle.video_tokenizer).__name__ == expected
+    patches, times = torch.randn(2, 144, 64), torch.tensor([0.0, 0.5])
+    ours = bundle.video_tokenizer.tokenize(patches, times).frames
+    theirs = cli.model.video_tokenizer.tokenize(patches, times).frames
+    assert [f.n_tokens for f in ours] == [f.n_tokens for f in theirs] and ours[0].n_tokens == 4
+    torch.testing.assert_close(ours[0].tokens, theirs[0].tokens)
     inputs = random_inputs(bundle.model)
     with torch.no_grad():
         torch.testing.assert_close(bundle.model(*inputs).logits, cli.model.model.eval()(*inputs).logits)

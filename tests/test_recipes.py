@@ -12,7 +12,7 @@ import pytest
 import recipes
 from mmduplex.cli import main
 
-LIGHTNING_RECIPES = [p for p in recipes.all_recipes() if p.parent.name != "eval"]
+LIGHTNING_RECIPES = [p for p in recipes.all_recipes() if p.parent.name not in ("eval", "demo")]
 COMPOSED = [("duplex/tiny", "presets/cpu_smoke"), ("duplex/full", "presets/ddp"), ("duplex/lora", "presets/fsdp")]
 
 

@@ -141,3 +141,24 @@ def test_subword_pieces_join_into_words():
         lines.push(SimpleNamespace(t=(k + 1) / 5, word=word, word_start=start))
     lines.flush()
     assert printed == ["[00:00:00.2] red dishes", "[00:00:01.2] go"]
+
+
+def test_interrupt_writes_what_was_streamed(tiny_bundle, video, tmp_path, monkeypatch):
+    import mmduplex.video
+
+    real = mmduplex.video.iter_video
+
+    def interrupted(*args, **kwargs):
+        for t, frame in real(*args, **kwargs):
+            if t >= 3.0:
+                raise KeyboardInterrupt  # Ctrl-C: how a live stream ends
+            yield t, frame
+
+    monkeypatch.setattr(mmduplex.video, "iter_video", interrupted)
+    out, report = tmp_path / "c.jsonl", tmp_path / "r.json"
+    argv = ["stream", str(video), "--checkpoint", str(tiny_bundle), "--out", str(out), "--report", str(report),
+            "--pad-bias", "-2"]  # fmt: skip
+    assert main(argv) == 130
+    data = json.loads(report.read_text())
+    assert data["interrupted"] is True and data["steps"] == 12  # the steps before the last frame read (2.5 s)
+    assert all(line.start <= 3.0 for line in read_commentary(out))

@@ -1,7 +1,13 @@
 """B-Flow video tokenizer: frozen CLIP patch features -> keyframe / flow tokens, baselines, fidelity, training."""
 
 from tokenizer.base import FrameTokens, TokenizedVideo, VideoTokenizer
-from tokenizer.baselines import CodecTokenizer, FrameDropTokenizer, UniformTokenizer, VideoLLMOnlineTokenizer
+from tokenizer.baselines import (
+    CodecTokenizer,
+    FrameDropTokenizer,
+    NoVideoTokenizer,
+    UniformTokenizer,
+    VideoLLMOnlineTokenizer,
+)
 from tokenizer.bflow import BFlowConfig, BFlowTokenizer
 from tokenizer.encoder import FrozenCLIP, create_encoder
 from tokenizer.fidelity import fidelity, normalize_features
@@ -28,6 +34,7 @@ __all__ = [
     "FrameTokens",
     "FrozenCLIP",
     "TokenizedVideo",
+    "NoVideoTokenizer",
     "UniformTokenizer",
     "VideoLLMOnlineTokenizer",
     "VideoTokenizer",

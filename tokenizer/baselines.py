@@ -5,6 +5,7 @@
   P-tokens for the patches the decoder currently reconstructs worst.
 * :class:`FrameDropTokenizer` — LongVU-like: a frame is kept (as pooled tokens) only when it differs enough from
   the last kept one; the reconstruction holds the last kept frame.
+* :class:`NoVideoTokenizer` — nothing at all: the video stream zeroed (the text-only baseline).
 * :class:`VideoLLMOnlineTokenizer` — VideoLLM-online: 1 token/frame (mean pool) or 10 (mean + 3x3 pooled).
 
 Values are normalised patch features (:func:`tokenizer.fidelity.normalize_features`) pooled over cells; tokens
@@ -129,6 +130,25 @@ class UniformTokenizer(PoolingTokenizer):
 
     def _frame(self, x, t, b, state):
         return self._pooled(x, t, self.layout)
+
+
+class NoVideoTokenizer(PoolingTokenizer):
+    """Emits nothing, ever: the video stream is zeroed (the text-only baseline of the demo).
+
+    A duplex model trained on it sees only its own text stream, so it can only guess when and what to say; the gap
+    between it and a model with video tokens is what the video stream is worth. Reconstruction stays zero.
+
+    Args:
+        dim: patch feature width D.
+        grid: patch grid (h, w).
+    """
+
+    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
+        super().__init__(dim, grid)
+        self._init_args.pop("embed_scale")
+
+    def _frame(self, x, t, b, state):
+        return self._none(t), state.recon[b]
 
 
 class CodecTokenizer(PoolingTokenizer):
