@@ -146,8 +146,9 @@ def video_rtf(session: DuplexSession, seconds: float, work: Path) -> float:
     return (time.perf_counter() - start) / (steps / session.step_hz)
 
 
-def large_bundle(quantize: str) -> tuple[DuplexBundle, object]:
-    """A Qwen2.5-0.5B-shaped duplex model + ViT-B-32-shaped encoder, random init, bf16 or int8 dynamic."""
+def large_bundle(quantize: str) -> tuple[DuplexBundle, object, int]:
+    """A Qwen2.5-0.5B-shaped duplex model + ViT-B-32-shaped encoder (random init, bf16 or int8 dynamic), the
+    encoder, and the LM's parameter count before quantisation."""
     from mmduplex.model import DuplexLM, build_backbone
     from mmduplex.text import build_word_tokenizer
     from tokenizer.bflow import BFlowConfig, BFlowTokenizer
@@ -158,19 +159,19 @@ def large_bundle(quantize: str) -> tuple[DuplexBundle, object]:
     dtype = "bfloat16" if quantize == "bf16" else "float32"
     torch.manual_seed(0)
     backbone = build_backbone(QWEN05B, torch_dtype=dtype, attn_implementation="sdpa")
+    params = sum(p.numel() for p in backbone.parameters())
     if quantize == "int8":  # the backbone's linear layers (LM head included); the duplex parts stay float32
         backbone = torch.ao.quantization.quantize_dynamic(backbone.eval(), {torch.nn.Linear}, dtype=torch.qint8)
     model = DuplexLM(backbone, text.vocab_size, text.pad_id, text.epad_id, encoder.width, slots_per_step=8).eval()
     video = BFlowTokenizer(BFlowConfig(dim=encoder.width, grid=encoder.grid, num_key_tokens=16, max_flow_tokens=16))
     config = {"step_hz": 10.0, "delay_steps": 2, "slots_per_step": 8, "fps": 2.0, "encoder": encoder.fingerprint}
-    return DuplexBundle(model, text, video.eval(), config), encoder
+    return DuplexBundle(model, text, video.eval(), config), encoder, params
 
 
 @torch.inference_mode()
 def large_stream(quantize: str, seconds: float, window: int, repeats: int) -> dict:
     """RTF of the 0.5B-shaped model over ``seconds`` of 2 fps video (encode + tokenize + step), then the speed-up."""
-    bundle, encoder = large_bundle(quantize)
-    params = sum(p.numel() for p in bundle.model.parameters())
+    bundle, encoder, params = large_bundle(quantize)
     session = DuplexSession(bundle, sink=4, window=window, encoder=encoder)
     frames = motion_video(seconds, 2.0, encoder.image_size)
     for t in range(3):  # warm-up (oneDNN kernels), not timed
@@ -244,7 +245,7 @@ def large_part(args: argparse.Namespace) -> None:
           f"{args.large_seconds:g} s of stream, sink 4 + window {args.large_window}")  # fmt: skip
     for quantize in args.large:
         r = large_stream(quantize, args.large_seconds, args.large_window, args.large_repeats)
-        print(f"{quantize:>5}: {r['params_m']:.0f}M params, {r['steps']} steps, step_ms p50 {r['step_p50']:.1f} "
+        print(f"{quantize:>5}: {r['params_m']:.0f}M LM params, {r['steps']} steps, step_ms p50 {r['step_p50']:.1f} "
               f"p95 {r['step_p95']:.1f}, RSS {r['rss_mb']:.0f} MiB, cache {r['cache']}, "
               f"RTF {r['rtf']:.3f} ({verdict(r['rtf'], 1.0)})")  # fmt: skip
         if "speedup" in r:

@@ -7,6 +7,8 @@
    videos and running the encoder (``mmduplex-tiny``, and a random-initialised ``ViT-B-16`` for a real encoder's
    cost), the frozen B-Flow tokenizer (the same work either way), and a memoised epoch (what
    :class:`mmduplex.module.DuplexModule` does after the first epoch: no video work at all).
+3. Whole training epochs of the tiny recipe (Lightning, ``mmduplex-tiny``): features from the cache with memoised
+   video tokens, versus features computed on the fly by the encoder for every window (no cache, no memo).
 
     python -m benchmarks.bench_training [--videos 8] [--qwen-steps 2] [--skip-qwen] [--encoders mmduplex-tiny ViT-B-16]
 """
@@ -15,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import torch
+from lightning.pytorch import Callback
 
 from benchmarks.common import Timer, print_header
+from mmduplex.datamodule import DuplexDataModule
 from mmduplex.model import DuplexLM, LossWeights, build_backbone, text_loss
 from mmduplex.text import load_text_tokenizer
 
@@ -132,6 +137,70 @@ def epoch_video_side(videos: int, workdir: Path, encoder_spec: str) -> None:
     print(f"  later epochs (memoised tokens)      {memoised.seconds:9.5f} s")
 
 
+class EpochTimer(Callback):
+    """Records the wall time of every training epoch."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+class OnTheFlyDataModule(DuplexDataModule):
+    """The same windows, but every request for a video's features decodes it and runs the encoder."""
+
+    def load_features(self, key: str):
+        from mmduplex.features import FeatureRecord
+        from mmduplex.video import read_video
+        from tokenizer.encoder import create_encoder
+
+        self.setup()
+        if getattr(self, "_encoder", None) is None:
+            self._encoder = create_encoder(self.encoder, device="cpu")
+        source = self.cache.entries()[key]["source"]
+        clip = read_video(source, self.fps, size=self._encoder.image_size)
+        with torch.no_grad():
+            encoded = self._encoder.encode(clip.frames)
+        return FeatureRecord(encoded.patches, encoded.pooled, clip.timestamps, clip.duration_s, source)
+
+
+def training_epochs(videos: int, workdir: Path, epochs: int) -> None:
+    """Lightning epochs of the tiny recipe: cached features + memoised tokens vs encoding on the fly."""
+    from mmduplex.data.synthetic import SyntheticConfig, generate_dataset
+    from mmduplex.features import extract_features
+    from mmduplex.lightning_cli import run_cli
+    from recipes import recipe_path
+
+    dataset = generate_dataset(workdir / "synthetic", SyntheticConfig(num_videos=videos, duration_s=(20.0, 30.0)))
+    extract_features(list(dataset.videos()), workdir / "features", encoder="mmduplex-tiny", fps=2.0)
+    results = {}
+    for name, data_class, memo in (
+        ("cache + memo", "mmduplex.datamodule.DuplexDataModule", "null"),
+        ("on the fly", "benchmarks.bench_training.OnTheFlyDataModule", "0"),
+    ):
+        cli = run_cli(
+            ["fit", "--config", str(recipe_path("duplex/tiny")), f"--data.class_path={data_class}",
+             f"--data.init_args.synthetic_dir={workdir / 'synthetic'}",
+             f"--data.init_args.features={workdir / 'features'}",
+             f"--model.init_args.memo_videos={memo}", f"--trainer.max_epochs={epochs}", "--trainer.logger=false",
+             "--trainer.limit_val_batches=0", "--trainer.callbacks=benchmarks.bench_training.EpochTimer",
+             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+             f"--trainer.default_root_dir={workdir / 'runs'}"]
+        )  # fmt: skip
+        results[name] = next(c for c in cli.trainer.callbacks if type(c).__name__ == "EpochTimer").seconds
+        batches = cli.trainer.num_training_batches
+    print(f"\ntiny recipe, {videos} synthetic videos, {batches} batches of 8 windows per epoch (wall s per epoch):")
+    for name, seconds in results.items():
+        print(f"  {name:<14} " + "  ".join(f"{s:7.2f}" for s in seconds))
+    first, later = results["on the fly"], results["cache + memo"]
+    print(f"  cache speed-up: first epoch {first[0] / later[0]:.1f} x, later epochs {first[-1] / later[-1]:.1f} x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=8, help="synthetic videos in the epoch benchmark")
@@ -142,6 +211,7 @@ def main() -> None:
         "--encoders", nargs="+", default=["mmduplex-tiny", "ViT-B-16"], help="encoders (ViT-B-16: random init)"
     )
     parser.add_argument("--vit-videos", type=int, default=3, help="synthetic videos for encoders other than tiny")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs timed per data path (0: skip)")
     args = parser.parse_args()
     print_header("duplex training throughput (CPU)")
     print(f"torch threads: {torch.get_num_threads()}\n")
@@ -154,6 +224,9 @@ def main() -> None:
     for spec in args.encoders:
         with tempfile.TemporaryDirectory() as tmp:
             epoch_video_side(args.videos if spec == "mmduplex-tiny" else args.vit_videos, Path(tmp), spec)
+    if args.epochs:
+        with tempfile.TemporaryDirectory() as tmp:
+            training_epochs(args.videos, Path(tmp), args.epochs)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,17 @@ def build_duplex_model(config: dict[str, Any], attn_implementation: str | None =
     )
 
 
+def _merge_lora(model: nn.Module) -> None:
+    """Fold LoRA adapters into their base weights (inference: no adapter matmuls per step)."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # no peft: a LoRA bundle would have failed to build already
+        return
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            module.merge()
+
+
 def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -282,6 +293,7 @@ def load_bundle(
         video_tokenizer.load_state_dict(load_file(str(bundle_dir / VIDEO_TOKENIZER_FILE)), strict=True)
     except Exception as exc:  # safetensors' own errors for corrupt files, RuntimeError for mismatched keys
         raise CheckpointError(bundle_dir, f"weights do not fit the bundle config ({str(exc)[:300]})") from exc
+    _merge_lora(model)
     model.to(device).eval()
     video_tokenizer.to(device).eval().requires_grad_(False)
     return DuplexBundle(model=model, text_tokenizer=text_tokenizer, video_tokenizer=video_tokenizer, config=config)

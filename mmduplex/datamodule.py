@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,9 @@ class DuplexDataModule(LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Remember where the checkpointed run was; the next training loader skips what it had trained."""
         if state_dict:
+            # Lightning warns that a mid-epoch resume is unreliable unless the loader is stateful; this module
+            # restores the position itself (WindowSampler.resume), so the warning does not apply.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
             if state_dict.get("seed", self.seed) != self.seed:
                 log.warning("resuming with data seed %s, the checkpoint used %s", self.seed, state_dict["seed"])
             self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}

@@ -263,8 +263,9 @@ def stream_video(session, video: Path, pause_steps: int) -> StreamResult:
     builder = LineBuilder(pause_steps=pause_steps, max_words=8, min_display_s=1.0)
     steps, compute = 0, 0.0
     start = time.perf_counter()
-    for out in session.run(iter_video(video, fps=session.fps)):
-        builder.push(out.t, out.word)
+    frames = iter_video(video, fps=session.fps, size=session.encoder.image_size)  # as the feature cache was made
+    for out in session.run(frames):
+        builder.push_piece(out.t, out.word, out.word_start)
         steps += 1
     builder.flush()
     compute = time.perf_counter() - start

@@ -211,7 +211,11 @@ class DuplexModule(LightningModule):
         return {"text_ids": text, "user_ids": user, "video_slots": slots[start:end], "video_mask": mask[start:end]}
 
     def collate(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """A batch of window samples -> stacked ``[B, S, ...]`` tensors on the module's device."""
+        """A batch of window samples -> stacked ``[B, S, ...]`` tensors on the module's device.
+
+        Batches arrive as lists of window descriptions (no tensors, so Lightning's device transfer leaves them
+        alone); the tensors are made here, from the memoised video tokens, directly on the right device.
+        """
         if not batch:
             raise InputError("batch", "empty batch")
         windows = [self.window_tensors(sample) for sample in batch]
@@ -243,10 +247,6 @@ class DuplexModule(LightningModule):
 
     def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Batches are lists of window descriptions; :meth:`collate` makes the tensors on the right device."""
-        return batch
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -310,6 +310,16 @@ class LineBuilder:
         self._last = t
         return self._close() if len(self._words) >= self.max_words else None
 
+    def push_piece(self, t: float, piece: str | None, word_start: bool = True) -> CommentaryLine | None:
+        """Like :meth:`push`, for a subword tokenizer's pieces: a piece that does not start a word joins the open
+        word (``word_start`` as in :class:`mmduplex.streaming.StepOutput`); word-level pieces always start one."""
+        if piece is not None and piece.strip() and not word_start and self._words and self._silent == 0:
+            self._t = max(self._t, t)
+            self._words[-1] += piece.strip()
+            self._last = t
+            return None
+        return self.push(t, piece)
+
     def flush(self) -> CommentaryLine | None:
         """End of stream: finish and return the open line, if any."""
         return self._close() if self._words else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -38,6 +39,18 @@ def duplex_data(tmp_path_factory):
     return {"synthetic_dir": root / "synthetic", "features": root / "features"}
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run tiny-model training with one torch thread: on a shared 2-core machine, tiny ops with 2 threads spin
+    against other processes and run up to 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def duplex_fit_args(data: dict, out_dir, *extra: str, recipe: str = "duplex/tiny") -> list[str]:
     """``mmduplex fit`` arguments: a duplex recipe on ``duplex_data``, quiet, logging under ``out_dir``."""
     from recipes import recipe_path
@@ -67,18 +80,19 @@ def tiny_duplex_run(duplex_data, tmp_path_factory):
     from mmduplex.lightning_cli import run_cli
 
     out = tmp_path_factory.mktemp("tiny_duplex_run")
-    cli = run_cli(
-        duplex_fit_args(
-            duplex_data,
-            out,
-            "--data.init_args.window_stride_s=2.0",
-            "--trainer.max_steps=48",
-            "--trainer.limit_val_batches=0",
-            "--trainer.log_every_n_steps=1",
-            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-            f"--trainer.logger.save_dir={out}",
+    with one_torch_thread():
+        cli = run_cli(
+            duplex_fit_args(
+                duplex_data,
+                out,
+                "--data.init_args.window_stride_s=2.0",
+                "--trainer.max_steps=48",
+                "--trainer.limit_val_batches=0",
+                "--trainer.log_every_n_steps=1",
+                "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+                f"--trainer.logger.save_dir={out}",
+            )
         )
-    )
     log_dir = Path(cli.trainer.logger.log_dir)
     checkpoint = next(out.rglob("last.ckpt"))
     return {"checkpoint": checkpoint, "metrics": log_dir / "metrics.csv", "module": cli.model}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import duplex_fit_args
+from conftest import duplex_fit_args, one_torch_thread
 from safetensors.torch import load_file, save_file
 
 from mmduplex.bundle import read_checkpoint
@@ -26,13 +26,21 @@ SMALL = (  # a lighter variant of the tiny recipe for the subprocess tests: shor
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
+
+
 def mmduplex_command() -> list[str]:
     script = Path(sys.executable).with_name("mmduplex")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "mmduplex"]
 
 
-def subprocess_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONWARNINGS": "ignore"}
+def subprocess_env(threads: int | None = None) -> dict[str, str]:
+    """The environment of a child run: this process's thread count unless given (results depend on it)."""
+    threads = threads or torch.get_num_threads()
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
 
 
 def test_tiny_recipe_loss_falls(tiny_duplex_run):
@@ -117,7 +125,8 @@ def test_ddp_two_cpu_processes(duplex_data, tmp_path):
         "--trainer.devices=2",
         "--trainer.accelerator=cpu",
     )
-    result = subprocess.run(mmduplex_command() + argv, env=subprocess_env(), capture_output=True, timeout=400,
+    # one thread per process: two multi-threaded processes on two cores spin against each other
+    result = subprocess.run(mmduplex_command() + argv, env=subprocess_env(1), capture_output=True, timeout=400,
                             cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     checkpoints = list(tmp_path.rglob("*.ckpt"))

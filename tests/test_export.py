@@ -7,13 +7,19 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from conftest import duplex_fit_args
+from conftest import duplex_fit_args, one_torch_thread
 
 from mmduplex.bundle import export_bundle, load_bundle
 from mmduplex.cli import main
 from mmduplex.errors import CheckpointError
 from mmduplex.lightning_cli import run_cli
 from tokenizer.bflow import BFlowConfig, BFlowTokenizer
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
 
 
 def random_inputs(model, steps=12, seed=0):
@@ -95,16 +101,21 @@ UNIFORM = (
 BFLOW = "class_path: tokenizer.bflow.BFlowTokenizer.from_checkpoint\n      init_args: {path: %s}"
 
 
-@pytest.mark.parametrize("which", ["uniform", "bflow_bundle"])
+LORA = "finetune: lora\n    lora: {r: 2, alpha: 4.0}\n    video_tokenizer:\n      " + UNIFORM
+
+
+@pytest.mark.parametrize("which", ["uniform", "bflow_bundle", "lora"])
 def test_injected_video_tokenizers_round_trip(duplex_data, tmp_path, which):
-    """A baseline given by class_path, and a saved B-Flow loaded by a factory, both rebuild from the bundle."""
-    if which == "uniform":
+    """A baseline given by class_path, a saved B-Flow loaded by a factory, and a LoRA model rebuild from the bundle
+    (LoRA adapters merged into the weights at load time)."""
+    if which in ("uniform", "lora"):
         spec, expected = UNIFORM, "UniformTokenizer"
     else:
         config = BFlowConfig(dim=64, grid=(12, 12), num_key_tokens=4, max_flow_tokens=6)
         spec, expected = BFLOW % BFlowTokenizer(config).save_pretrained(tmp_path / "bflow"), "BFlowTokenizer"
     override = tmp_path / "tokenizer.yaml"
-    override.write_text(f"model:\n  init_args:\n    video_tokenizer:\n      {spec}\n")
+    model_args = LORA if which == "lora" else f"video_tokenizer:\n      {spec}"
+    override.write_text(f"model:\n  init_args:\n    {model_args}\n")
     cli = run_cli(
         duplex_fit_args(duplex_data, tmp_path / "run", f"--config={override}", "--trainer.max_steps=1",
                         "--data.init_args.window_s=4.0", "--trainer.limit_val_batches=0", "--trainer.logger=false")
@@ -112,6 +123,9 @@ def test_injected_video_tokenizers_round_trip(duplex_data, tmp_path, which):
     ckpt = next((tmp_path / "run").rglob("*.ckpt"))
     bundle = load_bundle(export_bundle(ckpt, tmp_path / "bundle"))
     assert type(bundle.video_tokenizer).__name__ == expected
+    lora_b = [p for n, p in cli.model.model.named_parameters() if "lora_B" in n]
+    assert (which == "lora") == bool(lora_b) and all(float(p.abs().max()) > 0 for p in lora_b)  # adapters trained
+    assert (which == "lora") == any(getattr(m, "merged", False) for m in bundle.model.modules())
     patches, times = torch.randn(2, 144, 64), torch.tensor([0.0, 0.5])
     ours = bundle.video_tokenizer.tokenize(patches, times).frames
     theirs = cli.model.video_tokenizer.tokenize(patches, times).frames

@@ -229,3 +229,14 @@ def test_html_track_loads_in_chromium(tmp_path, served):
     assert attributes.get("data-track-cues") == "2", f"track cues not loaded; body attributes: {attributes}"
     assert json.loads(attributes["data-track-texts"]) == [line.text for line in lines]
     assert float(attributes.get("data-video-duration", "nan")) == pytest.approx(2.0, abs=0.25)
+
+
+def test_line_builder_joins_subword_pieces():
+    from mmduplex.outputs import LineBuilder
+
+    builder = LineBuilder(pause_steps=2, max_words=8, min_display_s=0.5)
+    for t, piece, start in [(0.0, "red", True), (0.2, "dish", False), (0.4, "square", True), (0.6, None, False)]:
+        assert builder.push_piece(t, piece, start) is None
+    line = builder.push_piece(0.8, None, False)
+    assert line is not None and line.text == "reddish square"
+    assert (line.start, line.end) == (0.0, 0.9)

@@ -1,8 +1,8 @@
 """Every shipped Lightning recipe (every stage) parses through the real CLI: ``mmduplex fit --config X --print_config``.
 
 Presets only make sense on top of a recipe, so they are composed after the tiny duplex recipe (and the real-data
-full recipe for the multi-GPU presets). ``recipes/eval/`` holds ``mmduplex eval --config`` files, not Lightning
-recipes; they are validated by the evaluation tests.
+full recipe for the multi-GPU presets). ``recipes/eval/`` (``mmduplex eval --config``) and ``recipes/demo/``
+(``mmduplex demo`` sizes) are not Lightning recipes; their own tests validate them.
 """
 
 from __future__ import annotations

@@ -157,30 +157,15 @@ class RealtimePacer:
 
 
 class _Lines:
-    """Word pieces -> words -> commentary lines (:class:`mmduplex.outputs.LineBuilder`); prints finished lines."""
+    """Word pieces -> commentary lines (:meth:`mmduplex.outputs.LineBuilder.push_piece`); prints finished lines."""
 
     def __init__(self, builder: Any, echo: Any) -> None:
         self.builder, self.echo = builder, echo
-        self._word: str | None = None
-        self._word_t = 0.0
 
     def push(self, out: Any) -> None:
-        if out.word is not None and not out.word_start and self._word is not None:
-            self._word += out.word  # a subword piece continues the open word
-            return
-        self._close_word()
-        if out.word is None:
-            self._emit(self.builder.push(out.t, None))
-        else:
-            self._word, self._word_t = out.word, out.t
-
-    def _close_word(self) -> None:
-        if self._word is not None:
-            self._emit(self.builder.push(self._word_t, self._word))
-            self._word = None
+        self._emit(self.builder.push_piece(out.t, out.word, out.word_start))
 
     def flush(self) -> None:
-        self._close_word()
         self._emit(self.builder.flush())
 
     def _emit(self, line: Any) -> None:
