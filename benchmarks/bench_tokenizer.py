@@ -5,7 +5,9 @@ Run: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_tokenizer [--checkpoint CKPT
 Without ``--checkpoint`` the script first trains a tokenizer with ``recipes/tokenizer/tiny.yaml`` (a couple of
 minutes on CPU, in ``--work``). Features come from the ``mmduplex-tiny`` encoder (the only weights available
 offline); the compute ratio is also measured against a ViT-B-16-shaped encoder (random weights, same FLOPs as
-``ViT-B-16:openai``) with B-Flow at that encoder's width. Fidelity: :func:`tokenizer.fidelity.fidelity`.
+``ViT-B-16:openai``) with B-Flow at that encoder's width. The rate/fidelity rows come from
+:mod:`eval.tokenizer_eval` (the same code as ``mmduplex eval tokenizer``; fidelity :func:`tokenizer.fidelity.fidelity`,
+pooled over the frames of a group's videos).
 Targets reported (met or not): at matched fidelity B-Flow <= 1/10 the tokens/s of uniform 64 tokens/frame;
 a static scene <= 1 token/s after the first keyframe; B-Flow compute <= 5 % of the encoder's.
 """
@@ -14,59 +16,43 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import Timer, print_header
+from eval.tokenizer_eval import VideoFeatures, rate_fidelity, tokenizer_suite
 from mmduplex.data.samples import sample_videos
 from mmduplex.data.synthetic import SyntheticConfig, generate_dataset, make_motion_video
 from mmduplex.video import read_video
 from recipes import recipe_path
-from tokenizer import (
-    BFlowConfig,
-    BFlowTokenizer,
-    CodecTokenizer,
-    FrameDropTokenizer,
-    UniformTokenizer,
-    VideoLLMOnlineTokenizer,
-    VideoTokenizer,
-    fidelity,
-)
+from tokenizer import BFlowConfig, BFlowTokenizer
 from tokenizer.encoder import FrozenCLIP, create_encoder
 
 BUDGETS = (4.0, 8.0, 16.0, 32.0, 64.0)  # B-Flow target rates (tokens/s); plus the variable-rate mode
+UNIFORM = (64, 16, 4)  # uniform baselines' tokens per frame
 STATIC_SECONDS = 60.0
 
 
-@dataclass
-class Video:
-    """One benchmark video's features."""
-
-    name: str
-    patches: torch.Tensor  # [T, P, D]
-    timestamps: torch.Tensor  # [T]
-    duration_s: float
-
-
-def load_videos(encoder: FrozenCLIP, fps: float, work: Path, num_synthetic: int) -> dict[str, list[Video]]:
+def load_videos(encoder: FrozenCLIP, fps: float, work: Path, num_synthetic: int) -> dict[str, list[VideoFeatures]]:
     """Features of the real mp4s, a held-out synthetic set and a static scene."""
     size = encoder.image_size
     real = []
     for name, path in sample_videos().items():
         clip = read_video(path, fps, size=size)
-        real.append(Video(name, encoder.encode(clip.frames).patches, clip.timestamps, clip.duration_s))
+        real.append(VideoFeatures(name, encoder.encode(clip.frames).patches, clip.timestamps, clip.duration_s))
     config = SyntheticConfig(num_videos=num_synthetic, seed=1234)  # not the training seed
     dataset = generate_dataset(work / "bench-synthetic", config)
     synthetic = []
     for path in dataset.videos():
         clip = read_video(path, fps, size=size)
-        synthetic.append(Video(path.stem, encoder.encode(clip.frames).patches, clip.timestamps, clip.duration_s))
+        synthetic.append(
+            VideoFeatures(path.stem, encoder.encode(clip.frames).patches, clip.timestamps, clip.duration_s)
+        )
     num_static = int(STATIC_SECONDS * fps)
     frames = torch.from_numpy(make_motion_video(num_static, fps, 0.0, num_shapes=2, size=size, seed=5))
     stamps = torch.arange(num_static, dtype=torch.float64) / fps
-    static = [Video("static", encoder.encode(frames).patches, stamps, STATIC_SECONDS)]
+    static = [VideoFeatures("static", encoder.encode(frames).patches, stamps, STATIC_SECONDS)]
     return {"real": real, "synthetic": synthetic, "static": static}
 
 
@@ -83,43 +69,6 @@ def train_tiny(work: Path) -> Path:
         ]
     )  # fmt: skip
     return Path(cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path)
-
-
-def tokenizers(trained: BFlowTokenizer, fps: float) -> dict[str, VideoTokenizer]:
-    dim, grid = trained.token_dim, trained.grid
-    out: dict[str, VideoTokenizer] = {"bflow variable": trained.with_settings(target_rate=None)}
-    for budget in BUDGETS:
-        out[f"bflow {budget:g} tok/s"] = trained.with_settings(target_rate=budget)
-    for n in (64, 16, 4):
-        out[f"uniform {n}/frame"] = UniformTokenizer(dim, grid, n)
-    out["codec I16 every 2s + P4"] = CodecTokenizer(
-        dim, grid, keyframe_interval=max(round(2 * fps), 1), key_tokens=16, p_tokens=4
-    )
-    out["framedrop sim<0.9 x16"] = FrameDropTokenizer(dim, grid, similarity_threshold=0.9, tokens_per_frame=16)
-    out["videollm-online 1/frame"] = VideoLLMOnlineTokenizer(dim, grid, 1)
-    out["videollm-online 10/frame"] = VideoLLMOnlineTokenizer(dim, grid, 10)
-    return out
-
-
-def evaluate(tokenizer: VideoTokenizer, videos: list[Video]) -> dict[str, float]:
-    """Tokens/s (all, and after the first keyframe) over the group's total duration; mean per-video fidelity."""
-    tokens = after = seconds = 0.0
-    fidelities, cpu = [], 0.0
-    for video in videos:
-        with torch.inference_mode(), Timer() as timer:
-            out = tokenizer.tokenize(video.patches, video.timestamps)
-        cpu += timer.cpu_seconds
-        tokens += out.tokens_total
-        after += out.tokens_after_first_key
-        seconds += video.duration_s
-        fidelities.append(fidelity(video.patches, out.recon))
-    frames = sum(v.patches.shape[0] for v in videos)
-    return {
-        "tokens_per_second": tokens / seconds,
-        "after_first_key": after / seconds,
-        "fidelity": sum(fidelities) / len(fidelities),
-        "ms_per_frame": 1000 * cpu / frames,
-    }
 
 
 def compute_ratio(spec: str, fps: float, frames: int) -> dict[str, float]:
@@ -163,12 +112,13 @@ def main() -> None:
     print("group | tokenizer | tokens/s | after 1st key | fidelity | ms/frame (cpu)")
     print("--- | --- | --- | --- | --- | ---")
     for group, videos in groups.items():
-        results[group] = {}
-        for name, tokenizer in tokenizers(trained, args.fps).items():
-            row = results[group][name] = evaluate(tokenizer, videos)
+        entries = tokenizer_suite(trained, args.fps, BUDGETS, uniform=UNIFORM)
+        results[group] = {row["name"]: row for row in rate_fidelity(entries, videos)}
+        for name, row in results[group].items():
             print(
-                f"{group} | {name} | {row['tokens_per_second']:.1f} | {row['after_first_key']:.2f} | "
-                f"{row['fidelity']:.3f} | {row['ms_per_frame']:.2f}"
+                f"{group} | {name} | {row['tokens_per_second']:.1f} | "
+                f"{row['tokens_per_second_after_first_keyframe']:.2f} | {row['fidelity']:.3f} | "
+                f"{row['cpu_ms_per_frame']:.2f}"
             )
     timing = {spec: compute_ratio(spec, args.fps, args.timing_frames) for spec in args.timing_encoders}
     print("\n## compute: B-Flow vs the frozen encoder (CPU ms per frame, same run)\n")
@@ -206,7 +156,7 @@ def report_targets(results: dict, timing: dict) -> dict[str, object]:
             f"{reference['fidelity']:.3f}; cheapest B-Flow at >= that fidelity: {found} "
             f"(target <= {reference['tokens_per_second'] / 10:.0f} tok/s): {'MET' if met else 'NOT MET'}"
         )
-    static = results["static"]["bflow variable"]["after_first_key"]
+    static = results["static"]["bflow variable"]["tokens_per_second_after_first_keyframe"]
     targets["static_after_first_key"] = {"value": static, "met": static <= 1.0}
     print(
         f"- static scene: {static:.2f} tok/s after the first keyframe (target <= 1): "

@@ -6,7 +6,8 @@ Data root layout (as published): ``lvb_val.json`` (a list of question records), 
 - **predictions** (``mmduplex eval longvideobench --predictions FILE``): a JSONL of ``{"id", "response"}``; only
   ``lvb_val.json`` is read. Ids absent from the annotations are an error (a file made for another split or subset);
   questions without a prediction count as wrong and are listed under ``missing``.
-- **model** (library: ``LongVideoBenchEval(..., responder=...)``): per video the reference frames and kept subtitles
+- **model** (``--checkpoint BUNDLE``: an :class:`eval.duplex_responder.DuplexResponder` on the bundle; library:
+  ``LongVideoBenchEval(..., responder=...)``): per video the reference frames and kept subtitles
   go through a :class:`Responder` once, then every question of that video is asked on the resulting state
   (``generation``: the parsed free-text answer; ``likelihood``: the letter with the highest log-probability).
   Questions whose video is missing count as wrong and are listed; a missing subtitle file means that video is
@@ -61,6 +62,13 @@ QUESTION_CATEGORIES: tuple[str, ...] = (
 )
 PROMPT_SUFFIX = "Answer with the option's letter from the given choices directly."
 SCORING_MODES = ("generation", "likelihood")
+REFERENCE_FRAMES = 64
+"""Model mode's frame cap when none is given (the leaderboard's headline protocol, ``longvideobench_val.yaml``)."""
+REFERENCE_SUBTITLES = True
+"""Model mode interleaves subtitles when not told otherwise (the same protocol)."""
+DEFAULT_MAX_ANSWER_STEPS = 32
+"""``--checkpoint``: the cap on a generated reply's length in steps (an answer is one letter; not a tuned value)."""
+_MODEL_ONLY = ("scoring", "responses_out", "max_answer_steps", "max_gap_steps")
 _PREDICTIONS_NOTE = "videos and subtitles not read (predictions mode); frames and subtitles are as stated, unchecked"
 _NO_ANSWER = len(LETTERS)  # class index of "no letter / no response": never equal to a target
 
@@ -524,25 +532,34 @@ class LongVideoBenchEval(EvalTask):
     Args:
         data_root: the extracted data set (``lvb_val.json``, ``videos/``, ``subtitles/``).
         predictions: predictions JSONL to score (predictions mode).
-        responder: a model to ask (model mode; library only until a bundle-backed responder exists).
+        responder: a model to ask (model mode; ``--checkpoint`` builds a ``DuplexResponder``).
         annotations: annotation file name inside ``data_root``.
         frames: maximum frames per video (model mode: used; predictions mode: recorded as stated by the user).
         subtitles: interleave subtitles (model mode: used; predictions mode: recorded as stated).
         scoring: model mode: ``"generation"`` (parsed answer) or ``"likelihood"`` (most likely option letter).
-        responses_out: model mode: where to write the responses JSONL (``None``: not written).
+        responses_out: model mode: where to write the responses JSONL (``None``: beside the results JSON as
+            ``<stem>.responses.jsonl`` when :meth:`write` is called, else not written).
         progress: show a progress bar over questions (model mode).
     """
 
     name = "longvideobench"
-    help = "LongVideoBench val: score a predictions JSONL with the reference answer parser (needs only lvb_val.json)."
+    help = (
+        "LongVideoBench val: score a predictions JSONL with the reference answer parser (needs only lvb_val.json), "
+        "or ask a duplex bundle (--checkpoint) through a streaming session."
+    )
     defaults = {
         "data_root": None,
         "predictions": None,
+        "checkpoint": None,
         "annotations": "lvb_val.json",
         "frames": None,
         "subtitles": None,
+        "scoring": None,
+        "responses_out": None,
+        "max_answer_steps": None,
+        "max_gap_steps": None,
     }
-    required = ("data_root", "predictions")
+    required = ("data_root",)
 
     def __init__(
         self,
@@ -575,6 +592,7 @@ class LongVideoBenchEval(EvalTask):
         self.scoring = scoring
         self.responses_out = None if responses_out is None else Path(responses_out)
         self.progress = progress
+        self._responses_text: str | None = None  # model mode: the responses JSONL of the last run
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -589,6 +607,8 @@ class LongVideoBenchEval(EvalTask):
             "scoring": self.scoring if model_mode else "generation (parsed responses)",
             "answer_parser": "reference (strip answer phrases, first A-E); no letter counts as wrong",
             "skipped": None if model_mode else _PREDICTIONS_NOTE,
+            "checkpoint": str(getattr(self.responder, "bundle_path", "")) or None,
+            "responder": getattr(self.responder, "settings", None),
         }
 
     def run(self) -> dict[str, Any]:
@@ -615,6 +635,9 @@ class LongVideoBenchEval(EvalTask):
             )
             responses, reasons = run.responses, run.missing
             settings.update(missing_videos=run.missing_videos, missing_subtitles=run.missing_subtitles)
+            if hasattr(self.responder, "skipped_steps"):
+                settings["skipped_steps"] = self.responder.skipped_steps
+            self._responses_text = predictions_jsonl(responses)
             if self.responses_out is not None:
                 write_text_atomic(self.responses_out, predictions_jsonl(responses))
                 settings["responses"] = str(self.responses_out)
@@ -623,6 +646,15 @@ class LongVideoBenchEval(EvalTask):
         results["settings"] = settings
         log.info("longvideobench: %d questions, accuracy %s", results["n"], results["overall"])
         return results
+
+    def write(self, results: Mapping[str, Any], out: str | os.PathLike) -> tuple[Path, Path]:
+        """Write the results; in model mode without ``responses_out``, also ``<out stem>.responses.jsonl`` beside."""
+        if self._responses_text is None or self.responses_out is not None:
+            return super().write(results, out)
+        responses = Path(out).with_name(Path(out).stem + ".responses.jsonl")
+        results = {**results, "settings": {**results["settings"], "responses": str(responses)}}
+        write_text_atomic(responses, self._responses_text)
+        return super().write(results, out)
 
     def markdown(self, results: Mapping[str, Any]) -> str:
         counts = results["counts"]
@@ -653,24 +685,87 @@ class LongVideoBenchEval(EvalTask):
             "--predictions",
             default=s,
             metavar="FILE",
-            help='JSONL of {"id": ..., "response": "..."} to score (required; model mode needs a bundle loader, '
-            "which this command does not have yet)",
+            help='JSONL of {"id": ..., "response": "..."} to score (predictions mode; exclusive with --checkpoint)',
+        )
+        parser.add_argument(
+            "--checkpoint",
+            default=s,
+            metavar="BUNDLE",
+            help="duplex inference bundle folder to ask (model mode; exclusive with --predictions)",
         )
         parser.add_argument("--annotations", default=s, metavar="NAME", help="annotation file in DIR (lvb_val.json)")
-        parser.add_argument("--frames", type=int, default=s, metavar="N", help="max frames per video used (recorded)")
+        parser.add_argument(
+            "--frames",
+            type=int,
+            default=s,
+            metavar="N",
+            help=f"max frames per video (model mode: used, default {REFERENCE_FRAMES}; predictions: recorded)",
+        )
         parser.add_argument(
             "--subtitles",
             action=argparse.BooleanOptionalAction,
             default=s,
-            help="whether the predictions used interleaved subtitles (recorded)",
+            help="interleave subtitles (model mode: used, default on; predictions mode: recorded as stated)",
+        )
+        parser.add_argument(
+            "--scoring",
+            choices=SCORING_MODES,
+            default=s,
+            help="model mode: parse the generated answer (generation, default) or take the most likely letter",
+        )
+        parser.add_argument(
+            "--responses-out",
+            default=s,
+            metavar="FILE",
+            help="model mode: responses JSONL (rescorable with --predictions); default <out stem>.responses.jsonl",
+        )
+        parser.add_argument(
+            "--max-answer-steps",
+            type=int,
+            default=s,
+            metavar="K",
+            help=f"model mode: most steps of a generated reply (default {DEFAULT_MAX_ANSWER_STEPS})",
+        )
+        parser.add_argument(
+            "--max-gap-steps",
+            type=int,
+            default=s,
+            metavar="K",
+            help="model mode: run at most K empty steps between frames/subtitles, skip the rest (default: run all)",
         )
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> LongVideoBenchEval:
+        if settings["checkpoint"] is None:
+            if settings["predictions"] is None:
+                raise InputError("--predictions", "required for 'eval longvideobench' unless --checkpoint is given")
+            given = [key for key in _MODEL_ONLY if settings[key] is not None]
+            if given:
+                flags = ", ".join("--" + key.replace("_", "-") for key in given)
+                raise InputError(flags, "only with --checkpoint (model mode)")
+            return cls(
+                data_root=settings["data_root"],
+                predictions=settings["predictions"],
+                annotations=settings["annotations"],
+                frames=settings["frames"],
+                subtitles=settings["subtitles"],
+            )
+        if settings["predictions"] is not None:
+            raise InputError("--checkpoint", "give either --checkpoint (model mode) or --predictions, not both")
+        from eval.duplex_responder import DuplexResponder  # loads torch models: only in model mode
+
+        responder = DuplexResponder(
+            settings["checkpoint"],
+            max_answer_steps=settings["max_answer_steps"] or DEFAULT_MAX_ANSWER_STEPS,
+            max_gap_steps=settings["max_gap_steps"],
+        )
+        subtitles = settings["subtitles"]
         return cls(
             data_root=settings["data_root"],
-            predictions=settings["predictions"],
+            responder=responder,
             annotations=settings["annotations"],
-            frames=settings["frames"],
-            subtitles=settings["subtitles"],
+            frames=REFERENCE_FRAMES if settings["frames"] is None else settings["frames"],
+            subtitles=REFERENCE_SUBTITLES if subtitles is None else subtitles,
+            scoring=settings["scoring"] or "generation",
+            responses_out=settings["responses_out"],
         )

@@ -46,7 +46,7 @@ BASELINES = ("text_only", "uniform_tokens")
 class DemoConfig:
     """Sizes and budgets of the demo (tuned values live in ``recipes/demo/*.yaml``)."""
 
-    num_videos: int = 40
+    num_videos: int = 320
     """Synthetic videos in all (train + held-out)."""
     duration_s: tuple[float, float] = (10.0, 30.0)
     """Range of video durations (s)."""
@@ -58,11 +58,11 @@ class DemoConfig:
     """The frozen CLIP (open_clip spec) the features come from."""
     tokenizer_recipe: str = "tokenizer/tiny"
     """Shipped recipe that trains B-Flow."""
-    tokenizer_steps: int = 300
+    tokenizer_steps: int = 100
     """B-Flow training steps."""
     target_rate: float | None = None
     """B-Flow token budget (tokens/s) the duplex model is trained and streamed with; ``None``: variable rate."""
-    duplex_recipe: str = "duplex/tiny"
+    duplex_recipe: str = "duplex/demo"
     """Shipped recipe that trains the duplex model."""
     duplex_epochs: int = 8
     """Duplex training epochs (main model)."""
@@ -78,6 +78,9 @@ class DemoConfig:
     """Baselines trained and scored next to the main model."""
     seed: int = 0
     """Seed of the data set and of training."""
+    threads: int | None = None
+    """torch CPU threads for the whole demo (``None``: torch's default). Tiny models run fastest on one thread: more
+    threads mostly add synchronisation, and on a busy machine oversubscription slows them by orders of magnitude."""
 
     def __post_init__(self) -> None:
         self.duration_s = tuple(float(v) for v in self.duration_s)
@@ -337,6 +340,8 @@ def _bundle_settings(bundle: Path) -> dict[str, Any]:
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
     """Run every stage into ``out_dir`` and return the report (also written to ``out_dir/report.json``)."""
     start = time.perf_counter()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     paths = DemoPaths(Path(out_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

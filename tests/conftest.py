@@ -11,6 +11,10 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tiny models on a 2-core machine: one thread everywhere (subprocesses inherit it). More threads only add
+# synchronisation here, and oversubscription against other processes slows tiny ops by up to 100x.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

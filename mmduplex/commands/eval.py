@@ -21,12 +21,13 @@ from mmduplex.errors import InputError
 
 log = logging.getLogger(__name__)
 
-HELP = "Evaluate: LongVideoBench val scoring, live-commentary quality and timing."
+HELP = "Evaluate: LongVideoBench val scoring, live-commentary quality and timing, tokenizer rate vs fidelity."
 
 # Task name -> "module:EvalTask subclass". A task is listed only once it works end to end.
 TASKS: dict[str, str] = {
     "longvideobench": "eval.longvideobench:LongVideoBenchEval",
     "commentary": "eval.commentary:CommentaryEval",
+    "tokenizer": "eval.tokenizer_eval:TokenizerEval",
 }
 
 

@@ -1,0 +1,165 @@
+"""LongVideoBench model mode: ``mmduplex eval longvideobench --checkpoint BUNDLE`` through a streaming duplex session.
+
+The tiny bundle was never trained on questions (its vocabulary is the synthetic set's 12 words), so accuracy values
+mean nothing here: these tests check consistency (keys, settings, rescoring, state reuse, determinism, errors).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from test_longvideobench import _record, _subtitle_files
+
+from eval.duplex_responder import DuplexResponder
+from eval.longvideobench import Subtitle
+from mmduplex import cli
+from mmduplex.streaming import DuplexSession
+
+PROMPT = "What happens?\nA. red\nB. blue\nAnswer with the option's letter from the given choices directly."
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def lvb_root(tmp_path):
+    """Two 6 s videos (16 and 32 px), one subtitle file of each published shape, three questions."""
+    from mmduplex.video import write_video
+
+    root = tmp_path / "lvb"
+    (root / "videos").mkdir(parents=True)
+    (root / "subtitles").mkdir()
+    for name, size in (("va", 16), ("vb", 32)):
+        frames = torch.arange(60, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, size, size, 3) * 4  # [60, s, s, 3]
+        write_video(root / "videos" / f"{name}.mp4", frames.contiguous(), fps=10)
+    seconds, clock = _subtitle_files(tmp_path)
+    (root / "subtitles" / "va_en.json").write_text(seconds.read_text())
+    (root / "subtitles" / "vb_en.json").write_text(clock.read_text())
+    records = [
+        _record("va_0", "S2E", "L1-Perception", 15, 1, 4, duration=6.0, start=100.0),
+        _record("va_1", "TOS", "L2-Relation", 15, 2, 4, duration=6.0, start=100.0),
+        _record("vb_0", "E3E", "L2-Relation", 15, 0, 5, duration=6.0, start=100.0),
+    ]
+    (root / "lvb_val.json").write_text(json.dumps(records))
+    return root
+
+
+@pytest.fixture
+def count_prepares(monkeypatch):
+    """Counts ``DuplexResponder.prepare_video`` calls and the states it returned."""
+    states: list[DuplexSession] = []
+    prepare = DuplexResponder.prepare_video
+
+    def counted(self, frames, timestamps, subtitles):
+        states.append(prepare(self, frames, timestamps, subtitles))
+        return states[-1]
+
+    monkeypatch.setattr(DuplexResponder, "prepare_video", counted)
+    return states
+
+
+@pytest.mark.parametrize("scoring", ["generation", "likelihood"])
+def test_model_mode_command_rescores_and_reuses_state(tiny_bundle, lvb_root, tmp_path, scoring, count_prepares):
+    out = tmp_path / "out" / "results.json"
+    argv = ["eval", "longvideobench", "--data-root", str(lvb_root), "--checkpoint", str(tiny_bundle)]
+    argv += ["--out", str(out), "--frames", "3", "--scoring", scoring, "--max-answer-steps", "8"]
+    assert cli.main(argv) == 0
+    results = json.loads(out.read_text())
+    for key in ("overall", "n", "by_duration_group", "by_question_category", "by_level", "no_letter", "settings"):
+        assert key in results
+    assert results["n"] == 3 and 0.0 <= results["overall"] <= 1.0
+    settings = results["settings"]
+    assert (settings["mode"], settings["scoring"], settings["frames"], settings["subtitles"]) == (
+        "model",
+        scoring,
+        3,
+        True,
+    )
+    assert settings["checkpoint"] == str(tiny_bundle) and settings["responder"]["max_answer_steps"] == 8
+    assert settings["responder"]["max_gap_steps"] is None and settings["skipped_steps"] == 0
+    assert "every step" in settings["responder"]["skipped_steps_rule"]
+    assert (settings["missing_videos"], settings["missing_subtitles"], settings["missing_responses"]) == (0, 0, 0)
+    # one prepare_video per video, each 3 frames at 0, 2, 4 s plus its kept subtitles ("two", "four")
+    assert len(count_prepares) == 2 and all(state.frames_pushed == 3 for state in count_prepares)
+    # the default responses file, beside the results; it rescores to the same figures
+    responses = out.with_name("results.responses.jsonl")
+    assert settings["responses"] == str(responses)
+    lines = [json.loads(line) for line in responses.read_text().splitlines()]
+    assert [r["id"] for r in lines] == ["va_0", "va_1", "vb_0"]
+    if scoring == "likelihood":
+        assert all(r["response"] in "ABCDE" for r in lines)
+    rescored = tmp_path / "rescored.json"
+    argv = ["eval", "longvideobench", "--data-root", str(lvb_root), "--predictions", str(responses)]
+    assert cli.main([*argv, "--out", str(rescored)]) == 0
+    again = json.loads(rescored.read_text())
+    assert again["overall"] == results["overall"] and again["no_letter"] == results["no_letter"]
+    assert again["by_question_category"] == results["by_question_category"]
+
+
+def _video(seconds: int = 4, size: int = 16) -> tuple[torch.Tensor, list[float]]:
+    frames = torch.arange(seconds, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, size, size, 3) * 50  # [T, s, s, 3]
+    return frames.contiguous(), [float(t) for t in range(seconds)]
+
+
+def test_questions_leave_the_prepared_state_unchanged(tiny_bundle):
+    responder = DuplexResponder(tiny_bundle, max_answer_steps=12)
+    frames, times = _video()
+    state = responder.prepare_video(frames, times, [Subtitle(1.0, 2.0, "red square enters")])
+    steps, cached = state.step_index, state.cache.get_seq_length()
+    assert steps == 3 * responder.step_hz + 1 and state.pending_user_tokens == 0 and state.frames_pushed == 4
+    first = responder.answer(state, PROMPT)
+    letters = responder.letter_logprobs(state, PROMPT, ["A", "red", "B"])
+    assert responder.answer(state, PROMPT) == first  # temperature 0 on an unchanged state: the same answer
+    assert responder.letter_logprobs(state, PROMPT, ["A", "red", "B"]) == letters
+    assert (state.step_index, state.cache.get_seq_length()) == (steps, cached)
+    # letters outside the word-level vocabulary cannot be one token; a vocabulary word gets its log-softmax
+    assert letters["A"] == letters["B"] == -math.inf
+    assert -50.0 < letters["red"] < 0.0
+    session = state.copy()
+    session.ask(PROMPT)
+    while True:
+        out = session.step()
+        if not session.pending_user_tokens:
+            break
+    red = responder._session.text_tokenizer.encode_word("red")[0]
+    assert letters["red"] == pytest.approx(float(torch.log_softmax(out.logits.double(), -1)[red]))
+
+
+def test_gap_skipping_shortens_the_stream(tiny_bundle):
+    frames, times = _video()
+    times = [0.0, 10.0, 20.0, 30.0]  # sparse frames: 50 steps apart at 5 Hz
+    full = DuplexResponder(tiny_bundle, max_answer_steps=4)
+    gapped = DuplexResponder(tiny_bundle, max_answer_steps=4, max_gap_steps=3)
+    subtitles = [Subtitle(14.0, 16.0, "blue circle moves")]
+    long_state = full.prepare_video(frames, times, subtitles)
+    short_state = gapped.prepare_video(frames, times, subtitles)
+    assert long_state.step_index == 151 and full.skipped_steps == 0
+    assert short_state.step_index < 20 and gapped.skipped_steps == long_state.step_index - short_state.step_index
+    assert short_state.frames_pushed == 4 and short_state.pending_user_tokens == 0
+    assert "at most 3 empty steps" in gapped.settings["skipped_steps_rule"]
+
+
+def test_wrong_bundle_and_flag_conflicts_fail_cleanly(lvb_root, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    argv = ["eval", "longvideobench", "--data-root", str(lvb_root), "--out", str(out)]
+    assert cli.main([*argv, "--checkpoint", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmduplex: error: ") and err.count("\n") == 1 and str(tmp_path) in err
+    assert "not an inference bundle" in err
+    assert not out.exists() and not out.with_suffix(".md").exists()
+    assert not out.with_name("results.responses.jsonl").exists()
+    assert cli.main([*argv, "--checkpoint", str(tmp_path), "--predictions", str(out)]) == 2
+    assert "not both" in capsys.readouterr().err
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text('{"id": "va_0", "response": "A"}\n')
+    assert cli.main([*argv, "--predictions", str(preds), "--scoring", "likelihood"]) == 2
+    assert "--scoring: only with --checkpoint" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,88 @@
+"""The ablation notebooks: committed without outputs, and both run end to end (nbclient) on tiny settings.
+
+One ``smoke`` demo run (without baselines) is built once and shared by the two notebooks through
+``MMDUPLEX_NOTEBOOK_DEMO_DIR``; ``MMDUPLEX_NOTEBOOK_SMALL=1`` switches them to their tiny settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import one_torch_thread
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NAMES = ("tokenizer_rate_ablation.ipynb", "stream_walkthrough.ipynb")
+
+
+@pytest.fixture(scope="module")
+def smoke_demo(tmp_path_factory) -> Path:
+    """The ``smoke`` demo (no baselines) run in-process; its folder holds ``report.json`` and ``bundle/``."""
+    import recipes
+    from mmduplex.demo import DemoConfig, run_demo
+
+    config = dataclasses.replace(DemoConfig.from_yaml(recipes.recipe_path("demo/smoke")), baselines=())
+    root = tmp_path_factory.mktemp("notebook_demo")
+    with one_torch_thread():
+        run_demo(root, config)
+    return root
+
+
+def _execute(name: str, demo_dir: Path, out_dir: Path, monkeypatch) -> nbformat.NotebookNode:
+    monkeypatch.setenv("MMDUPLEX_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("MMDUPLEX_NOTEBOOK_OUT", str(out_dir))
+    monkeypatch.setenv("MMDUPLEX_NOTEBOOK_DEMO_DIR", str(demo_dir))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(out_dir)}})
+    client.execute()
+    return nb
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_notebook_is_clean(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert code and "parameters" in code[0].metadata.get("tags", [])
+    assert "MMDUPLEX_NOTEBOOK_SMALL" in code[0].source and "OUT_DIR" in code[0].source
+    for cell in code:
+        assert cell.outputs == [] and cell.execution_count is None, f"{name}: outputs not stripped"
+    assert nb.metadata.kernelspec.name == "python3"
+    assert not any("class " in cell.source or "nn.Module" in cell.source for cell in code), "notebooks define no model"
+
+
+def test_rate_ablation_notebook_runs(smoke_demo, tmp_path, monkeypatch):
+    nb = _execute("tokenizer_rate_ablation.ipynb", smoke_demo, tmp_path, monkeypatch)
+    assert any(out.get("output_type") == "display_data" for cell in nb.cells for out in cell.get("outputs", []))
+    table = json.loads((tmp_path / "rate_fidelity.json").read_text())
+    assert {row["set"] for row in table["rows"]} == {"synthetic held-out", "real mp4"}
+    budgets = sorted(row["budget"] for row in table["rows"] if row["kind"] == "bflow" and row["budget"] is not None)
+    assert budgets == sorted([4.0, 8.0, 16.0, 32.0] * 2)
+    for row in table["rows"]:
+        assert row["tokens_per_second"] > 0 and -1.0 <= row["fidelity"] <= 1.0
+        if row["budget"] is not None:  # the budget bounds the rate after the first keyframe (+ one bucket)
+            assert row["tokens_per_second_after_first_keyframe"] <= row["budget"] * 1.5 + 16
+    accuracy = json.loads((tmp_path / "rate_event_accuracy.json").read_text())
+    assert [p["model"] for p in accuracy["points"]] == ["demo B-Flow (variable)"]  # SMALL trains nothing
+    assert (tmp_path / "rate_vs_fidelity.png").stat().st_size > 0
+    assert (tmp_path / "rate_vs_event_accuracy.png").stat().st_size > 0
+    assert not list(tmp_path.glob("event_rate_*/bundle"))
+
+
+def test_stream_walkthrough_notebook_runs(smoke_demo, tmp_path, monkeypatch):
+    _execute("stream_walkthrough.ipynb", smoke_demo, tmp_path, monkeypatch)
+    (summary_path,) = tmp_path.glob("stream_*.json")
+    summary = json.loads(summary_path.read_text())
+    report = json.loads((smoke_demo / "report.json").read_text())
+    assert summary["video"] in summary_path.name
+    assert summary["tokens_total"] == summary["keyframes"] * 16 + summary["flow_tokens"]
+    assert summary["events"] > 0 and 0.0 <= summary["event_accuracy"] <= 1.0
+    assert summary["frames"] > 0 and summary["steps"] >= summary["frames"]
+    assert report["settings"]["heldout_videos"] >= 1
+    assert (tmp_path / f"stream_{summary['video']}.png").stat().st_size > 0
