@@ -197,7 +197,10 @@ def _video_tokenizer_arg(name: str, paths: DemoPaths, tokens_per_frame: int) -> 
     from tokenizer.bflow import BFlowTokenizer
 
     if name == "bflow":
-        return {"class_path": "tokenizer.bflow.BFlowTokenizer.from_checkpoint", "init_args": {"path": str(paths.tokenizer)}}
+        return {
+            "class_path": "tokenizer.bflow.BFlowTokenizer.from_checkpoint",
+            "init_args": {"path": str(paths.tokenizer)},
+        }
     bflow = BFlowTokenizer.from_pretrained(paths.tokenizer)
     common = {"dim": bflow.config.dim, "grid": list(bflow.config.grid)}
     if name == "text_only":
