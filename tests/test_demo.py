@@ -66,7 +66,7 @@ def test_trained_model_beats_text_only(smoke_demo):
 
 def test_demo_print_config_and_bad_recipe(tmp_path, capsys):
     assert main(["demo", "--config", "smoke", "--print-config"]) == 0
-    assert json.loads(capsys.readouterr().out)["num_videos"] == 12
+    assert json.loads(capsys.readouterr().out)["num_videos"] == 80
     bad = tmp_path / "bad.yaml"
     bad.write_text("num_vidoes: 3\n")
     assert main(["demo", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
