@@ -134,3 +134,16 @@ def test_injected_video_tokenizers_round_trip(duplex_data, tmp_path, which):
     inputs = random_inputs(bundle.model)
     with torch.no_grad():
         torch.testing.assert_close(bundle.model(*inputs).logits, cli.model.model.eval()(*inputs).logits)
+
+
+def test_bundle_streams_within_the_trained_positions(tiny_bundle):
+    """The bundle's streaming cache keeps every position inside the training window (sink + window + 1 steps)."""
+    from mmduplex.bundle import read_bundle_config
+    from mmduplex.streaming import DuplexSession
+
+    config = read_bundle_config(tiny_bundle)
+    streaming = config["streaming"]
+    trained_steps = round(10.0 * config["step_hz"])  # duplex/tiny trains on 10 s windows
+    assert streaming["sink"] + streaming["window"] + 1 == trained_steps
+    session = DuplexSession.from_bundle(tiny_bundle)
+    assert session.cache.max_length == trained_steps - 1
