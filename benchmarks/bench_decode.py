@@ -9,12 +9,11 @@ in CPU time, which a shared machine disturbs far less than wall time.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 import av
 import numpy as np
 
-from benchmarks.common import Timer, print_header
+from benchmarks.common import best_of, print_header
 from mmduplex.data.samples import sample_videos
 from mmduplex.video import iter_video, probe_video, read_video
 
@@ -32,16 +31,6 @@ def naive_pyav(path: str, fps: float) -> list[np.ndarray]:
     samples = samples[samples < end]
     shown = np.searchsorted(np.asarray(times) - times[0], samples + 1e-4, side="right") - 1
     return [images[i] for i in shown]
-
-
-def measure(function: Callable[[], int], repeats: int) -> tuple[float, float, int]:
-    """Fastest wall and CPU seconds over ``repeats`` runs, and the number of frames the function returned."""
-    wall, cpu, count = float("inf"), float("inf"), 0
-    for _ in range(repeats):
-        with Timer() as timer:
-            count = function()
-        wall, cpu = min(wall, timer.seconds), min(cpu, timer.cpu_seconds)
-    return wall, cpu, count
 
 
 def main() -> None:
@@ -63,7 +52,7 @@ def main() -> None:
                 "iter": lambda p=path, f=fps: sum(1 for _ in iter_video(p, f)),
                 "naive": lambda p=path, f=fps: len(naive_pyav(str(p), f)),
             }
-            results = {method: measure(function, args.repeats) for method, function in methods.items()}
+            results = {method: best_of(function, args.repeats) for method, function in methods.items()}
             counts = {method: count for method, (_, _, count) in results.items()}
             assert len(set(counts.values())) == 1, f"{name}: frame counts differ {counts}"
             frames = counts["decord"]

@@ -11,27 +11,16 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import Timer, print_header
+from benchmarks.common import best_of, print_header
 from mmduplex.data.samples import sample_videos
 from mmduplex.features import extract_features
 from mmduplex.video import read_video
 from tokenizer.encoder import create_encoder
 
 ENCODERS = ("mmduplex-tiny", "ViT-B-32")  # ViT-B-32 without a tag: random init, no download
-
-
-def best_of(function: Callable[[], int], repeats: int) -> tuple[float, float, int]:
-    """Fastest wall and CPU seconds over ``repeats`` runs, and the frame count the function returned."""
-    wall, cpu, count = float("inf"), float("inf"), 0
-    for _ in range(repeats):
-        with Timer() as timer:
-            count = function()
-        wall, cpu = min(wall, timer.seconds), min(cpu, timer.cpu_seconds)
-    return wall, cpu, count
 
 
 def main() -> None:

@@ -30,22 +30,9 @@ from pathlib import Path
 import psutil
 import torch
 
-from benchmarks.common import print_header
+from benchmarks.common import QWEN_05B, print_header
 from mmduplex.bundle import DuplexBundle, export_bundle, load_bundle
 from mmduplex.streaming import DuplexSession
-
-QWEN05B = {  # Qwen2.5-0.5B's shape (config.json of the hub model), random init
-    "model_type": "qwen2",
-    "hidden_size": 896,
-    "intermediate_size": 4864,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 14,
-    "num_key_value_heads": 2,
-    "vocab_size": 151936,
-    "max_position_embeddings": 32768,
-    "rope_theta": 1000000.0,
-    "tie_word_embeddings": True,
-}
 
 
 def rss_mb() -> float:
@@ -155,10 +142,10 @@ def large_bundle(quantize: str) -> tuple[DuplexBundle, object, int]:
     from tokenizer.encoder import create_encoder
 
     encoder = create_encoder("ViT-B-32", device="cpu")
-    text = build_word_tokenizer([f"w{i}" for i in range(QWEN05B["vocab_size"] - 300)])
+    text = build_word_tokenizer([f"w{i}" for i in range(QWEN_05B["vocab_size"] - 300)])
     dtype = "bfloat16" if quantize == "bf16" else "float32"
     torch.manual_seed(0)
-    backbone = build_backbone(QWEN05B, torch_dtype=dtype, attn_implementation="sdpa")
+    backbone = build_backbone(QWEN_05B, torch_dtype=dtype, attn_implementation="sdpa")
     params = sum(p.numel() for p in backbone.parameters())
     if quantize == "int8":  # the backbone's linear layers (LM head included); the duplex parts stay float32
         backbone = torch.ao.quantization.quantize_dynamic(backbone.eval(), {torch.nn.Linear}, dtype=torch.qint8)

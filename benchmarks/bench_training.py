@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback
 
-from benchmarks.common import Timer, print_header
+from benchmarks.common import QWEN_05B, Timer, print_header
 from mmduplex.datamodule import DuplexDataModule
 from mmduplex.model import DuplexLM, LossWeights, build_backbone, text_loss
 from mmduplex.text import load_text_tokenizer
@@ -35,16 +35,6 @@ TINY = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-}
-QWEN_05B = {
-    "model_type": "qwen2",
-    "hidden_size": 896,
-    "intermediate_size": 4864,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 14,
-    "num_key_value_heads": 2,
-    "vocab_size": 151936,
-    "tie_word_embeddings": True,
 }
 
 

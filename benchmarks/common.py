@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 import platform
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 import psutil
@@ -78,3 +79,27 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+QWEN_05B: dict = {  # Qwen2.5-0.5B's shape (the hub model's config.json), built with random weights: no download
+    "model_type": "qwen2",
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1000000.0,
+    "tie_word_embeddings": True,
+}
+
+
+def best_of(function: Callable[[], int], repeats: int) -> tuple[float, float, int]:
+    """Fastest wall and CPU seconds over ``repeats`` runs, and the count (frames, steps) the function returned."""
+    wall, cpu, count = float("inf"), float("inf"), 0
+    for _ in range(repeats):
+        with Timer() as timer:
+            count = function()
+        wall, cpu = min(wall, timer.seconds), min(cpu, timer.cpu_seconds)
+    return wall, cpu, count
