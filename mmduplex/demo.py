@@ -340,13 +340,39 @@ def _bundle_settings(bundle: Path) -> dict[str, Any]:
     return {k: cfg.get(k) for k in keys if k in cfg}
 
 
+SETTINGS_FILE = "demo_config.json"
+
+
+def check_reusable(paths: DemoPaths, config: DemoConfig) -> None:
+    """Stages are reused from an earlier run only if it had the same settings; otherwise refuse (never mix).
+
+    Raises:
+        InputError: ``out_dir`` holds a demo run made with other settings (names the differing fields).
+    """
+    wanted = json.loads(json.dumps(asdict(config)))
+    marker = paths.root / SETTINGS_FILE
+    if marker.is_file():
+        try:
+            previous = json.loads(marker.read_text(encoding="utf-8"))
+        except ValueError as err:
+            problem = f"unreadable demo settings ({err}); delete the folder or use another --out"
+            raise InputError(marker, problem) from err
+        differ = sorted(k for k in set(wanted) | set(previous) if wanted.get(k) != previous.get(k))
+        if differ:
+            problem = f"holds a demo run with other settings ({', '.join(differ)}); use another --out or delete it"
+            raise InputError(paths.root, problem)
+    elif paths.root.is_dir() and any(paths.root.iterdir()):
+        raise InputError(paths.root, "is not empty and holds no demo run; use another --out")
+    write_json_atomic(marker, wanted)
+
+
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
     """Run every stage into ``out_dir`` and return the report (also written to ``out_dir/report.json``)."""
     start = time.perf_counter()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     paths = DemoPaths(Path(out_dir))
-    paths.root.mkdir(parents=True, exist_ok=True)
+    check_reusable(paths, config)
     timings: dict[str, float] = {}
 
     def timed(stage: str, fn, *args):

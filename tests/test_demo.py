@@ -72,3 +72,11 @@ def test_demo_print_config_and_bad_recipe(tmp_path, capsys):
     assert main(["demo", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "num_vidoes" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_demo_refuses_a_folder_made_with_other_settings(smoke_demo, tmp_path, capsys):
+    assert main(["demo", "--out", str(smoke_demo), "--config", "smoke", "--seed", "7"]) == 2
+    assert "seed" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path), "--config", "smoke"]) == 2
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "report.json").exists()
