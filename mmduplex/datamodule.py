@@ -6,7 +6,7 @@ its step grid (so the stream settings live in the model only) and tokenizes the 
 video tokenizer.
 
 By default (no ``transcripts``) it uses the synthetic commentary set, built on first use together with its feature
-cache by :meth:`tokenizer.datamodule.FeatureDataModule.prepare_data`; its ``split.json`` gives train / held-out.
+cache by :func:`mmduplex.data.synthetic_cache.prepare_synthetic_cache`; its ``split.json`` gives train / held-out.
 
 Training order: :class:`WindowSampler` shuffles with a generator seeded by ``(seed, epoch)`` and shards over
 ranks; the number of batches already trained in the current epoch is checkpointed (:meth:`state_dict`), and a
@@ -147,15 +147,13 @@ class DuplexDataModule(LightningDataModule):
         """Build the synthetic set and its feature cache on first use (when no ``transcripts`` are given)."""
         if self.transcripts is not None:
             return
-        from tokenizer.datamodule import FeatureDataModule
+        from mmduplex.data.synthetic import SyntheticConfig
+        from mmduplex.data.synthetic_cache import prepare_synthetic_cache
 
-        FeatureDataModule(
-            cache_dir=self.features,
-            synthetic_dir=self.synthetic_dir,
-            synthetic_videos=self.synthetic_videos,
-            encoder=self.encoder,
-            fps=self.fps,
-        ).prepare_data()
+        config = None if self.synthetic_videos is None else SyntheticConfig(num_videos=self.synthetic_videos)
+        prepare_synthetic_cache(
+            self.synthetic_dir, self.features, config, encoder=self.encoder, fps=self.fps, reuse_existing=True
+        )
 
     def _clips(self) -> tuple[list[TimedClip], list[TimedClip]]:
         if self.transcripts is not None:

@@ -4,7 +4,8 @@ Stages (each reuses the previous run's output when it is complete, so re-running
 atomically, so a stage killed half-way is simply redone):
 
 1. ``data/``      the synthetic commentary set (train / held-out split), :mod:`mmduplex.data.synthetic`;
-2. ``features/``  frozen ``mmduplex-tiny`` CLIP patch features of every video, :mod:`mmduplex.features`;
+2. ``features/``  frozen ``mmduplex-tiny`` CLIP patch features of every video (both by
+   :func:`mmduplex.data.synthetic_cache.prepare_synthetic_cache`);
 3. ``tokenizer/`` the B-Flow tokenizer trained by ``recipes/tokenizer/tiny.yaml`` (+ the demo's overrides), saved
    with the demo's token budget;
 4. ``bundle/``    the duplex model trained by ``recipes/duplex/tiny.yaml`` on B-Flow tokens, exported;
@@ -136,8 +137,10 @@ class DemoPaths:
 
 
 def make_data(config: DemoConfig, paths: DemoPaths):
-    """Stage 1: the synthetic set (reused when complete with the same settings)."""
-    from mmduplex.data.synthetic import SyntheticConfig, generate_dataset
+    """Stages 1-2: the synthetic set (reused when complete with the same settings) and the frozen-CLIP features of
+    every video (resumable: finished videos are skipped)."""
+    from mmduplex.data.synthetic import SyntheticConfig
+    from mmduplex.data.synthetic_cache import prepare_synthetic_cache
 
     synthetic = SyntheticConfig(
         num_videos=config.num_videos,
@@ -145,17 +148,7 @@ def make_data(config: DemoConfig, paths: DemoPaths):
         heldout_fraction=config.heldout_fraction,
         seed=config.seed,
     )
-    return generate_dataset(paths.data, synthetic)
-
-
-def make_features(config: DemoConfig, paths: DemoPaths, dataset) -> None:
-    """Stage 2: frozen-CLIP features of every video (resumable: finished videos are skipped)."""
-    from mmduplex.errors import CacheError
-    from mmduplex.features import extract_features
-
-    report = extract_features(dataset.videos(), paths.features, encoder=config.encoder, fps=config.fps)
-    if report.failed:
-        raise CacheError(paths.features, f"feature extraction failed for {sorted(report.failed)}")
+    return prepare_synthetic_cache(paths.data, paths.features, synthetic, encoder=config.encoder, fps=config.fps)
 
 
 def _fit(args: list[str]):
@@ -258,6 +251,8 @@ class StreamResult:
     steps: int
     compute_s: float
     stream_s: float
+    video_tokens: int
+    """Tokens the video tokenizer emitted for this video (all of them, also any the slot packer had to drop)."""
 
 
 def stream_video(session, video: Path, pause_steps: int) -> StreamResult:
@@ -267,7 +262,7 @@ def stream_video(session, video: Path, pause_steps: int) -> StreamResult:
 
     session.reset()
     builder = LineBuilder(pause_steps=pause_steps, max_words=8, min_display_s=1.0)
-    steps, compute = 0, 0.0
+    steps = 0
     start = time.perf_counter()
     frames = iter_video(video, fps=session.fps, size=session.encoder.image_size)  # as the feature cache was made
     for out in session.run(frames):
@@ -275,23 +270,8 @@ def stream_video(session, video: Path, pause_steps: int) -> StreamResult:
         steps += 1
     builder.flush()
     compute = time.perf_counter() - start
-    return StreamResult(video.stem, builder.lines, steps, compute, steps / session.step_hz)
-
-
-def video_tokens_per_second(bundle_dir: Path, paths: DemoPaths, video_ids: list[str]) -> float:
-    """Video tokens/s the bundle's tokenizer emits on the held-out videos' cached features (all tokens / all time)."""
-    from mmduplex.bundle import load_bundle
-    from mmduplex.features import FeatureCache
-
-    tokenizer = load_bundle(bundle_dir).video_tokenizer
-    cache = FeatureCache(paths.features)
-    tokens, seconds = 0, 0.0
-    for key in video_ids:
-        record = cache.load(key)
-        with torch.no_grad():
-            tokens += tokenizer.tokenize(record.patches, record.timestamps).tokens_total
-        seconds += record.duration_s
-    return tokens / seconds
+    tokens = session.video_tokens + session.dropped_video_tokens
+    return StreamResult(video.stem, builder.lines, steps, compute, steps / session.step_hz, tokens)
 
 
 def evaluate_model(name: str, config: DemoConfig, paths: DemoPaths, dataset, write_outputs: bool) -> dict[str, Any]:
@@ -317,6 +297,7 @@ def evaluate_model(name: str, config: DemoConfig, paths: DemoPaths, dataset, wri
     )
     compute = sum(r.compute_s for r in results)
     stream = sum(r.stream_s for r in results)
+    duration = sum(clip.end_s - clip.start_s for clip in dataset.clips("heldout"))
     return {
         "event_accuracy": metrics["event_accuracy"],
         "event_precision": metrics["event_precision"],
@@ -324,7 +305,7 @@ def evaluate_model(name: str, config: DemoConfig, paths: DemoPaths, dataset, wri
         "p90_latency_s": metrics.get("p90_latency_s"),
         "events": metrics.get("events"),
         "lines": metrics.get("lines"),
-        "video_tokens_per_second": video_tokens_per_second(bundle, paths, ids),
+        "video_tokens_per_second": sum(r.video_tokens for r in results) / duration,
         "rtf": compute / stream if stream else None,
     }
 
@@ -382,8 +363,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
         log.info("demo: %s done in %.1f s", stage, timings[stage])
         return value
 
-    dataset = timed("data", make_data, config, paths)
-    timed("features", make_features, config, paths, dataset)
+    dataset = timed("data_and_features", make_data, config, paths)
     timed("tokenizer", train_tokenizer, config, paths)
     timed("duplex", train_duplex, config, paths, "bflow", 0)
     main = timed("stream_bflow", evaluate_model, "bflow", config, paths, dataset, True)

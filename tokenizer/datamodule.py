@@ -146,21 +146,16 @@ class FeatureDataModule(LightningDataModule):
         self.val_keys: list[str] = []
 
     def prepare_data(self) -> None:
-        """Build the cache from the synthetic data set if it is missing and ``synthetic_dir`` is set."""
-        from mmduplex.data.synthetic import SyntheticConfig, generate_dataset
-        from mmduplex.features import INDEX_NAME, extract_features
-
-        if (Path(self.cache_dir) / INDEX_NAME).is_file() or self.synthetic_dir is None:
+        """Build (or complete) the cache from the synthetic data set when ``synthetic_dir`` is set."""
+        if self.synthetic_dir is None:
             return
+        from mmduplex.data.synthetic import SyntheticConfig
+        from mmduplex.data.synthetic_cache import prepare_synthetic_cache
 
-        config = (
-            SyntheticConfig() if self.synthetic_videos is None else SyntheticConfig(num_videos=self.synthetic_videos)
+        config = None if self.synthetic_videos is None else SyntheticConfig(num_videos=self.synthetic_videos)
+        prepare_synthetic_cache(
+            self.synthetic_dir, self.cache_dir, config, encoder=self.encoder, fps=self.fps, reuse_existing=True
         )
-        dataset = generate_dataset(self.synthetic_dir, config)
-        logger.info("extracting %s features at %g fps into %s", self.encoder, self.fps, self.cache_dir)
-        report = extract_features(dataset.videos(), self.cache_dir, encoder=self.encoder, fps=self.fps)
-        if report.failed:
-            raise CacheError(self.cache_dir, f"feature extraction failed for {sorted(report.failed)}")
 
     def _split(self, keys: list[str]) -> tuple[list[str], list[str]]:
         split_file = self.split_file
