@@ -154,3 +154,56 @@ def test_vit_b32_random_init_shapes():
     assert encoder.fingerprint["pretrained"] is None
     out = encoder.encode(_frames(1, 240, 320))
     assert out.patches.shape == (1, 49, 768)
+
+
+# ----------------------------------------------------------------------------- the real ImageNet encoder
+
+BOW_TIE, SUIT = 457, 834  # ImageNet-1k class indices
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_encoder("efficientnet-lite0", device="cpu")
+
+
+@pytest.mark.real_weights
+def test_efficientnet_lite0_shapes_and_fingerprint(lite0):
+    assert (lite0.image_size, lite0.grid, lite0.num_patches, lite0.width) == (192, (12, 12), 144, 112)
+    frames = _frames(3, 120, 160)
+    out = lite0.encode(frames, batch_size=2)
+    assert out.patches.shape == (3, 144, 112) and out.pooled.shape == (3, 112)
+    torch.testing.assert_close(out.patches, lite0.encode(frames).patches, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.pooled, out.patches.mean(1))
+    fingerprint = lite0.fingerprint
+    assert fingerprint["model"] == "efficientnet-lite0" and fingerprint["pretrained"] == "imagenet"
+    assert create_encoder("efficientnet-lite0:imagenet", device="cpu").fingerprint == fingerprint
+    lite0.train()
+    assert not lite0.training and not any(p.requires_grad for p in lite0.parameters())
+
+
+@pytest.mark.real_weights
+def test_efficientnet_lite0_knows_imagenet(lite0):
+    """The weights are the real ImageNet ones: the man in `carphone` wears a bow tie and a suit."""
+    from mmduplex.data.samples import sample_videos
+    from mmduplex.video import read_video
+
+    clip = read_video(sample_videos()["carphone"], fps=2.0)
+    top = lite0.classify(clip.frames[:4]).topk(2, dim=-1).indices  # [4, 2]
+    assert all(int(row[0]) in (BOW_TIE, SUIT) for row in top), top.tolist()
+    random = lite0.classify(_frames(4, 144, 176)).argmax(-1)
+    assert not all(int(c) in (BOW_TIE, SUIT) for c in random)  # noise is not a suit
+
+
+@pytest.mark.real_weights
+def test_efficientnet_local_weights_file(lite0, tmp_path):
+    from mmduplex.weights import get_weights
+
+    folder = get_weights("efficientnet-lite0")
+    local = create_encoder(f"efficientnet-lite0:{folder / 'model.safetensors'}", device="cpu")
+    assert local.fingerprint["weights_sha256"] == lite0.fingerprint["weights_sha256"]
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        create_encoder(f"efficientnet-lite0:{bad}", device="cpu")
+    with pytest.raises(CheckpointError, match="no such weights file"):
+        create_encoder(f"efficientnet-lite0:{tmp_path / 'missing.safetensors'}", device="cpu")

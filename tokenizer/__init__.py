@@ -9,7 +9,7 @@ from tokenizer.baselines import (
     VideoLLMOnlineTokenizer,
 )
 from tokenizer.bflow import BFlowConfig, BFlowTokenizer
-from tokenizer.encoder import FrozenCLIP, create_encoder
+from tokenizer.encoder import FrozenCLIP, FrozenImageEncoder, create_encoder
 from tokenizer.fidelity import fidelity, normalize_features
 
 # Lightning classes load on first use, so importing the tokenizer (or its encoder) does not import Lightning.
@@ -33,6 +33,7 @@ __all__ = [
     "FrameDropTokenizer",
     "FrameTokens",
     "FrozenCLIP",
+    "FrozenImageEncoder",
     "TokenizedVideo",
     "NoVideoTokenizer",
     "UniformTokenizer",
