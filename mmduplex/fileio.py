@@ -1,7 +1,13 @@
-"""Atomic file output: write to a temporary file beside the target, then rename over it.
+"""File I/O shared by the whole project: atomic output and the one JSON / JSONL / text reader.
 
-A killed process therefore leaves either the previous file or the complete new one, never a half-written
-file. Every output the project writes (JSON reports, VTT, shards, bundles) goes through these helpers.
+Output: write to a temporary file beside the target, then rename over it. A killed process therefore leaves either
+the previous file or the complete new one, never a half-written file. Every output the project writes (JSON
+reports, VTT, shards, bundles) goes through these helpers.
+
+Input: :func:`read_text`, :func:`read_json` and :func:`iter_jsonl` are the one place that turns a missing file,
+text that is not UTF-8 or malformed JSON into an error naming the file (and, for JSONL, the line). Each caller
+passes the :class:`~mmduplex.errors.MMDuplexError` subclass it raises, so a checkpoint reader still raises
+``CheckpointError`` and an annotation reader ``AnnotationError``. JSONL is streamed line by line, never read whole.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from mmduplex.errors import AnnotationError, MMDuplexError
 
 
 def _umask() -> int:
@@ -79,3 +87,69 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ----------------------------------------------------------------------------------------------------------- readers
+
+
+def read_text(path: str | os.PathLike, error_cls: type[MMDuplexError] = AnnotationError, what: str = "file") -> str:
+    """The whole of a UTF-8 text file (a leading byte-order mark dropped).
+
+    Raises:
+        error_cls: the file is missing (``"<what> not found"``) or is not UTF-8 text.
+    """
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (FileNotFoundError, IsADirectoryError):
+        raise error_cls(path, f"{what} not found") from None
+    except UnicodeDecodeError as exc:
+        raise error_cls(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def read_json(path: str | os.PathLike, error_cls: type[MMDuplexError] = AnnotationError, what: str = "file") -> Any:
+    """Parse a whole JSON file.
+
+    Args:
+        path: the file.
+        error_cls: the error raised (the caller's own ``MMDuplexError`` subclass).
+        what: how the file is named in the "not found" message (``"annotation file"``, ...).
+
+    Raises:
+        error_cls: the file is missing, not UTF-8, or not valid JSON (the message names the line and column).
+    """
+    text = read_text(path, error_cls, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error_cls(path, f"malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+
+
+def iter_jsonl(
+    path: str | os.PathLike, error_cls: type[MMDuplexError] = AnnotationError, what: str = "file"
+) -> Iterator[tuple[int, Any]]:
+    """Stream a JSONL file: ``(1-based line number, parsed value)`` for every non-blank line.
+
+    The file is read one line at a time, so a file of millions of records costs one record of memory.
+
+    Raises:
+        error_cls: the file is missing, or a line is not UTF-8 or not valid JSON (the message names the line).
+    """
+    path = Path(path)
+    try:
+        handle = path.open("rb")
+    except (FileNotFoundError, IsADirectoryError):
+        raise error_cls(path, f"{what} not found") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise error_cls(path, f"line {number}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error_cls(path, f"line {number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            yield number, value

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
-from mmduplex.data.transcripts import OVERLAP_TOLERANCE_S, Word, livecc_record, load_livecc_jsonl, load_moshi_alignments
+from mmduplex.data.livecc_index import LiveCCIndex, read_seek_line, write_livecc_jsonl
+from mmduplex.data.transcripts import (
+    OVERLAP_TOLERANCE_S,
+    Word,
+    iter_livecc_jsonl,
+    livecc_record,
+    load_livecc_jsonl,
+    load_moshi_alignments,
+)
 from mmduplex.errors import AnnotationError
 
 GOOD = [
@@ -105,7 +114,6 @@ BROKEN = {
     "time as string": (_set(0, 0, "12.31"), "expected a finite number"),
     "word not a string": (_set(0, 2, 7), "word must be a string"),
     "entry not a triple": (lambda r: _stream(r).__setitem__(0, [12.3, "the"]), "expected [start, end, word]"),
-    "empty word": (_set(1, 2, "  "), "empty word text"),
     "negative time": (lambda r: (_edit_video("video_start", 0.0)(r), _set(0, 0, -0.2)(r)), "negative time"),
     "end before start": (_set(1, 1, 12.4), "end 12.4 < start 12.52"),
     "unsorted": (lambda r: _stream(r).reverse(), "start times not sorted"),
@@ -175,11 +183,9 @@ def test_moshi_manifest_speakers_and_filter(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([["x", [0.5, 0.2], "S"]], "alignments[0]: end 0.2 < start 0.5"),
         ([["x", [0.1, 0.2], "S"], ["y", [0.05, 0.3], "S"]], "alignments[1]: start times not sorted"),
         ([["x", [0.1, 2.5], "S"]], "out of range [0.0, 2.0]"),
         ([["x", [-0.1, 0.2], "S"]], "negative time"),
-        ([["", [0.1, 0.2], "S"]], "empty word text"),
         ([["x", 0.1, "S"]], "expected [start, end]"),
         ([["x", [0.1, 0.2], 3]], "speaker must be a string"),
         ([["x", [0.1, 1.0], "S"], ["y", [0.2, 1.2], "S"]], "of overlap is allowed"),
@@ -207,3 +213,128 @@ def test_moshi_manifest_errors(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"words": []}))
     with pytest.raises(AnnotationError, match="key 'alignments'"):
         load_moshi_alignments(manifest)
+
+
+# ------------------------------------------------------------------------------------ LiveCC as published
+
+
+def _with_seeks(path: Path, records: list, trailing: bytes = b"") -> list[int]:
+    """A file laid out as LiveCC's to_conversation.py writes it: records, then the offsets line (no newline)."""
+    body, offsets = b"", []
+    for record in records:
+        offsets.append(len(body))
+        body += json.dumps(record).encode() + b"\n"
+    path.write_bytes(body + json.dumps(offsets).encode() + trailing)
+    return offsets
+
+
+def _livecc_readlastline(path: Path) -> bytes:
+    """LiveCC's own ``readlastline`` (data/lmm_dataset.py), re-expressed: step back from the end to a newline."""
+    with open(path, "rb") as f:
+        f.seek(-2, 2)
+        while f.read(1) != b"\n":
+            f.seek(-2, 1)
+        return f.readline()
+
+
+def _word_record(words: list[str], start: float = 12.0) -> list:
+    record = copy.deepcopy(GOOD)
+    record[1]["content"][0]["text_stream"] = [[start + 0.2 * i, start + 0.2 * i + 0.2, w] for i, w in enumerate(words)]
+    return record
+
+
+def test_published_seek_line_is_skipped_and_indexes_the_records(tmp_path):
+    path = tmp_path / "live_whisperx_with_seeks.jsonl"
+    records = [_word_record(["the", "ball"]), _word_record(["goal"], 13.0), _word_record(["a", "save"], 14.0)]
+    offsets = _with_seeks(path, records)
+    assert json.loads(_livecc_readlastline(path)) == offsets  # the file is what LiveCC's dataset reads
+    clips = load_livecc_jsonl(path)
+    assert [[w.text for w in c.words] for c in clips] == [["the", "ball"], ["goal"], ["a", "save"]]
+    assert read_seek_line(path)[1] == offsets
+    index = LiveCCIndex(path)
+    assert index.has_seek_line and len(index) == 3 and index.offsets == offsets
+    assert [w.text for w in index[2].words] == ["a", "save"] and index[2].meta["offset"] == offsets[2]
+    assert [w.text for w in index[-3].words] == ["the", "ball"]
+    assert [c.words for c in index] == [c.words for c in clips]
+    with pytest.raises(IndexError):
+        index[3]
+
+
+@pytest.mark.parametrize("trailing", [b"", b"\n", b"\r\n\n  \n"])
+def test_seek_line_with_or_without_trailing_newlines(tmp_path, trailing):
+    path = tmp_path / "cc.jsonl"
+    offsets = _with_seeks(path, [GOOD, GOOD], trailing)
+    assert read_seek_line(path)[1] == offsets
+    assert len(load_livecc_jsonl(path)) == 2
+
+
+def test_index_without_seek_line_scans_line_starts(tmp_path):
+    path = _write_jsonl(tmp_path / "cc.jsonl", [GOOD, "", _word_record(["goal"])])
+    assert read_seek_line(path) is None
+    index = LiveCCIndex(path)
+    assert not index.has_seek_line and len(index) == 2
+    assert [w.text for w in index[1].words] == ["goal"]
+
+
+def test_written_file_reads_back_in_livecc_layout(tmp_path):
+    path = write_livecc_jsonl([_word_record(["one"]), _word_record(["two"])], tmp_path / "w.jsonl")
+    assert not path.read_bytes().endswith(b"\n")  # as LiveCC writes it
+    offsets = json.loads(_livecc_readlastline(path))
+    with open(path, "rb") as f:  # LiveCC's load_conversation: seek, readline, json.loads
+        f.seek(offsets[1])
+        assert json.loads(f.readline())[1]["content"][0]["text_stream"][0][2] == "two"
+    assert [c.words[0].text for c in LiveCCIndex(path)] == ["one", "two"]
+
+
+def test_bad_seek_lines_fail_cleanly(tmp_path):
+    path = tmp_path / "cc.jsonl"
+    offsets = _with_seeks(path, [GOOD, GOOD])
+    path.write_bytes(path.read_bytes().replace(json.dumps(offsets).encode(), json.dumps([0, 10**9]).encode()))
+    with pytest.raises(AnnotationError, match="seek line: offset 1"):
+        LiveCCIndex(path)
+    path.write_bytes(path.read_bytes().replace(json.dumps([0, 10**9]).encode(), json.dumps([0, 5]).encode()))
+    with pytest.raises(AnnotationError, match="offset 5 of record 1 is not a line start"):
+        LiveCCIndex(path)[1]
+    _write_jsonl(path, [GOOD, [0, 12], GOOD])
+    with pytest.raises(AnnotationError, match="line 2: a list of integers .* may only be the last line"):
+        load_livecc_jsonl(path)
+
+
+def test_empty_words_dropped_with_one_counted_warning(tmp_path, caplog):
+    # LiveCC's splitter on "the  ball " yields ["the", "", "ball", ""]
+    records = [_word_record(["the", "", "ball", ""]), _word_record(["", "goal"], 13.0)]
+    path = tmp_path / "cc.jsonl"
+    _with_seeks(path, records)
+    with caplog.at_level(logging.WARNING, logger="mmduplex.data.transcripts"):
+        clips = load_livecc_jsonl(path)
+    assert [[w.text for w in c.words] for c in clips] == [["the", "ball"], ["goal"]]
+    warnings = [r.getMessage() for r in caplog.records if "empty words" in r.getMessage()]
+    assert len(warnings) == 1 and "dropped 3 empty words" in warnings[0], warnings
+    assert str(path) in warnings[0] and "line 1: text_stream[1]" in warnings[0]
+
+
+def test_livecc_jsonl_streams_one_line_at_a_time(tmp_path):
+    """The first clip arrives before a malformed later line is read: nothing is loaded whole."""
+    path = _write_jsonl(tmp_path / "cc.jsonl", [GOOD, "{broken"])
+    clips = iter_livecc_jsonl(path)
+    assert [w.text for w in next(clips).words] == ["the", "ball"]
+    with pytest.raises(AnnotationError, match="line 2: malformed JSON"):
+        next(clips)
+
+
+def test_moshi_drops_negative_and_zero_duration_words_and_keeps_the_file(tmp_path, caplog):
+    rows = [
+        ["hello", [0.1, 0.4], "SPEAKER_MAIN"],
+        ["uh", [0.6, 0.5], "SPEAKER_MAIN"],  # end < start
+        ["oh", [0.7, 0.7], "SPEAKER_MAIN"],  # zero duration
+        ["", [0.8, 0.85], "SPEAKER_MAIN"],  # no text
+        ["there", [0.9, 1.2], "SPEAKER_MAIN"],
+    ]
+    manifest = _moshi_set(tmp_path, {"a": rows, "b": rows[1:3]}, {"a": 2.0, "b": 2.0})
+    with caplog.at_level(logging.WARNING, logger="mmduplex.data.transcripts"):
+        a, b = load_moshi_alignments(manifest)
+    assert [w.text for w in a.words] == ["hello", "there"] and a.meta["speakers"] == ["SPEAKER_MAIN"] * 2
+    assert b.words == []
+    warnings = [r.getMessage() for r in caplog.records if "moshi-finetune" in r.getMessage()]
+    assert len(warnings) == 1 and "dropped 5 words with end <= start" in warnings[0], warnings
+    assert "a.json alignments[1]" in warnings[0]

@@ -1,11 +1,23 @@
 """Timed transcripts: the ``Word`` / ``TimedClip`` types and the LiveCC and moshi-finetune loaders.
 
-Both public formats carry words with start/end times (FORMATS.md). Loading validates every record and raises one
+Both public formats carry words with start/end times (docs/FORMATS.md). Loading validates every record and raises one
 :class:`~mmduplex.errors.AnnotationError` naming the file and the line (or alignment index) at fault.
 
-Validation rules (the same for both formats):
+LiveCC files are read as LiveCC publishes them: JSONL streamed one line at a time (:func:`iter_livecc_jsonl`; a
+5-million-line file never sits in memory), whose last line may be the *seek line* written by LiveCC's
+``data/production/to_conversation.py`` -- a JSON list of the byte offset of every record, with no trailing newline.
+That line is recognised and skipped by the loaders; :class:`mmduplex.data.livecc_index.LiveCCIndex` uses it to read
+record ``i`` by seeking (as LiveCC's own dataset does).
 
-- times are finite numbers, ``start >= 0`` and ``end >= start``; the word text is a non-empty string;
+Words the reference projects themselves drop are dropped here too, with one warning that counts them:
+
+- LiveCC: empty words (its word splitter yields them for a doubled or trailing space; its phrase builder strips them);
+- moshi-finetune: words whose end is not after their start (``end <= start``; its interleaver keeps only words with
+  duration), and empty words (they tokenize to nothing).
+
+Validation rules for the words kept (the same for both formats):
+
+- times are finite numbers, ``start >= 0`` and ``end >= start``; the word text is a string;
 - start times are non-decreasing (per speaker for moshi alignments, whose speakers may talk over each other);
 - a word may overlap the previous one by at most ``OVERLAP_TOLERANCE_S``: WhisperX word ends often run a little into
   the next word, so such small overlaps are clipped (the earlier word ends where the next starts); larger overlaps
@@ -16,14 +28,18 @@ Validation rules (the same for both formats):
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmduplex.errors import AnnotationError
+from mmduplex.fileio import iter_jsonl, read_json
+
+log = logging.getLogger(__name__)
 
 OVERLAP_TOLERANCE_S = 0.5
 """Largest overlap (s) between consecutive words that is clipped instead of rejected."""
@@ -77,6 +93,27 @@ def livecc_record(
     ]
 
 
+@dataclass
+class _Dropped:
+    """Words dropped while loading one file (or one manifest), reported in one warning."""
+
+    reason: str
+    count: int = 0
+    first: str = ""
+
+    def add(self, at: str) -> None:
+        self.count += 1
+        self.first = self.first or at
+
+    def warn(self, path: Path) -> None:
+        if self.count:
+            log.warning("%s: dropped %d %s (first at %s)", path, self.count, self.reason, self.first)
+
+
+def empty_words() -> _Dropped:
+    return _Dropped("empty words (LiveCC's word splitter yields them for doubled or trailing spaces)")
+
+
 def _number(value: Any, where: str, path: Path) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise AnnotationError(path, f"{where}: expected a finite number, got {value!r}")
@@ -93,8 +130,6 @@ def _check_words(
     """Validate words (already typed, in source time), clip small overlaps, return them in order."""
     words: list[Word] = []
     for i, ((start, end, text), at) in enumerate(zip(raw, where, strict=True)):
-        if not text.strip():
-            raise AnnotationError(path, f"{at}: empty word text")
         if start < 0 or end < 0:
             raise AnnotationError(path, f"{at}: negative time [{start}, {end}] for {text!r}")
         if end < start:
@@ -121,33 +156,6 @@ def _check_words(
     return words
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise AnnotationError(path, "file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(path, f"malformed JSON ({exc})") from exc
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    """``(line number, parsed object)`` for every non-blank line; raises on a malformed line or an empty file."""
-    if not path.is_file():
-        raise AnnotationError(path, "file not found")
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise AnnotationError(path, f"line {lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from exc
-    if not records:
-        raise AnnotationError(path, "empty file: no records")
-    return records
-
-
 def _resolve(media: str, base: Path) -> str:
     if "://" in media or os.path.isabs(media):
         return media
@@ -161,7 +169,7 @@ def _content_items(turn: Any, role: str, at: str, path: Path) -> list[dict]:
     return content
 
 
-def _parse_livecc(record: Any, at: str, path: Path, base: Path) -> TimedClip:
+def parse_livecc(record: Any, at: str, path: Path, base: Path, empty: _Dropped) -> TimedClip:
     if not isinstance(record, list) or not all(isinstance(t, dict) for t in record):
         raise AnnotationError(path, f"{at}: expected a list of conversation turns (objects with 'role', 'content')")
     turns = {t.get("role"): t for t in reversed(record)}  # the first turn of each role wins
@@ -200,6 +208,9 @@ def _parse_livecc(record: Any, at: str, path: Path, base: Path) -> TimedClip:
             raise AnnotationError(path, f"{w_at}: expected [start, end, word], got {entry!r}")
         if not isinstance(entry[2], str):
             raise AnnotationError(path, f"{w_at}: word must be a string, got {entry[2]!r}")
+        if not entry[2].strip():
+            empty.add(w_at)
+            continue
         raw.append((_number(entry[0], f"{w_at} start", path), _number(entry[1], f"{w_at} end", path), entry[2]))
         where.append(w_at)
     words = _check_words(raw, where, path, start_s, end_s)
@@ -207,32 +218,82 @@ def _parse_livecc(record: Any, at: str, path: Path, base: Path) -> TimedClip:
     return TimedClip(video=_resolve(item["video"], base), start_s=start_s, end_s=end_s, words=rel, meta=meta)
 
 
+def is_seek_line(value: Any) -> bool:
+    """LiveCC's last line: a JSON list of integers (byte offsets); a conversation is a list of objects."""
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def iter_livecc_jsonl(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Iterator[TimedClip]:
+    """Stream a LiveCC-style JSONL one clip at a time (validated, clip-relative words).
+
+    The file is read line by line; the seek line (a list of integers) is accepted as the last line only. Empty
+    words are dropped and counted in one warning once the file is exhausted.
+
+    Args:
+        path: the JSONL file.
+        root: folder the relative video paths are resolved against (default: the JSONL's folder).
+
+    Yields:
+        One :class:`TimedClip` per record line, as :func:`load_livecc_jsonl` returns them.
+
+    Raises:
+        AnnotationError: the file is missing or has no records, a line is malformed (the message names the line),
+            or a list of integers stands anywhere but on the last line.
+    """
+    path = Path(path)
+    base = Path(root) if root is not None else path.parent
+    empty = empty_words()
+    seek_line: tuple[int, list[int]] | None = None
+    records = 0
+    for lineno, record in iter_jsonl(path, AnnotationError):
+        if seek_line is not None:
+            raise AnnotationError(
+                path, f"line {seek_line[0]}: a list of integers (LiveCC's seek line) may only be the last line"
+            )
+        if is_seek_line(record):
+            seek_line = (lineno, record)
+            continue
+        clip = parse_livecc(record, f"line {lineno}", path, base, empty)
+        clip.meta["line"] = lineno
+        records += 1
+        yield clip
+    if not records:
+        raise AnnotationError(path, "empty file: no records")
+    if seek_line is not None and len(seek_line[1]) != records:
+        log.warning(
+            "%s: the seek line lists %d offsets for %d records; random access by it would be wrong",
+            path,
+            len(seek_line[1]),
+            records,
+        )
+    empty.warn(path)
+
+
 def load_livecc_jsonl(path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[TimedClip]:
     """Load a LiveCC-style JSONL (one clip per line) with validated, clip-relative words.
+
+    Reads the published files as they are (a last seek line is skipped, empty words are dropped with a warning);
+    for a file too large to hold, stream it with :func:`iter_livecc_jsonl` or index it with
+    :class:`mmduplex.data.livecc_index.LiveCCIndex`.
 
     Args:
         path: the JSONL file.
         root: folder the relative video paths are resolved against (default: the JSONL's folder).
 
     Returns:
-        One :class:`TimedClip` per non-blank line; ``meta`` holds the user text item's keys (``title``,
+        One :class:`TimedClip` per record line; ``meta`` holds the user text item's keys (``title``,
         ``previous``, ``query``/``text``, ``category``, ``preasr``, ...) and the line number as ``line``.
 
     Raises:
         AnnotationError: the file is missing or empty, or a line is malformed (the message names the line).
     """
-    path = Path(path)
-    base = Path(root) if root is not None else path.parent
-    clips = []
-    for lineno, record in _read_jsonl(path):
-        clip = _parse_livecc(record, f"line {lineno}", path, base)
-        clip.meta["line"] = lineno
-        clips.append(clip)
-    return clips
+    return list(iter_livecc_jsonl(path, root))
 
 
-def _parse_alignments(path: Path, end_s: float | None, speaker: str | None) -> tuple[list[Word], list[str | None]]:
-    data = _read_json(path)
+def _parse_alignments(
+    path: Path, end_s: float | None, speaker: str | None, dropped: _Dropped
+) -> tuple[list[Word], list[str | None]]:
+    data = read_json(path, AnnotationError)
     if not isinstance(data, dict) or not isinstance(data.get("alignments"), list):
         raise AnnotationError(path, "expected an object with key 'alignments': a list of [word, [start, end], speaker]")
     by_speaker: dict[str | None, tuple[list, list]] = {}
@@ -250,8 +311,12 @@ def _parse_alignments(path: Path, end_s: float | None, speaker: str | None) -> t
             raise AnnotationError(path, f"{at}: speaker must be a string, got {who!r}")
         if speaker is not None and who != speaker:
             continue
+        start, end = _number(span[0], f"{at} start", path), _number(span[1], f"{at} end", path)
+        if not end > start or not text.strip():
+            dropped.add(f"{path.name} {at}")
+            continue
         raw, where = by_speaker.setdefault(who, ([], []))
-        raw.append((_number(span[0], f"{at} start", path), _number(span[1], f"{at} end", path), text))
+        raw.append((start, end, text))
         where.append(at)
     tagged = [
         (word, who) for who, (raw, where) in by_speaker.items() for word in _check_words(raw, where, path, 0.0, end_s)
@@ -271,6 +336,9 @@ def load_moshi_alignments(path: str | os.PathLike, speaker: str | None = None) -
         path: manifest JSONL or alignments JSON.
         speaker: keep only this speaker's words (e.g. ``"SPEAKER_MAIN"``); ``None`` keeps all.
 
+    Words with ``end <= start`` or no text are dropped (as moshi-finetune does) and counted in one warning; the
+    rest of the file is kept.
+
     Returns:
         One :class:`TimedClip` per media file; ``meta["speakers"]`` is the speaker of each word (parallel to
         ``words``) and ``meta["alignments"]`` the alignments file.
@@ -279,11 +347,13 @@ def load_moshi_alignments(path: str | os.PathLike, speaker: str | None = None) -
         AnnotationError: a file is missing or malformed (the message names the file and the line / entry).
     """
     path = Path(path)
+    dropped = _Dropped("words with end <= start or no text (moshi-finetune drops them too)")
     if path.suffix.lower() != ".jsonl":
-        words, speakers = _parse_alignments(path, None, speaker)
+        words, speakers = _parse_alignments(path, None, speaker, dropped)
+        dropped.warn(path)
         return [TimedClip(None, 0.0, None, words, {"speakers": speakers, "alignments": os.fspath(path)})]
     clips = []
-    for lineno, record in _read_jsonl(path):
+    for lineno, record in iter_jsonl(path, AnnotationError):
         at = f"line {lineno}"
         if not isinstance(record, dict):
             raise AnnotationError(path, f"{at}: expected an object with keys 'path' and 'duration'")
@@ -297,8 +367,11 @@ def load_moshi_alignments(path: str | os.PathLike, speaker: str | None = None) -
             raise AnnotationError(path, f"{at}: negative duration {duration}")
         media_path = Path(_resolve(media, path.parent))
         align_path = media_path.with_suffix(".json")
-        words, speakers = _parse_alignments(align_path, duration, speaker)
+        words, speakers = _parse_alignments(align_path, duration, speaker, dropped)
         meta = {"speakers": speakers, "alignments": os.fspath(align_path), "line": lineno}
         meta.update({k: v for k, v in record.items() if k not in ("path", "duration")})
         clips.append(TimedClip(os.fspath(media_path), 0.0, duration, words, meta))
+    if not clips:
+        raise AnnotationError(path, "empty file: no records")
+    dropped.warn(path)
     return clips
