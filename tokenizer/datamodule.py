@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,9 +21,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmduplex.errors import CacheError, InputError
-
-if TYPE_CHECKING:  # mmduplex.features imports tokenizer.encoder: import it lazily to avoid an import cycle
-    from mmduplex.features import FeatureCache
+from mmduplex.feature_cache import FeatureCache  # shared data layer: imports no tokenizer module
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +174,6 @@ class FeatureDataModule(LightningDataModule):
         return [k for k in train if k in wanted], [k for k in val if k in wanted]
 
     def setup(self, stage: str | None = None) -> None:
-        from mmduplex.features import FeatureCache
-
         if self.cache is not None:
             return
         self.cache = FeatureCache(self.cache_dir)
