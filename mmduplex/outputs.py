@@ -5,6 +5,19 @@ streaming model's per-step words into lines; the writers normalise the lines the
 (sorted by start, times rounded to milliseconds, zero or negative durations extended, blank text dropped) and
 write atomically through ``mmduplex.fileio``. The readers are strict: a malformed file raises
 ``AnnotationError`` naming the file and line.
+
+Cue text that common subtitle readers would not keep is protected in SRT and WebVTT with the invisible WORD JOINER
+(U+2060), which no reader treats as white space or as a digit, and which :func:`read_srt` / :func:`read_vtt` remove
+again (so the text round-trips):
+
+- a blank line inside a cue (a blank line ends a cue for ffmpeg, browsers and most players) is written as a line
+  holding only U+2060;
+- a text line that a reader would take for a timing line -- ffmpeg takes a line starting ``H:M:S,f --> H:M:S,f``,
+  pysubs2 any line holding two timestamps -- gets U+2060 after each colon that follows a digit;
+- a text line of digits only (pysubs2 drops a cue's last such line, taking it for the next cue's number) is
+  prefixed with U+2060.
+
+WebVTT also forbids ``-->`` in cue text: ``>`` is written as ``&gt;``.
 """
 
 from __future__ import annotations
@@ -20,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmduplex.errors import AnnotationError, InputError
-from mmduplex.fileio import write_text_atomic
+from mmduplex.fileio import iter_jsonl, read_text, write_text_atomic
 
 __all__ = [
     "CommentaryLine",
@@ -51,10 +64,11 @@ class CommentaryLine:
 
 
 def normalize_lines(lines: Iterable[CommentaryLine], source: str | os.PathLike | None = None) -> list[CommentaryLine]:
-    """Lines as every writer emits them: sorted by start, millisecond times, ``end > start``, one-paragraph text.
+    """Lines as every writer emits them: sorted by start, millisecond times, ``end > start``, stripped text.
 
-    Negative starts are clamped to 0; an end at or before its start becomes ``start + FIXUP_DURATION_S``; text is
-    stripped, its blank lines removed; lines with blank text are dropped.
+    Negative starts are clamped to 0; an end at or before its start becomes ``start + FIXUP_DURATION_S``; each text
+    line is stripped, blank lines before and after the text removed (blank lines inside it are kept: the SRT and
+    WebVTT writers protect them); lines with blank text are dropped.
 
     Raises:
         InputError: a time is not a finite number (``source`` names the output being written).
@@ -63,7 +77,7 @@ def normalize_lines(lines: Iterable[CommentaryLine], source: str | os.PathLike |
     for i, line in enumerate(lines):
         if not (math.isfinite(line.start) and math.isfinite(line.end)):
             raise InputError(source, f"commentary line {i}: times must be finite, got {line.start}..{line.end}")
-        text = "\n".join(part.strip() for part in str(line.text).splitlines() if part.strip())
+        text = "\n".join(part.strip() for part in str(line.text).splitlines()).strip()
         if not text:
             continue
         start_ms = max(0, round(line.start * 1000))
@@ -80,9 +94,50 @@ def _timestamp(seconds: float, separator: str) -> str:
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{separator}{ms % 1000:03d}"
 
 
+WORD_JOINER = "\u2060"
+"""Invisible, zero-width, not white space: the mark that protects cue text readers would not keep (module doc)."""
+
+_TIME_LIKE = re.compile(r"\d:\d+(?::\d+)?[.,]\d")  # H:M:S.f or M:S.f, as pysubs2 (SRT and WebVTT) finds them
+_DIGIT_COLON = re.compile(r"(?<=\d):")
+_DIGITS_ONLY = re.compile(r"[0-9]+")
+
+
+def _timing_like(line: str) -> bool:
+    """Whether some reader would take ``line`` for a timing line (ffmpeg: ``-->`` after a number; pysubs2: 2 stamps)."""
+    return ("-->" in line and _DIGIT_COLON.search(line) is not None) or len(_TIME_LIKE.findall(line)) >= 2
+
+
+def _protect(text: str) -> str:
+    """Cue text as SRT / WebVTT readers keep it (see the module docstring); :func:`_unprotect` undoes it."""
+    out = []
+    for line in text.split("\n"):
+        if not line:
+            line = WORD_JOINER
+        elif _timing_like(line):
+            line = _DIGIT_COLON.sub(":" + WORD_JOINER, line)
+        elif _DIGITS_ONLY.fullmatch(line):
+            line = WORD_JOINER + line
+        out.append(line)
+    return "\n".join(out)
+
+
+def _unprotect(text: str) -> str:
+    """Remove the marks :func:`_protect` adds (a WORD JOINER elsewhere in the text is kept)."""
+    out = []
+    for line in text.split("\n"):
+        if line == WORD_JOINER:
+            line = ""
+        elif line.startswith(WORD_JOINER) and _DIGITS_ONLY.fullmatch(line[1:]):
+            line = line[1:]
+        else:
+            line = line.replace(":" + WORD_JOINER, ":") if _timing_like(line.replace(WORD_JOINER, "")) else line
+        out.append(line)
+    return "\n".join(out)
+
+
 def _escape_vtt(text: str) -> str:
-    """Escape cue text as WebVTT requires (``&``, ``<``; ``>`` too so ``-->`` cannot appear)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Escape cue text as WebVTT requires (``&``, ``<``; ``>`` too so ``-->`` cannot appear), then protect it."""
+    return _protect(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
 
 
 def write_vtt(lines: Iterable[CommentaryLine], path: str | os.PathLike) -> Path:
@@ -97,10 +152,11 @@ def write_vtt(lines: Iterable[CommentaryLine], path: str | os.PathLike) -> Path:
 def write_srt(lines: Iterable[CommentaryLine], path: str | os.PathLike) -> Path:
     """Write SubRip: a 1-based number, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, text and a blank line per cue.
 
-    SubRip has no escaping: text is written verbatim, and players read ``<...>`` in it as markup (``<i>``, ...).
+    SubRip has no escaping: text is written verbatim (players read ``<...>`` in it as markup: ``<i>``, ...), except
+    the lines readers would not keep, which are protected with U+2060 (see the module docstring).
     """
     cues = [
-        f"{i}\n{_timestamp(ln.start, ',')} --> {_timestamp(ln.end, ',')}\n{ln.text}\n"
+        f"{i}\n{_timestamp(ln.start, ',')} --> {_timestamp(ln.end, ',')}\n{_protect(ln.text)}\n"
         for i, ln in enumerate(normalize_lines(lines, path), start=1)
     ]
     return write_text_atomic(path, "\n".join(cues))
@@ -159,15 +215,6 @@ def _blocks(text: str) -> list[tuple[int, list[str]]]:
     return blocks
 
 
-def _read_text(path: str | os.PathLike) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise AnnotationError(path, "file not found") from None
-    except UnicodeDecodeError as err:
-        raise AnnotationError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
-
-
 def _check_order(path, number: int, line: CommentaryLine, previous: CommentaryLine | None) -> None:
     if not line.end > line.start:
         raise AnnotationError(path, f"line {number}: cue does not end ({line.end}) after it starts ({line.start})")
@@ -184,7 +231,7 @@ def read_vtt(path: str | os.PathLike) -> list[CommentaryLine]:
     Raises:
         AnnotationError: the file is missing, not UTF-8, or not valid WebVTT.
     """
-    text = _read_text(path)
+    text = read_text(path, AnnotationError)
     first = text.split("\n", 1)[0].rstrip("\r")
     if not re.fullmatch(r"WEBVTT([ \t].*)?", first):
         raise AnnotationError(path, f"line 1: a WebVTT file starts with 'WEBVTT', got {first[:40]!r}")
@@ -203,7 +250,7 @@ def read_vtt(path: str | os.PathLike) -> list[CommentaryLine]:
         if any("-->" in payload for payload in block[1:]):
             raise AnnotationError(path, f"line {number}: cue text contains '-->'")
         payload = re.sub(r"<[^>]*>", "", "\n".join(block[1:]))
-        payload = re.sub(r"&(amp|lt|gt|nbsp|lrm|rlm);", lambda m: _VTT_ENTITIES[m.group(0)], payload)
+        payload = re.sub(r"&(amp|lt|gt|nbsp|lrm|rlm);", lambda m: _VTT_ENTITIES[m.group(0)], _unprotect(payload))
         line = CommentaryLine(_seconds(*match.groups()[:4]), _seconds(*match.groups()[4:]), payload)
         _check_order(path, number, line, lines[-1] if lines else None)
         lines.append(line)
@@ -211,19 +258,21 @@ def read_vtt(path: str | os.PathLike) -> list[CommentaryLine]:
 
 
 def read_srt(path: str | os.PathLike) -> list[CommentaryLine]:
-    """Read a SubRip file strictly (cue number, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, text).
+    """Read a SubRip file strictly (cue number, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, text); undo :func:`write_srt`'s
+    protection of blank, timing-like and digits-only text lines.
 
     Raises:
         AnnotationError: the file is missing, not UTF-8, or not valid SubRip.
     """
     lines: list[CommentaryLine] = []
-    for number, block in _blocks(_read_text(path)):
+    for number, block in _blocks(read_text(path, AnnotationError)):
         if len(block) < 2 or not block[0].strip().isdigit():
             raise AnnotationError(path, f"line {number}: expected a cue number then a timing line")
         match = _SRT_TIMING.match(block[1].strip())
         if match is None:
             raise AnnotationError(path, f"line {number + 1}: expected 'HH:MM:SS,mmm --> HH:MM:SS,mmm'")
-        line = CommentaryLine(_seconds(*match.groups()[:4]), _seconds(*match.groups()[4:]), "\n".join(block[2:]))
+        text = _unprotect("\n".join(block[2:]))
+        line = CommentaryLine(_seconds(*match.groups()[:4]), _seconds(*match.groups()[4:]), text)
         _check_order(path, number, line, lines[-1] if lines else None)
         lines.append(line)
     return lines
@@ -236,13 +285,7 @@ def read_jsonl(path: str | os.PathLike) -> list[CommentaryLine]:
         AnnotationError: the file is missing, a line is not JSON, or a record lacks a field or has the wrong type.
     """
     lines: list[CommentaryLine] = []
-    for number, raw in enumerate(_read_text(path).splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise AnnotationError(path, f"line {number}: not JSON ({err.msg})") from None
+    for number, record in iter_jsonl(path, AnnotationError):
         if not isinstance(record, dict):
             raise AnnotationError(path, f"line {number}: expected an object with start, end, text")
         try:

@@ -18,10 +18,12 @@ import pytest
 
 from mmduplex.errors import AnnotationError, InputError
 from mmduplex.outputs import (
+    WORD_JOINER,
     CommentaryLine,
     LineBuilder,
     normalize_lines,
     read_commentary,
+    read_srt,
     read_vtt,
     write_commentary,
     write_html,
@@ -38,6 +40,9 @@ LINES = [
     CommentaryLine(-0.2, 0.4, "starts before zero"),
     CommentaryLine(5.0, 6.0, "   "),
     CommentaryLine(3661.5, 3662.0, "two\n\nlines"),
+    CommentaryLine(3663.0, 3664.0, "00:00:01.000 --> 00:00:02.000"),  # text that is a timing line
+    CommentaryLine(3665.0, 3666.0, "kick-off 1:02:03.4, half time 1:50:06.7"),  # two timestamps (pysubs2)
+    CommentaryLine(3667.0, 3668.0, "final score\n3"),  # a last line of digits (pysubs2: the next cue number)
 ]
 
 
@@ -48,12 +53,13 @@ def as_players_read_srt(lines: list[CommentaryLine]) -> list[CommentaryLine]:
 
 def test_normalize_sorts_rounds_and_fixes_durations():
     lines = normalize_lines(LINES)
-    assert [line.start for line in lines] == [0.0, 0.5, 2.0, 3.0, 3661.5]
+    assert [line.start for line in lines] == [0.0, 0.5, 2.0, 3.0, 3661.5, 3663.0, 3665.0, 3667.0]
     assert all(line.end > line.start for line in lines)
     assert lines[1].end == 2.0  # rounded to the millisecond
     assert lines[2].end == 2.5  # zero duration extended by FIXUP_DURATION_S
-    assert lines[4].text == "two\nlines"  # a blank line would end a cue
+    assert lines[4].text == "two\n\nlines"  # kept: the SRT / WebVTT writers protect it
     assert "   " not in [line.text for line in lines]
+    assert normalize_lines([CommentaryLine(0, 1, "\n  a  \n\n b\n\n")])[0].text == "a\n\nb"
 
 
 @pytest.mark.parametrize("suffix", [".vtt", ".srt", ".jsonl"])
@@ -107,7 +113,7 @@ def test_ffmpeg_subtitle_demuxer_reads_our_files(tmp_path, suffix):
             cues.append((packet.pts * ms, (packet.pts + packet.duration) * ms, subtitle.dialogue.decode()))
     want = normalize_lines(LINES)
     assert [(round(a), round(b)) for a, b, _ in cues] == [(round(x.start * 1000), round(x.end * 1000)) for x in want]
-    texts = [re.sub(r"\\N", "\n", text) for _, _, text in cues]
+    texts = [re.sub(r"\\N", "\n", text).replace(WORD_JOINER, "") for _, _, text in cues]  # U+2060 shows as nothing
     if suffix == ".srt":
         want = as_players_read_srt(want)
     assert texts == [line.text for line in want]
@@ -240,3 +246,60 @@ def test_line_builder_joins_subword_pieces():
     line = builder.push_piece(0.8, None, False)
     assert line is not None and line.text == "reddish square"
     assert (line.start, line.end) == (0.0, 0.9)
+
+
+# ------------------------------------------------------------------- text that subtitle readers would not keep
+
+PYSUBS2_TIMESTAMP = re.compile(r"(\d{1,2}):(\d{1,2}):(\d{1,2})[.,](\d{1,3})")  # pysubs2.time.TIMESTAMP
+
+
+def as_pysubs2_reads(text: str) -> list[tuple[str, list[str]]]:
+    """pysubs2's SubRip reader, re-expressed: a line with two timestamps is a timing line, the other lines are the
+    previous cue's text, and a last line of digits is dropped as the next cue's number."""
+    cues: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if len(PYSUBS2_TIMESTAMP.findall(line)) == 2:
+            cues.append((line, []))
+        elif cues:
+            cues[-1][1].append(line)
+    return [(timing, re.sub(r"\n+ *\d+ *$", "", "\n".join(body).strip()).split("\n")) for timing, body in cues]
+
+
+EDGES = [
+    CommentaryLine(1.0, 2.0, "00:00:01,000 --> 00:00:02,000"),
+    CommentaryLine(3.0, 4.0, "first\n\nsecond"),
+    CommentaryLine(5.0, 6.0, "at 1:02:03.4 and 1:05:06.7"),
+    CommentaryLine(7.0, 8.0, "final score\n3"),
+]
+
+
+@pytest.mark.parametrize("suffix", [".srt", ".vtt"])
+def test_timing_like_blank_and_number_lines_round_trip(tmp_path, suffix):
+    path = write_commentary(EDGES, tmp_path / f"edges{suffix}")
+    assert (read_srt if suffix == ".srt" else read_vtt)(path) == normalize_lines(EDGES)
+    text = path.read_text(encoding="utf-8")
+    assert f"\n{WORD_JOINER}\n" in text  # the blank line inside the cue
+    assert "\n\n\n" not in text
+
+
+def test_srt_cues_survive_a_pysubs2_style_reader(tmp_path):
+    text = write_srt(EDGES, tmp_path / "edges.srt").read_text(encoding="utf-8")
+    cues = as_pysubs2_reads(text)
+    assert len(cues) == len(EDGES)
+    assert ["\n".join(body).replace(WORD_JOINER, "") for _, body in cues] == [x.text for x in EDGES]
+
+
+@pytest.mark.parametrize("suffix", [".srt", ".vtt"])
+def test_real_pysubs2_keeps_every_cue(tmp_path, suffix):
+    pysubs2 = pytest.importorskip("pysubs2")
+    subs = pysubs2.load(str(write_commentary(EDGES, tmp_path / f"edges{suffix}")))
+    got = [(e.start / 1000, e.end / 1000, html.unescape(e.plaintext).replace(WORD_JOINER, "")) for e in subs]
+    assert got == [(x.start, x.end, x.text) for x in EDGES]
+
+
+def test_strict_readers_reject_what_others_would_misread(tmp_path):
+    """Without the protection the same texts break a strict reader: the test above guards a real failure."""
+    path = tmp_path / "raw.srt"
+    path.write_text("1\n00:00:03,000 --> 00:00:04,000\nfirst\n\nsecond\n", encoding="utf-8")
+    with pytest.raises(AnnotationError, match="line 5: expected a cue number"):
+        read_srt(path)
