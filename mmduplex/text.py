@@ -15,7 +15,6 @@ pickled):
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -24,7 +23,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from mmduplex.errors import CheckpointError, InputError
-from mmduplex.fileio import write_json_atomic, write_text_atomic
+from mmduplex.fileio import read_json, write_json_atomic, write_text_atomic
 
 PAD_TOKEN = "<|mmd_pad|>"
 EPAD_TOKEN = "<|mmd_epad|>"
@@ -91,10 +90,7 @@ class TextTokenizer:
         settings_path = directory / SETTINGS_FILE
         if not settings_path.is_file():
             raise CheckpointError(settings_path, "not a saved text tokenizer (settings file missing)")
-        try:
-            settings = json.loads(settings_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(settings_path, f"malformed JSON ({exc})") from exc
+        settings = read_json(settings_path, CheckpointError)
         if not isinstance(settings, dict) or settings.get("kind") != SETTINGS_KIND:
             raise CheckpointError(settings_path, f"expected kind {SETTINGS_KIND!r}, got {settings!r:.80}")
         try:
