@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from eval.answer_parser import LETTERS, choice_letter
 from mmduplex.errors import AnnotationError, InputError, VideoError
+from mmduplex.fileio import iter_jsonl, read_json
 
 if TYPE_CHECKING:
     import torch
@@ -92,12 +93,7 @@ def _number(value: Any) -> bool:
 def load_annotations(path: str | os.PathLike) -> list[Question]:
     """Read and validate ``lvb_val.json``; raises :class:`AnnotationError` naming the record at fault."""
     path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(path, "annotation file not found")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(path, f"malformed JSON ({exc})") from exc
+    records = read_json(path, AnnotationError, "annotation file")
     if not isinstance(records, list) or not records:
         raise AnnotationError(path, "expected a non-empty JSON list of question records")
     questions, seen = [], set()
@@ -174,10 +170,7 @@ def load_subtitles(path: str | os.PathLike, starting_timestamp: float, duration:
     ``[{"start": "HH:MM:SS.fff", "end": "HH:MM:SS.fff", "line"}]``. ``starting_timestamp`` is subtracted.
     """
     path = Path(path)
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(path, f"malformed subtitle JSON ({exc})") from exc
+    entries = read_json(path, AnnotationError, "subtitle file")
     if not isinstance(entries, list):
         raise AnnotationError(path, f"expected a JSON list of subtitle lines, got {type(entries).__name__}")
     subtitles = []
@@ -309,24 +302,15 @@ def _decode_by_index(path: Path, indices: Sequence[int]) -> torch.Tensor:
 def load_predictions(path: str | os.PathLike) -> dict[str, str]:
     """Read a predictions JSONL (``{"id": ..., "response": "..."}`` per line) into ``id -> response``."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "predictions file not found")
     responses: dict[str, str] = {}
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(path, f"line {lineno}: malformed JSON ({exc.msg})") from exc
-            if not (isinstance(record, dict) and isinstance(record.get("id"), str)):
-                raise InputError(path, f'line {lineno}: expected {{"id": str, "response": str}}')
-            if not isinstance(record.get("response"), str):
-                raise InputError(path, f"line {lineno}: 'response' must be a string, got {record.get('response')!r}")
-            if record["id"] in responses:
-                raise InputError(path, f"line {lineno}: duplicate id {record['id']!r}")
-            responses[record["id"]] = record["response"]
+    for lineno, record in iter_jsonl(path, InputError, "predictions file"):
+        if not (isinstance(record, dict) and isinstance(record.get("id"), str)):
+            raise InputError(path, f'line {lineno}: expected {{"id": str, "response": str}}')
+        if not isinstance(record.get("response"), str):
+            raise InputError(path, f"line {lineno}: 'response' must be a string, got {record.get('response')!r}")
+        if record["id"] in responses:
+            raise InputError(path, f"line {lineno}: duplicate id {record['id']!r}")
+        responses[record["id"]] = record["response"]
     if not responses:
         raise InputError(path, "no predictions in the file")
     return responses

@@ -242,7 +242,7 @@ def test_subtitles_both_shapes_and_selection(tmp_path):
         ('[{"timestamp": [1.0, 2.0]}]', "entry 0: subtitle text must be a string"),
         ('[{"text": "x"}]', "entry 0: expected"),
         ('[{"start": "1:2", "end": "00:00:01.000", "line": "x"}]', "entry 0: 'start'/'end' must be"),
-        ("[1, ", "malformed subtitle JSON"),
+        ("[1, ", "malformed JSON"),
     ],
 )
 def test_malformed_subtitles(tmp_path, content, problem):
