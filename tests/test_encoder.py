@@ -195,6 +195,24 @@ def test_efficientnet_lite0_knows_imagenet(lite0):
 
 
 @pytest.mark.real_weights
+def test_efficientnet_folded_batchnorm_matches_timm(lite0):
+    """The encoder folds its batch norms into the convolutions: the same outputs as timm's own model."""
+    import timm
+    from safetensors.torch import load_file
+
+    from mmduplex.weights import get_weights
+
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    reference.load_state_dict(load_file(str(get_weights("efficientnet-lite0") / "model.safetensors")))
+    images = lite0.preprocess(_frames(2, 192, 192))
+    with torch.inference_mode():
+        stride16 = reference.forward_intermediates(images, indices=[3], intermediates_only=True)[0]
+        patches, _ = lite0(images)
+    assert stride16.shape == (2, 112, 12, 12)
+    torch.testing.assert_close(patches, stride16.flatten(2).transpose(1, 2), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.real_weights
 def test_efficientnet_local_weights_file(lite0, tmp_path):
     from mmduplex.weights import get_weights
 

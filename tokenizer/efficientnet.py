@@ -88,7 +88,7 @@ class FrozenEfficientNet(FrozenImageEncoder):
         super().__init__(
             spec, fingerprint, preset.image_size, (side, side), width, width, mean, std, "shortest", "bicubic"
         )
-        self.model = model.to(memory_format=torch.channels_last)
+        self.model = fold_batchnorm(model).to(memory_format=torch.channels_last)
         self.feature_block = preset.feature_block
         self.native_size = preset.native_size
         self.freeze()
@@ -119,6 +119,35 @@ class FrozenEfficientNet(FrozenImageEncoder):
         finally:
             self.image_size = size
         return self.model(images.contiguous(memory_format=torch.channels_last)).float()
+
+
+_CONV_BN_PAIRS = {  # timm module type -> its (conv, batch-norm) attribute pairs, in forward order
+    "DepthwiseSeparableConv": (("conv_dw", "bn1"), ("conv_pw", "bn2")),
+    "InvertedResidual": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
+    "EfficientNet": (("conv_stem", "bn1"), ("conv_head", "bn2")),
+}
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every inference-mode batch norm into the convolution before it (in place; returns ``model``).
+
+    ``conv(x) * s + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)`` is one convolution with scaled weights
+    and a bias; the norm layer keeps only its activation. Same outputs up to float rounding (~1e-5 relative), about
+    a quarter less CPU time per frame. Call it after the weights' fingerprint is taken.
+    """
+    for module in list(model.modules()):
+        for conv_name, bn_name in _CONV_BN_PAIRS.get(type(module).__name__, ()):
+            conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+            if not isinstance(bn, nn.BatchNorm2d):
+                continue
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [C]
+            bias = bn.bias - bn.running_mean * scale
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(bias if conv.bias is None else conv.bias * scale + bias, requires_grad=False)
+            tail = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+            setattr(module, bn_name, nn.Sequential(*tail))
+    return model
 
 
 def _block_channels(block: nn.Module) -> int:
@@ -167,7 +196,8 @@ def create_efficientnet(spec: str, device: str | torch.device | None = None) -> 
         problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(path, f"cannot load as {preset.timm_model}: {problem[:300]}") from exc
     label = PRETRAINED_TAG if not pretrained or pretrained == PRETRAINED_TAG else path.name
-    fingerprint = {
+    model.eval()
+    fingerprint = {  # taken on the weights as published, before batch norms are folded
         "model": name,
         "pretrained": label,
         "weights_sha256": weights_sha256(model),
