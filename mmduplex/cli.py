@@ -2,7 +2,10 @@
 
 ``fit``/``validate``/``test``/``predict`` are LightningCLI (recipes in ``recipes/``); every other subcommand is
 one module in :mod:`mmduplex.commands` exposing ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
-Library errors (:class:`mmduplex.errors.MMDuplexError`) become one line on stderr and exit status 2.
+A command module imports only light modules at its top (its heavy ones inside ``run``), and its flags are added
+only when that command is the one given (:class:`~mmduplex.commands.parsers.LazyArgumentParser`), so ``mmduplex
+--help`` imports no torch. Library errors (:class:`mmduplex.errors.MMDuplexError`) become one line on stderr and
+exit status 2.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from mmduplex.commands.parsers import LazyArgumentParser
 from mmduplex.errors import MMDuplexError
 
 LIGHTNING_SUBCOMMANDS = {
@@ -38,8 +42,11 @@ def _load(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser: one sub-parser per project command, plus the LightningCLI ones for ``--help``."""
-    parser = argparse.ArgumentParser(
+    """The top-level parser: one sub-parser per project command, plus the LightningCLI ones for ``--help``.
+
+    Each command's flags are added when its sub-parser is first used (parsing or help), not here.
+    """
+    parser = LazyArgumentParser(
         prog="mmduplex",
         description="Duplex video-to-text models: B-Flow video tokenizer, delayed-streams duplex LM, streaming.",
     )
@@ -49,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=help_text, add_help=False)
     for name in COMMANDS:
         module = _load(name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
+        sub.add_parser(name, help=module.HELP, description=module.HELP, populate=module.add_arguments)
     return parser
 
 

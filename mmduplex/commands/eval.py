@@ -5,28 +5,39 @@ task is one line here. Every task also takes ``--config FILE`` (a YAML mapping o
 flags without dashes, ``-`` or ``_``; the recipes in ``recipes/eval/``) and ``--print-config`` (print the resolved
 settings as YAML and exit 0, without running; this is how the recipe test validates eval recipes). Precedence:
 command-line flags over the YAML over the task's defaults.
+
+Listing the tasks (``mmduplex eval --help``) imports none of them: each task's help text is read from its class
+source, and a task's module is imported (for its flags) only when that task is the one given.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
 import importlib
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mmduplex.commands.parsers import LazyArgumentParser
 from mmduplex.errors import InputError
 
 log = logging.getLogger(__name__)
 
-HELP = "Evaluate: LongVideoBench val scoring, live-commentary quality and timing, tokenizer rate vs fidelity."
+HELP = (
+    "Evaluate: LongVideoBench val scoring, live-commentary quality and timing, LiveSports-3K CC commentary, "
+    "tokenizer rate vs fidelity."
+)
 
 # Task name -> "module:EvalTask subclass". A task is listed only once it works end to end.
 TASKS: dict[str, str] = {
     "longvideobench": "eval.longvideobench:LongVideoBenchEval",
     "commentary": "eval.commentary:CommentaryEval",
+    "livesports": "eval.livesports:LiveSportsEval",
     "tokenizer": "eval.tokenizer_eval:TokenizerEval",
 }
 
@@ -36,27 +47,54 @@ def _task_class(name: str) -> Any:
     return getattr(importlib.import_module(module), cls)
 
 
+def _task_help(name: str) -> str:
+    """A task's ``help`` class attribute, read from its module's source (no import) when it is a string literal."""
+    module, _, cls = TASKS[name].partition(":")
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8")) if spec and spec.origin else ast.Module([], [])
+    for node in tree.body:
+        if not (isinstance(node, ast.ClassDef) and node.name == cls):
+            continue
+        for item in node.body:
+            targets = item.targets if isinstance(item, ast.Assign) else [getattr(item, "target", None)]
+            value = getattr(item, "value", None)
+            named = any(isinstance(t, ast.Name) and t.id == "help" for t in targets)
+            if named and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                return value.value
+    return _task_class(name).help  # not a literal (or not found): import the task
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One sub-parser per task, each with the common ``--out``, ``--config`` and ``--print-config``."""
-    sub = parser.add_subparsers(dest="task", metavar="TASK")
+    """One sub-parser per task, each with the common ``--out``, ``--config`` and ``--print-config``.
+
+    A task's flags (and its module) are added when its sub-parser is first used.
+    """
+    sub = parser.add_subparsers(dest="task", metavar="TASK", parser_class=LazyArgumentParser)
     for name in TASKS:
-        task = _task_class(name)
-        p = sub.add_parser(name, help=task.help, description=task.help)
-        p.add_argument(
-            "--out",
-            default=argparse.SUPPRESS,
-            metavar="FILE",
-            help="results JSON (required); a markdown table is written beside it (.md)",
+        help_text = _task_help(name)
+        sub.add_parser(
+            name, help=help_text, description=help_text, populate=functools.partial(_add_task_arguments, name)
         )
-        p.add_argument(
-            "--config",
-            default=argparse.SUPPRESS,
-            metavar="FILE",
-            help="YAML of flag values (e.g. recipes/eval/*.yaml); command-line flags override it",
-        )
-        p.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
-        task.add_arguments(p)
-        p.set_defaults(_parser=p)
+
+
+def _add_task_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    """The common flags and task ``name``'s own on its sub-parser ``p``."""
+    task = _task_class(name)
+    p.add_argument(
+        "--out",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="results JSON (required); a markdown table is written beside it (.md)",
+    )
+    p.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="YAML of flag values (e.g. recipes/eval/*.yaml); command-line flags override it",
+    )
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
+    task.add_arguments(p)
+    p.set_defaults(_parser=p)
 
 
 def _coerce(action: argparse.Action, value: Any, config: Path, key: str) -> Any:
