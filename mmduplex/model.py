@@ -103,8 +103,10 @@ def build_backbone(
     if dtype is not None:
         kwargs["dtype"] = dtype
     if isinstance(spec, str):
+        from mmduplex.weights import resolve_pretrained
+
         try:
-            model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(spec), **kwargs)
         except (OSError, ValueError) as exc:
             raise CheckpointError(spec, f"cannot load the backbone LM ({exc})") from exc
     else:

@@ -67,8 +67,10 @@ class TextTokenizer:
         """
         from transformers import AutoTokenizer
 
+        from mmduplex.weights import resolve_pretrained
+
         try:
-            hf = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+            hf = AutoTokenizer.from_pretrained(resolve_pretrained(name_or_path), use_fast=True)
         except (OSError, ValueError) as exc:
             raise CheckpointError(name_or_path, f"cannot load a Hugging Face tokenizer ({exc})") from exc
         backend = getattr(hf, "backend_tokenizer", None)

@@ -463,6 +463,9 @@ def convert_gguf_to_hf(entry: WeightsEntry, source: Path, out: Path) -> None:
         raise WeightsError(source, "expected an LM with tied input/output embeddings")
     config.tie_word_embeddings = True
     config.dtype = torch.float32
+    if hasattr(config, "quantization_config"):  # the weights are plain float32 now, not GGUF blocks
+        del config.quantization_config
+    config._name_or_path = entry.hub
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, str(out / MODEL_FILE), metadata={"format": "pt"})
     _readable(out / MODEL_FILE)
