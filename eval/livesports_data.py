@@ -1,6 +1,6 @@
 """LiveSports-3K (LiveCC's commentary benchmark, CC split): the event files and prediction files as published.
 
-Event files, in a ``--data-root`` folder as the data set's page publishes them (docs/FORMATS.md):
+Event files, in a ``--data-root`` folder as the data set's page (``stdKonjac/LiveSports-3K``) publishes them:
 
 - ``LiveSports-3K-CC.json``: a JSON list of event records (1,702 events);
 - the older ``LiveSports-3K-CC-val.csv`` (202 events, with the human ASR) and ``LiveSports-3K-CC-test.csv`` (1,500

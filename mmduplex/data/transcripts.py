@@ -1,7 +1,11 @@
 """Timed transcripts: the ``Word`` / ``TimedClip`` types and the LiveCC and moshi-finetune loaders.
 
-Both public formats carry words with start/end times (docs/FORMATS.md). Loading validates every record and raises one
-:class:`~mmduplex.errors.AnnotationError` naming the file and the line (or alignment index) at fault.
+Both public formats carry words with start/end times. A LiveCC line is a two-turn conversation: the user turn holds
+``{"type": "video", "video", "video_start", "video_end"}`` and a text item (``title``, ``previous``, ...), the
+assistant turn ``{"type": "text_stream", "text_stream": [[start_s, end_s, word], ...]}`` in video time. A moshi-finetune
+manifest lists ``{"path", "duration"}`` per line, each media file with ``{"alignments": [[word, [start_s, end_s],
+speaker], ...]}`` beside it. Loading validates every record and raises one :class:`~mmduplex.errors.AnnotationError`
+naming the file and the line (or alignment index) at fault.
 
 LiveCC files are read as LiveCC publishes them: JSONL streamed one line at a time (:func:`iter_livecc_jsonl`; a
 5-million-line file never sits in memory), whose last line may be the *seek line* written by LiveCC's
