@@ -67,16 +67,10 @@ def commentate(session: DuplexSession, frames: torch.Tensor, times: Sequence[flo
         while session.pending_user_tokens:  # the context goes out before the clip: its replies are not commentary
             session.step()
     offset = session.time
-    words: list[str] = []
     stream = ((offset + float(t), frame) for t, frame in zip(times, frames, strict=True))
-    for out in session.run(stream, end_s=offset + end_s):
-        if out.word is None:
-            continue
-        if words and not out.word_start:
-            words[-1] += out.word
-        else:
-            words.append(out.word)
-    return " ".join(words)
+    said = [out for out in session.run(stream, end_s=offset + end_s) if out.word is not None]
+    # a piece that does not start a word is glued to the previous one
+    return "".join(out.word if i and not out.word_start else " " + out.word.strip() for i, out in enumerate(said))[1:]
 
 
 def score(events: Sequence[Event], predictions: Mapping[str, Prediction]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import threading
 import pytest
 import torch
 
-from eval.livesports import context_text, score
+from eval.livesports import commentate, context_text, score
 from eval.livesports_data import Prediction, event_key, load_events, load_predictions, read_events_csv
 from eval.livesports_judge import JudgeClient, Judgment, ab_prompt, judge_all, parse_verdict, win_rate
 from mmduplex import cli
@@ -190,6 +190,48 @@ def test_context_is_title_then_the_end_of_the_previous_commentary(events):
     assert context_text(event, "title", 3) == event.title
     assert context_text(event, "preasr", None) == event.preasr
     assert context_text(event, "none", None) == ""
+
+
+class _FakeSession:
+    """Records what :func:`commentate` does to a session; its steps say ``pieces`` during the clip."""
+
+    def __init__(self, pieces):
+        self.pieces, self.asked, self.step_index, self.pending, self.resets = pieces, [], 0, 0, 0
+
+    def reset(self):
+        self.resets += 1
+
+    def ask(self, text):
+        self.asked.append(text)
+        self.pending = len(text.split())
+
+    @property
+    def pending_user_tokens(self):
+        return self.pending
+
+    @property
+    def time(self):
+        return self.step_index / 2.0
+
+    def step(self):
+        self.pending -= 1
+        self.step_index += 1
+
+    def run(self, frames, end_s):
+        self.frames, self.end_s = [t for t, _ in frames], end_s
+        for word, start in self.pieces:
+            yield type("Out", (), {"word": word, "word_start": start})()
+
+
+def test_commentate_types_the_context_first_and_joins_pieces():
+    session = _FakeSession([("hel", True), ("lo", False), (None, False), (" world", True), ("!", False)])
+    text = commentate(session, torch.zeros(2, 4, 4, 3, dtype=torch.uint8), [0.0, 0.5], 1.0, "a title here")
+    assert text == "hello world!"
+    assert session.resets == 1 and session.asked == ["a title here"]
+    assert session.frames == [1.5, 2.0] and session.end_s == 2.5  # the clip starts after the 3 context steps
+    silent = _FakeSession([(None, False)])
+    assert commentate(silent, torch.zeros(1, 4, 4, 3, dtype=torch.uint8), [0.0], 1.0, " ") == ""
+    assert silent.asked == [] and silent.frames == [0.0]
 
 
 def test_command_scores_a_livecc_prediction_file(tmp_path, capsys):
