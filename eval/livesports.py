@@ -339,14 +339,9 @@ class LiveSportsEval(EvalTask):
                 "retries": settings["judge_retries"],
                 "workers": settings["judge_workers"],
             }
+        same = ("data_root", "predictions", "checkpoint", "predictions_out", "limit", "context", "context_words")
         return cls(
-            data_root=settings["data_root"],
-            predictions=settings["predictions"],
-            checkpoint=settings["checkpoint"],
-            predictions_out=settings["predictions_out"],
-            limit=settings["limit"],
-            context=settings["context"],
-            context_words=settings["context_words"],
+            **{key: settings[key] for key in same},
             temperature=settings["temperature"] or 0.0,
             pad_bias=settings["pad_bias"] or 0.0,
             judge=judge,
