@@ -95,12 +95,26 @@ def test_streaming_equals_batch(changes):
 
 
 def test_causality():
+    """Frames after ``cut`` never change the tokens or reconstruction of frames up to ``cut``; they do change later
+    ones (so the check sees the tokenizer react at all). Runs both the streaming and the batched training path."""
     tok = trained_like(make(target_rate=10.0))
     x, ts = moving_blocks(40, 1.5), times(40)
     full = tok.tokenize(x, ts)
-    for cut in (1, 17, 39):
-        prefix = tok.tokenize(x[:cut], ts[:cut])
-        assert_same(prefix, type(full)(full.frames[:cut], full.recon[:cut], ts[:cut]))
+    g = torch.Generator().manual_seed(7)
+    for cut in (0, 16, 38):
+        future = x.clone()
+        future[cut + 1 :] = torch.randn(future[cut + 1 :].shape, generator=g)  # a different future
+        other = tok.tokenize(future, ts)
+        head = slice(0, cut + 1)
+        assert_same(type(full)(full.frames[head], full.recon[head], ts[head]),
+                    type(other)(other.frames[head], other.recon[head], ts[head]))  # fmt: skip
+        assert not torch.equal(full.recon[cut + 1 :], other.recon[cut + 1 :])
+        later = zip(full.frames[cut + 1 :], other.frames[cut + 1 :], strict=True)
+        assert any(not torch.equal(a.tokens, b.tokens) for a, b in later)
+        with torch.no_grad():
+            recon, counts = tok(torch.stack([x, future]), ts.expand(2, -1))
+        assert torch.equal(recon[0, head], recon[1, head]) and torch.equal(counts[0, head], counts[1, head])
+        assert not torch.equal(recon[0, cut + 1 :], recon[1, cut + 1 :])
 
 
 def test_static_video_costs_one_keyframe():
@@ -142,13 +156,72 @@ def test_rate_controller_lands_near_its_ceiling(target_rate):
     phase = torch.rand(P, 1, generator=g) * 6.28 + 0.3 * torch.arange(num_frames)[:, None, None]  # [T, P, 1]
     x = torch.cos(phase) * a + torch.sin(phase) * b  # every patch turns steadily: continuous motion everywhere
     ts = times(num_frames)
-    out = make(target_rate=target_rate).tokenize(x, ts)
+    # every region wants a flow token every frame (no camera compensation, no cap): the budget is what binds
+    loose = {"global_motion": False, "flow_threshold": 0.1, "max_flow_tokens": None, "min_keyframe_interval_s": 0.0}
+    out = make(target_rate=target_rate, **loose).tokenize(x, ts)
     duration = num_frames / FPS
     rate = out.tokens_after_first_key / duration
     assert 0.85 * target_rate <= rate <= target_rate, rate
     spent = torch.tensor(out.n_tokens[1:], dtype=torch.float64).cumsum(0)  # never ahead of the budget
     assert bool((spent <= target_rate * (ts[1:] - ts[0]) + 1e-9).all())
     assert out.keyframes >= 1 + int(duration // 20) - 1  # forced keyframes still come (waiting for budget)
+
+
+def panning(num_frames: int, radians_per_frame: float, seed: int = 0) -> torch.Tensor:
+    """``[T, P, D]``: camera motion as every patch's features turning steadily (speeds 0.8-1.2x the given one)."""
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(2, P, D, generator=g)
+    speed = radians_per_frame * (0.8 + 0.4 * torch.rand(P, 1, generator=g))  # [P, 1]
+    phase = speed * torch.arange(num_frames)[:, None, None]  # [T, P, 1]
+    return torch.cos(phase) * a + torch.sin(phase) * b
+
+
+def test_camera_pan_costs_few_tokens_and_keyframes_keep_their_spacing():
+    x, ts = panning(100, 0.1), times(100)  # 20 s of camera motion: every patch changes every frame
+    out = make().tokenize(x, ts)
+    rate = out.tokens_after_first_key / 20.0
+    uncompensated = make(global_motion=False, min_keyframe_interval_s=0.0).tokenize(x, ts).tokens_after_first_key
+    assert rate <= 10.0 and uncompensated >= 2 * out.tokens_after_first_key, (rate, uncompensated)
+    key_times = [f.t for f in out.frames if f.kind == "key"]
+    assert len(key_times) >= 3  # the stale scene is refreshed by keyframes ...
+    assert min(b - a for a, b in zip(key_times, key_times[1:], strict=False)) >= 2.0 - 1e-9  # ... at most every 2 s
+
+
+def test_object_motion_on_a_pan_still_gets_flow_tokens():
+    x, ts = panning(50, 0.1), times(50)
+    thing = torch.randn(D, generator=torch.Generator().manual_seed(4))
+    with_object = x.clone().reshape(50, *GRID, D)
+    for t in range(50):  # a 2x2 object sliding one patch per frame along rows 5-6, bouncing between the walls
+        col = t % 20 if t % 20 <= 10 else 20 - t % 20
+        with_object[t, 5:7, col : col + 2] = thing
+    pan_only = make().tokenize(x, ts)
+    out = make().tokenize(with_object.reshape(50, P, D), ts)
+    assert out.flow_tokens >= 5 * max(pan_only.flow_tokens, 4), (pan_only.flow_tokens, out.flow_tokens)
+    rows = torch.cat([f.positions for f in out.frames if f.kind == "flow"]) // GRID[1]
+    on_object = ((rows >= 5) & (rows <= 6)).float().mean()
+    assert on_object >= 0.8, rows.tolist()  # the flow tokens follow the object, not the panning scene
+
+
+def test_per_frame_caps_are_respected():
+    x, ts = torch.randn(30, P, D, generator=torch.Generator().manual_seed(2)), times(30)  # everything changes
+    for caps, limit in (({"max_flow_tokens": 5}, 5), ({"max_flow_tokens": None, "max_tokens_per_frame": 20}, 20)):
+        out = make(global_motion=False, min_keyframe_interval_s=5.0, **caps).tokenize(x, ts)
+        flow_counts = [f.n_tokens for f in out.frames if f.kind == "flow"]
+        assert flow_counts and max(flow_counts) == limit
+    with pytest.raises(InputError, match="max_tokens_per_frame=8 must be >= num_key_tokens=16"):
+        make(max_tokens_per_frame=8)
+
+
+def test_flow_tokens_go_out_most_changed_first():
+    g = torch.Generator().manual_seed(3)
+    x = moving_blocks(1, 0.0).repeat(2, 1, 1)
+    for patch, angle in ((5, 1.0), (40, 1.5), (90, 1.25), (120, 0.2)):  # 1 - cos: 0.46, 0.93, 0.68, 0.02
+        other = torch.randn(D, generator=g)
+        other = other - (other @ x[0, patch]) / x[0, patch].norm() ** 2 * x[0, patch]  # orthogonal to the patch
+        x[1, patch] = math.cos(angle) * x[0, patch] + math.sin(angle) * other * x[0, patch].norm() / other.norm()
+    out = make().tokenize(x, times(2))
+    assert out.frames[1].positions.tolist() == [40, 90, 5]  # above the flow threshold, the most changed first
+    assert make(max_flow_tokens=2).tokenize(x, times(2)).frames[1].positions.tolist() == [40, 90]
 
 
 def test_save_load_round_trip(tmp_path):

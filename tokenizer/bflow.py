@@ -1,4 +1,4 @@
-"""B-Flow: frozen CLIP patch features -> per frame keyframe tokens, motion-sized flow tokens, or nothing.
+"""B-Flow: frozen encoder patch features -> per frame keyframe tokens, motion-sized flow tokens, or nothing.
 
 How a frame is handled (all in :meth:`BFlowTokenizer._advance`, the only place decisions happen):
 
@@ -8,14 +8,23 @@ How a frame is handled (all in :meth:`BFlowTokenizer._advance`, the only place d
   ``1 - cos(x_t, S)``, so slow drift accumulates until it is emitted; a region's motion is the mean over its
   ``flow_region x flow_region`` patches. Decisions depend only on ``S``, the thresholds and the rate controller,
   never on learned weights: an untrained tokenizer's token counts already follow motion.
-* **Keyframe** on the first frame, when more than ``key_threshold`` of the regions changed (motion above
-  ``flow_threshold``), or when the last keyframe is ``max_keyframe_interval_s`` old. Otherwise **flow tokens** for
-  the most-changed regions above ``flow_threshold`` (at most ``max_flow_tokens``), or nothing.
+* **Global (camera) motion**: a pan or shake moves every patch of a real encoder's feature map (EfficientNet-Lite0:
+  1 - cos 0.1-0.35 between consecutive frames at 5 fps, against ~0.003 for a slow object), so with
+  ``global_motion`` a region's **flow score** is its motion minus the median region motion of the frame: what the
+  camera did to every region is not news, what moved differently (an object on a pan) is.
+* **Keyframe** on the first frame; when the scene has gone stale (more than ``key_threshold`` of the regions moved
+  by more than ``key_motion`` since the tokens described them) and the last keyframe is at least
+  ``min_keyframe_interval_s`` old; or when it is ``max_keyframe_interval_s`` old (forced). Otherwise **flow tokens**
+  for the regions whose flow score exceeds ``flow_threshold``, most changed first, at most ``max_flow_tokens`` and
+  ``max_tokens_per_frame``, or nothing. Under camera motion the flow tokens follow what moves differently and the
+  keyframes (at most one per ``min_keyframe_interval_s``) refresh the rest.
 * **Rate control** (``target_rate`` tokens/s, ``None`` = variable rate): a token bucket accrues
   ``target_rate * dt`` per frame up to ``max(bucket_seconds * target_rate, K)``, starting empty after the first
   (free) keyframe. Flow frames spend ``min(wanted, floor(bucket))``; a wanted keyframe is emitted only when the
   bucket holds ``K`` (else the frame falls back to flow tokens); a forced keyframe waits, emitting nothing, until
   it is affordable. Tokens after the first keyframe therefore never exceed ``target_rate`` times the duration.
+* The defaults are the untrained settings of ``mmduplex tokenize`` measured on EfficientNet-Lite0 features at 5 fps
+  (``notebooks/LOG.md``, 2026-11-29); recipes set their own.
 * **Reconstruction** (causal): the last keyframe's ``K`` tokens decoded to ``[P, D]`` (:class:`KeyCodec`), then
   overwritten region by region by the flow tokens emitted since (:class:`FlowDecoder`).
 
@@ -69,15 +78,24 @@ class BFlowConfig:
     num_key_tokens: int = 16
     """K: tokens per keyframe."""
     key_threshold: float = 0.5
-    """A keyframe is wanted when more than this fraction of the regions changed."""
-    flow_threshold: float = 0.1
-    """A region changed when its motion 1 - cos(x_t, S) exceeds this."""
+    """A keyframe is wanted when more than this fraction of the regions moved by more than ``key_motion``."""
+    key_motion: float = 0.5
+    """Motion ``1 - cos(x_t, S)`` a region needs to count towards the keyframe rule (the scene has gone stale)."""
+    flow_threshold: float = 0.4
+    """A region changed when its motion exceeds the frame's global motion (if compensated) by more than this."""
+    global_motion: bool = True
+    """Compensate global (camera) motion: a region's flow score is its motion minus the median region motion."""
     flow_region: int = 1
     """Flow regions are flow_region x flow_region patch blocks (1 = single patches); must divide the grid."""
-    max_flow_tokens: int | None = None
-    """At most this many flow tokens per frame (None = one per region)."""
+    max_flow_tokens: int | None = 8
+    """At most this many flow tokens per frame, the most changed first (None = one per region)."""
+    max_tokens_per_frame: int | None = None
+    """At most this many tokens in any frame (None = no cap): flow frames keep their most-changed regions; must be
+    >= num_key_tokens. Tie it to what the consumer carries per frame interval (duplex slots per step x steps/frame)."""
+    min_keyframe_interval_s: float = 2.0
+    """A wanted (not forced) keyframe waits until the last one is this old (s); bounds keyframes to K / this tok/s."""
     max_keyframe_interval_s: float = 20.0
-    """A keyframe is forced when the last one is this old (s); keep >= the duplex model's vision window."""
+    """A keyframe is forced when the last one is this old (s); a duplex recipe keeps it below the model's window."""
     target_rate: float | None = None
     """Token budget in tokens/s after the first keyframe (None = variable rate, thresholds only)."""
     bucket_seconds: float = 2.0
@@ -97,12 +115,22 @@ class BFlowConfig:
             problems.append(f"num_key_tokens={self.num_key_tokens} must be in [1, {h * w}]")
         if not 0.0 <= self.key_threshold <= 1.0:
             problems.append(f"key_threshold={self.key_threshold} must be a fraction in [0, 1]")
+        if not 0.0 <= self.key_motion < 2.0:
+            problems.append(f"key_motion={self.key_motion} must be in [0, 2)")
         if not 0.0 <= self.flow_threshold < 2.0:
             problems.append(f"flow_threshold={self.flow_threshold} must be in [0, 2)")
         if self.flow_region < 1 or h % self.flow_region or w % self.flow_region:
             problems.append(f"flow_region={self.flow_region} must divide the {h}x{w} grid")
         if self.max_flow_tokens is not None and self.max_flow_tokens < 0:
             problems.append(f"max_flow_tokens={self.max_flow_tokens} must be >= 0")
+        if self.max_tokens_per_frame is not None and self.max_tokens_per_frame < self.num_key_tokens:
+            problems.append(
+                f"max_tokens_per_frame={self.max_tokens_per_frame} must be >= num_key_tokens={self.num_key_tokens}"
+            )
+        if not 0.0 <= self.min_keyframe_interval_s <= self.max_keyframe_interval_s:
+            problems.append(
+                f"min_keyframe_interval_s={self.min_keyframe_interval_s} must be in [0, max_keyframe_interval_s]"
+            )
         if not self.max_keyframe_interval_s > 0:
             problems.append(f"max_keyframe_interval_s={self.max_keyframe_interval_s} must be > 0")
         if not self.bucket_seconds > 0:
@@ -219,7 +247,7 @@ class Decisions:
 
     is_key: torch.Tensor  # [B] bool
     key_values: torch.Tensor  # [num_key_frames, K, D], rows in the order of is_key.nonzero()
-    flow_batch: torch.Tensor  # [n] long: video of each flow token (sorted by video, then region)
+    flow_batch: torch.Tensor  # [n] long: video of each flow token (by video, then most changed first)
     flow_region: torch.Tensor  # [n] long: region index
     flow_values: torch.Tensor  # [n, D]
     n_tokens: torch.Tensor  # [B] long
@@ -284,12 +312,18 @@ class BFlowTokenizer(VideoTokenizer):
         with torch.no_grad():
             motion = 1.0 - F.cosine_similarity(x, state.reference, dim=-1, eps=EPS)  # [B, P]
             region_motion = self._regions(motion[..., None])[..., 0]  # [B, R]
-            changed = region_motion > cfg.flow_threshold  # [B, R]
+            score = region_motion  # [B, R] flow score: motion beyond the camera's
+            if cfg.global_motion:
+                score = region_motion - region_motion.median(dim=-1, keepdim=True).values
+            changed = score > cfg.flow_threshold  # [B, R]
             n_wanted = changed.sum(-1)  # [B]
-            if cfg.max_flow_tokens is not None:
-                n_wanted = n_wanted.clamp(max=cfg.max_flow_tokens)
-            want_key = changed.float().mean(-1) > cfg.key_threshold
-            forced = started & (t - state.last_key_t >= cfg.max_keyframe_interval_s)
+            for cap in (cfg.max_flow_tokens, cfg.max_tokens_per_frame):
+                if cap is not None:
+                    n_wanted = n_wanted.clamp(max=cap)
+            since_key = t - state.last_key_t
+            stale = (region_motion > cfg.key_motion).float().mean(-1) > cfg.key_threshold
+            want_key = stale & (since_key >= cfg.min_keyframe_interval_s)
+            forced = started & (since_key >= cfg.max_keyframe_interval_s)
             bucket = state.bucket
             if cfg.target_rate is None:
                 affordable = torch.ones_like(started)
@@ -304,11 +338,14 @@ class BFlowTokenizer(VideoTokenizer):
             n_flow = torch.where(flows, n_wanted, torch.zeros_like(n_wanted))  # [B]
             if cfg.target_rate is not None:
                 bucket = bucket - n_flow - torch.where(started & is_key, num_key, 0)
-            order = torch.argsort(-region_motion, dim=-1, stable=True)  # [B, R] most changed first
+            order = torch.argsort(-score, dim=-1, stable=True)  # [B, R] most changed first
+            num_regions = order.shape[1]
             rank = torch.empty_like(order).scatter_(
-                1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+                1, order, torch.arange(num_regions, device=order.device).expand_as(order)
             )
-            flow_batch, flow_region = (rank < n_flow[:, None]).nonzero(as_tuple=True)  # sorted by video, region
+            flow_batch, flow_region = (rank < n_flow[:, None]).nonzero(as_tuple=True)
+            emit_order = torch.argsort(flow_batch * num_regions + rank[flow_batch, flow_region])
+            flow_batch, flow_region = flow_batch[emit_order], flow_region[emit_order]  # by video, most changed first
 
         recon = state.recon.clone()
         reference = state.reference.clone()
