@@ -327,11 +327,13 @@ def text_loss(
     """
     pred = logits[:, :-1].float()  # [B, S-1, V]
     target = text_ids[:, 1:]  # [B, S-1]
+    # Per-token CE is kept for the logged figures; its weighted mean equals F.cross_entropy(weight=class_weight),
+    # except that a window whose targets all weigh 0 gives 0 here instead of torch's 0/0 = NaN.
     ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none").view_as(target)
     is_pad, is_epad = target == pad_id, target == epad_id
-    w = torch.ones_like(ce)
-    w = torch.where(is_pad, torch.full_like(ce, weights.pad), w)
-    w = torch.where(is_epad, torch.full_like(ce, weights.epad), w)
+    class_weight = pred.new_ones(pred.shape[-1])  # [V]
+    class_weight[pad_id], class_weight[epad_id] = weights.pad, weights.epad
+    w = class_weight[target]  # [B, S-1]
     loss = (ce * w).sum() / w.sum().clamp_min(1e-8)
     if weights.silence:
         log_p_pad = torch.log_softmax(pred, dim=-1)[..., pad_id]  # [B, S-1]

@@ -12,7 +12,6 @@ checkpoint as plain JSON values, so the checkpoint loads with ``torch.load(weigh
 from __future__ import annotations
 
 import logging
-import math
 from collections import OrderedDict
 from dataclasses import asdict
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from mmduplex.bundle import DUPLEX_KIND, describe_video_tokenizer
 from mmduplex.data.transcripts import Word
 from mmduplex.errors import CacheError, InputError
 from mmduplex.model import DuplexLM, LoraSettings, LossWeights, apply_lora, build_backbone, text_loss
+from mmduplex.schedules import warmup_cosine_schedule
 from mmduplex.text import load_text_tokenizer
 
 log = logging.getLogger(__name__)
@@ -261,16 +261,7 @@ class DuplexModule(LightningModule):
                 (decay if param.dim() >= 2 else no_decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-
-        def schedule(step: int) -> float:
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            if hp.decay_steps is None:
-                return 1.0
-            progress = min((step - hp.warmup_steps) / max(hp.decay_steps, 1), 1.0)
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = warmup_cosine_schedule(optimizer, hp.warmup_steps, hp.decay_steps, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints

@@ -9,7 +9,6 @@ Checkpoints carry ``mmduplex_kind``, the tokenizer config and the feature cache'
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
 from mmduplex.errors import CacheError
+from mmduplex.schedules import warmup_cosine_schedule
 from tokenizer.bflow import BUNDLE_KIND, BFlowConfig, BFlowTokenizer
 from tokenizer.fidelity import EPS, normalize_features
 
@@ -90,15 +90,7 @@ class BFlowModule(LightningModule):
             lr=self.lr,
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
-        warmup, floor = self.warmup_steps, self.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = warmup_cosine_schedule(optimizer, self.warmup_steps, total - self.warmup_steps, self.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:

@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         (
             *("mmduplex.features", "mmduplex.data.synthetic_cache", "tokenizer.module", "tokenizer.datamodule"),
             *("mmduplex.module", "mmduplex.datamodule", "mmduplex.lightning_cli", "mmduplex.bundle"),
-            "mmduplex.streaming",
+            *("mmduplex.streaming", "mmduplex.schedules"),
         ),
     ),
     (4, "applications", ("eval.*", "mmduplex.demo", "mmduplex.cli", "mmduplex.__main__", "mmduplex.commands.*")),
