@@ -299,3 +299,19 @@ def test_backbone_spec_and_text_tokenizer_resolve_offline(smollm2_dir, monkeypat
     assert text.decode(text.encode_text("a red circle moves left")).strip() == "a red circle moves left"
     backbone = build_backbone(LM, torch_dtype="float32", attn_implementation="sdpa")
     assert type(backbone).__name__ == "LlamaForCausalLM" and backbone.config.num_hidden_layers == 30
+
+
+@pytest.mark.parametrize("name", ["smollm2", "smollm2_lora"])
+def test_smollm2_demo_configs_train_the_frozen_lm_only(name):
+    import yaml
+
+    import recipes
+    from mmduplex.demo import DemoConfig
+
+    config = DemoConfig.from_yaml(recipes.recipe_path(f"demo/{name}"))
+    assert config.baselines == ()
+    recipe = yaml.safe_load(recipes.recipe_path(config.duplex_recipe).read_text())
+    init = recipe["model"]["init_args"]
+    assert init["backbone"] == LM and "text_tokenizer" not in init  # the LM's own BPE tokenizer (+ PAD / EPAD)
+    assert init["finetune"] == ("lora" if name.endswith("lora") else "projector")
+    assert recipe["trainer"]["accelerator"] == "cpu" and init["torch_dtype"] == "float32"
