@@ -14,7 +14,7 @@ atomically, so a stage killed half-way is simply redone):
 5. streaming: every held-out video goes through :class:`~mmduplex.streaming.DuplexSession` frame by frame, the
    commentary is written as ``<video>.vtt`` + ``<video>.html`` (main model), and scored with
    :func:`eval.commentary.aggregate_event_metrics`;
-6. ``report.json`` (DESIGN.md keys, every figure with its settings) and a results table on stdout.
+6. ``report.json`` (keys in ``docs/DESIGN.md``, every figure with its settings) and a results table on stdout.
 
 The demo's sizes (videos, steps) are a :class:`DemoConfig`, read from ``recipes/demo/<name>.yaml`` (``default``:
 the full demo; ``smoke``: the reduced run the tests use). The training recipes themselves are the shipped ones.

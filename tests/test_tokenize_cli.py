@@ -1,4 +1,4 @@
-"""``mmduplex tokenize``: JSON keys and definitions (DESIGN.md), checkpoints, rate flag and clean errors."""
+"""``mmduplex tokenize``: JSON keys and definitions (docs/DESIGN.md), checkpoints, rate flag and clean errors."""
 
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ class TokenizedVideo:
         return sum(f.n_tokens for f in self.frames[first + 1 :])
 
     def summary(self, duration_s: float) -> dict[str, Any]:
-        """The rate figures of ``tokens.json`` (DESIGN.md) over a video lasting ``duration_s`` seconds."""
+        """The rate figures of ``tokens.json`` (``docs/DESIGN.md``) over a video lasting ``duration_s`` seconds."""
         if not duration_s > 0:
             raise InputError("duration_s", f"must be > 0, got {duration_s}")
         return {

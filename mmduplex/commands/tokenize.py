@@ -3,8 +3,8 @@
 The video is sampled at ``--fps``, encoded by the frozen encoder and tokenized frame by frame. Without
 ``--checkpoint`` the untrained default tokenizer runs (its decisions do not depend on learned weights, so the token
 counts already follow motion) and no fidelity is reported; with one, the trained decoder's reconstruction gives
-``fidelity`` (:func:`tokenizer.fidelity.fidelity`). Keys of ``tokens.json`` are those of DESIGN.md plus
-``tokens_per_second_after_first_keyframe``, ``encoder``, ``target_rate`` and ``checkpoint``.
+``fidelity`` (:func:`tokenizer.fidelity.fidelity`). The keys of ``tokens.json`` are listed in ``docs/DESIGN.md``
+("Command outputs").
 """
 
 from __future__ import annotations
