@@ -1,6 +1,6 @@
-"""The module import graph (``tools/import_graph.py``): no cycles, imports only go down the layers, and the tool
-itself finds the cycles and layer breaks it is meant to find (function-body imports count, ``TYPE_CHECKING`` ones
-do not)."""
+"""Code health: the module import graph (``tools/import_graph.py``) has no cycles and imports only go down the
+layers; the tool itself finds the cycles and layer breaks it is meant to find (function-body imports count,
+``TYPE_CHECKING`` ones do not); no module is over the style guide's 600 lines."""
 
 from __future__ import annotations
 
@@ -34,6 +34,19 @@ def test_every_module_has_a_layer_and_imports_go_down() -> None:
     graph = graph_tool.import_graph(ROOT)
     assert "tokenizer.datamodule" in graph and "mmduplex.feature_cache" in graph["tokenizer.datamodule"]
     assert graph_tool.layer_violations(graph) == []
+
+
+MAX_LINES = 600
+
+
+def test_no_module_over_the_size_limit() -> None:
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text(encoding="utf-8").splitlines())
+        for package in graph_tool.DEFAULT_PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert len(sizes) > 40
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
