@@ -265,25 +265,35 @@ def get_weights(name: str) -> Path:
     final = weights_dir(entry)
     if _is_complete(final, entry):
         return final
-    with _lock(final):
-        if _is_complete(final, entry):  # another process finished it while we waited
-            return final
-        _remove_stale(final)
-        log.info("preparing %s (once) into %s", entry.name, final)
-        with atomic_dir(final) as tmp:
-            source = _fetch(entry, tmp / ".source")
-            try:
-                CONVERTERS[entry.convert](entry, source, tmp)
-            except MMDuplexError:
-                raise
-            except Exception as exc:  # conversion libraries raise anything; nothing is cached either way
-                raise WeightsError(
-                    source, f"converting {entry.name} failed ({type(exc).__name__}: {str(exc)[:300]}); nothing cached"
-                ) from exc
-            shutil.rmtree(tmp / ".source", ignore_errors=True)
-            write_json_atomic(tmp / WEIGHTS_FILE, _metadata(entry))  # last: it marks the folder complete
+    try:
+        with _lock(final):
+            if _is_complete(final, entry):  # another process finished it while we waited
+                return final
+            _prepare(entry, final)
+    except OSError as exc:  # an unwritable cache, a full disk: nothing is cached
+        raise WeightsError(
+            final, f"cannot write the weights cache ({exc}); set {CACHE_ENV} to a writable folder with ~1 GB free"
+        ) from exc
     log.info("%s ready: %s", entry.name, final)
     return final
+
+
+def _prepare(entry: WeightsEntry, final: Path) -> None:
+    """Fetch, verify and convert ``entry`` into a temp folder beside ``final``, then rename it (under the lock)."""
+    _remove_stale(final)
+    log.info("preparing %s (once) into %s", entry.name, final)
+    with atomic_dir(final) as tmp:
+        source = _fetch(entry, tmp / ".source")
+        try:
+            CONVERTERS[entry.convert](entry, source, tmp)
+        except MMDuplexError:
+            raise
+        except Exception as exc:  # conversion libraries raise anything; nothing is cached either way
+            raise WeightsError(
+                source, f"converting {entry.name} failed ({type(exc).__name__}: {str(exc)[:300]}); nothing cached"
+            ) from exc
+        shutil.rmtree(tmp / ".source", ignore_errors=True)
+        write_json_atomic(tmp / WEIGHTS_FILE, _metadata(entry))  # last: it marks the folder complete
 
 
 @contextlib.contextmanager

@@ -163,6 +163,14 @@ def test_failed_conversion_caches_nothing(fake, monkeypatch):
     assert leftovers(fake["cache"]) == [] and not is_cached(FAKE)
 
 
+def test_unwritable_cache_is_one_clear_error(fake, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MMDUPLEX_CACHE", str(blocker / "cache"))
+    with pytest.raises(WeightsError, match="cannot write the weights cache.*MMDUPLEX_CACHE"):
+        get_weights(FAKE)
+
+
 KILLED_SCRIPT = """
 import json, sys, time
 from pathlib import Path
