@@ -1,6 +1,6 @@
 """Tokenizer rate vs fidelity: B-Flow at several token budgets (plus variable rate) against the baselines.
 
-Every tokenizer runs on the same frozen-CLIP patch features (a feature cache, or videos encoded into a temporary
+Every tokenizer runs on the same frozen-encoder patch features (a feature cache, or videos encoded into a temporary
 one) and is scored on:
 
 - ``tokens_per_second``: all tokens over all videos / their total duration (pooled over videos);
@@ -11,11 +11,22 @@ one) and is scored on:
   mean over all videos' frames (each video weighted by its frame count);
 - ``cpu_ms_per_frame``: CPU time of tokenization per frame (informative only; the machine may be shared).
 
+**Reconstruction rule** (``reconstruction``; the fidelity depends on it, the token counts do not):
+
+- ``"fixed"`` (default, like for like): every tokenizer is judged by one causal rule applied to its own tokens, with
+  no learned decoder anywhere: a pooled or key token's value is spread over its cell by bilinear interpolation
+  between cell centres, a patch / region token's value is copied to its patches, and every patch keeps its last
+  value until a token replaces it. B-Flow runs with ``reconstruction="cells"``, the baselines with
+  ``upsample="bilinear"``.
+- ``"native"``: each tokenizer as shipped: B-Flow's learned decoders (trained on the training set), the baselines'
+  nearest upsampling. Not like for like (only B-Flow has a learned decoder); kept to show what the decoder adds.
+
 The results JSON holds ``settings`` and ``rows`` (one dict per tokenizer: ``name``, ``kind`` ``"bflow"`` or
 ``"baseline"``, ``budget`` tokens/s or ``None``, and the figures above), ready to plot as rate vs fidelity.
 ``benchmarks/bench_tokenizer.py`` uses the same functions (:func:`tokenizer_suite`, :func:`rate_fidelity`).
 Without ``--checkpoint`` B-Flow runs with untrained weights: its token counts are meaningful (decisions do not depend
-on learned weights) but its fidelity is not (the keyframe decoder is random); the settings say so.
+on learned weights); under the fixed rule its key tokens are its initial encoder's soft cell pools, under the native
+rule its fidelity is meaningless (the learned keyframe decoder is random); the settings say so.
 """
 
 from __future__ import annotations
@@ -43,9 +54,13 @@ from tokenizer.fidelity import fidelity
 DEFAULT_ENCODER = "mmduplex-tiny"
 DEFAULT_FPS = 2.0
 UNTRAINED_NOTE = (
-    "no --checkpoint: B-Flow runs with untrained weights; its token counts are valid, its fidelity is not "
-    "(the learned keyframe decoder is random)"
+    "no --checkpoint: B-Flow runs with untrained weights; its token counts are valid, its fidelity only under the "
+    "fixed reconstruction rule (the learned keyframe decoder is random)"
 )
+RECONSTRUCTION_RULES = {
+    "fixed": "one rule for every tokenizer: cells upsampled bilinearly, patch/region tokens copied, values held",
+    "native": "each tokenizer as shipped: B-Flow's learned decoders, the baselines' nearest upsampling",
+}
 
 
 @dataclass
@@ -69,18 +84,30 @@ class TokenizerEntry:
 
 
 def tokenizer_suite(
-    bflow: BFlowTokenizer, fps: float, budgets: Sequence[float], uniform: Sequence[int] = (64, 16)
+    bflow: BFlowTokenizer,
+    fps: float,
+    budgets: Sequence[float],
+    uniform: Sequence[int] = (64, 16),
+    reconstruction: str = "fixed",
 ) -> list[TokenizerEntry]:
     """B-Flow in variable-rate mode and at every budget, then the baselines on B-Flow's feature width and grid.
 
     Baselines: uniform ``n``/frame for each ``n`` of ``uniform``; a codec (16-token I-frame every 2 s, 4 P-tokens per
     frame in between); frame dropping (keep a frame as 16 tokens when its similarity to the last kept one is < 0.9);
-    VideoLLM-online with 1 and 10 tokens per frame.
+    VideoLLM-online with 1 and 10 tokens per frame. ``reconstruction`` picks the rule of the module docstring.
 
     Raises:
-        InputError: a budget B-Flow cannot afford (see :class:`tokenizer.bflow.BFlowConfig`), or a baseline that
-            does not fit the grid.
+        InputError: a budget B-Flow cannot afford (see :class:`tokenizer.bflow.BFlowConfig`), an unknown rule, or a
+            baseline that does not fit the grid.
     """
+    if reconstruction not in RECONSTRUCTION_RULES:
+        raise InputError(
+            "--reconstruction", f"unknown rule {reconstruction!r}, expected one of {list(RECONSTRUCTION_RULES)}"
+        )
+    fixed = reconstruction == "fixed"
+    if fixed:
+        bflow = bflow.with_settings(reconstruction="cells")
+    upsample = "bilinear" if fixed else "nearest"
     dim, grid = bflow.token_dim, bflow.grid
     entries = [TokenizerEntry("bflow variable", "bflow", None, bflow.with_settings(target_rate=None))]
     for budget in budgets:
@@ -89,13 +116,17 @@ def tokenizer_suite(
         except InputError as err:
             raise InputError("--budgets", err.problem) from err
         entries.append(TokenizerEntry(f"bflow {budget:g} tok/s", "bflow", float(budget), tokenizer))
-    baselines: dict[str, VideoTokenizer] = {f"uniform {n}/frame": UniformTokenizer(dim, grid, n) for n in uniform}
+    baselines: dict[str, VideoTokenizer] = {
+        f"uniform {n}/frame": UniformTokenizer(dim, grid, n, upsample=upsample) for n in uniform
+    }
     baselines["codec I16 every 2s + P4"] = CodecTokenizer(
-        dim, grid, keyframe_interval=max(round(2 * fps), 1), key_tokens=16, p_tokens=4
+        dim, grid, keyframe_interval=max(round(2 * fps), 1), key_tokens=16, p_tokens=4, upsample=upsample
     )
-    baselines["framedrop sim<0.9 x16"] = FrameDropTokenizer(dim, grid, similarity_threshold=0.9, tokens_per_frame=16)
-    baselines["videollm-online 1/frame"] = VideoLLMOnlineTokenizer(dim, grid, 1)
-    baselines["videollm-online 10/frame"] = VideoLLMOnlineTokenizer(dim, grid, 10)
+    baselines["framedrop sim<0.9 x16"] = FrameDropTokenizer(
+        dim, grid, similarity_threshold=0.9, tokens_per_frame=16, upsample=upsample
+    )
+    baselines["videollm-online 1/frame"] = VideoLLMOnlineTokenizer(dim, grid, 1, upsample=upsample)
+    baselines["videollm-online 10/frame"] = VideoLLMOnlineTokenizer(dim, grid, 10, upsample=upsample)
     entries += [TokenizerEntry(name, "baseline", None, tok) for name, tok in baselines.items()]
     return entries
 
@@ -185,6 +216,7 @@ class TokenizerEval(EvalTask):
         budgets: B-Flow target rates (tokens/s) evaluated besides the variable-rate mode.
         encoder: encoder spec for ``videos`` (default: ``mmduplex-tiny``).
         fps: sampling rate for ``videos`` (default: the checkpoint's, else 2).
+        reconstruction: ``"fixed"`` (one rule for all, default) or ``"native"`` (see the module docstring).
         progress: show a progress bar over videos.
     """
 
@@ -197,6 +229,7 @@ class TokenizerEval(EvalTask):
         "budgets": [8.0, 16.0, 32.0, 64.0],
         "encoder": None,
         "fps": None,
+        "reconstruction": "fixed",
     }
 
     def __init__(
@@ -207,6 +240,7 @@ class TokenizerEval(EvalTask):
         budgets: Sequence[float] = (),
         encoder: str | None = None,
         fps: float | None = None,
+        reconstruction: str = "fixed",
         progress: bool = True,
     ) -> None:
         if (features is None) == (not videos):
@@ -215,6 +249,10 @@ class TokenizerEval(EvalTask):
             raise InputError("--encoder/--fps", "only for --videos (a feature cache already fixes both)")
         if fps is not None and not fps > 0:
             raise InputError("--fps", f"must be > 0, got {fps}")
+        if reconstruction not in RECONSTRUCTION_RULES:
+            raise InputError(
+                "--reconstruction", f"expected one of {list(RECONSTRUCTION_RULES)}, got {reconstruction!r}"
+            )
         bad = [b for b in budgets if not (isinstance(b, (int, float)) and math.isfinite(b) and b > 0)]
         if bad:
             raise InputError("--budgets", f"token budgets must be finite and > 0 tokens/s, got {bad}")
@@ -224,6 +262,7 @@ class TokenizerEval(EvalTask):
         self.budgets = [float(b) for b in budgets]
         self.encoder = encoder
         self.fps = fps
+        self.reconstruction = reconstruction
         self.progress = progress
         self._resolved: dict[str, Any] = {}  # what the run found: encoder fingerprint, fps, dim, grid
 
@@ -239,6 +278,8 @@ class TokenizerEval(EvalTask):
             "encoder": self.encoder,
             "fps": self.fps,
             **self._resolved,
+            "reconstruction": self.reconstruction,
+            "reconstruction_rule": RECONSTRUCTION_RULES[self.reconstruction],
             "fidelity": "tokenizer.fidelity.fidelity per video, mean over all videos' frames",
             "tokens_per_second": "tokens over all videos / their total duration",
         }
@@ -272,7 +313,7 @@ class TokenizerEval(EvalTask):
         grid = _grid_of(cache.fingerprint, int(first.patches.shape[1]), cache.index_path)
         self._resolved = {"encoder_fingerprint": cache.fingerprint, "cache_fps": cache.fps, "dim": dim, "grid": grid}
         bflow = self._load_bflow(cache.fingerprint, dim, grid)
-        entries = tokenizer_suite(bflow, cache.fps, self.budgets)
+        entries = tokenizer_suite(bflow, cache.fps, self.budgets, reconstruction=self.reconstruction)
         return rate_fidelity(entries, cached_videos(cache), self.progress, total=len(cache))
 
     def run(self) -> dict[str, Any]:
@@ -302,6 +343,8 @@ class TokenizerEval(EvalTask):
         settings = results["settings"]
         source = settings["features"] or f"{len(settings['videos'])} videos"
         parts = ["# Tokenizer rate vs fidelity\n", f"features: {source}\n"]
+        if settings.get("reconstruction_rule"):
+            parts.append(f"reconstruction ({settings['reconstruction']}): {settings['reconstruction_rule']}\n")
         if settings.get("note"):
             parts.append(f"**note**: {settings['note']}\n")
         columns = ["tokens_per_second", "tokens_per_second_after_first_keyframe", "keyframes", "flow_tokens"]
@@ -336,6 +379,12 @@ class TokenizerEval(EvalTask):
         parser.add_argument(
             "--fps", type=float, default=s, help=f"sampling rate for --videos (checkpoint's, else {DEFAULT_FPS:g})"
         )
+        parser.add_argument(
+            "--reconstruction",
+            choices=list(RECONSTRUCTION_RULES),
+            default=s,
+            help="fidelity rule: fixed = one rule for every tokenizer (default), native = each as shipped",
+        )
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> TokenizerEval:
@@ -346,6 +395,7 @@ class TokenizerEval(EvalTask):
             settings["budgets"] or (),
             settings["encoder"],
             settings["fps"],
+            settings.get("reconstruction") or "fixed",
         )
 
 

@@ -394,3 +394,24 @@ def test_datamodule_rejects_features_of_another_shape(tmp_path):
     )
     with pytest.raises(CacheError, match="tokenizer expects"):
         trainer.fit(module, datamodule=data)
+
+
+def test_cells_reconstruction_is_the_fixed_rule():
+    """``reconstruction="cells"``: key tokens upsampled bilinearly from their cells, flow tokens copied; the decisions
+    and tokens are those of the learned decoders."""
+    from tokenizer.base import upsample_cells
+    from tokenizer.fidelity import normalize_features
+
+    x = moving_blocks(1, 0.0).repeat(2, 1, 1)
+    x[1, 17] = torch.randn(D)
+    learned = trained_like(make())
+    cells = learned.with_settings(reconstruction="cells")
+    a, b = learned.tokenize(x, times(2)), cells.tokenize(x, times(2))
+    assert [f.kind for f in b.frames] == ["key", "flow"] and torch.equal(a.frames[1].tokens, b.frames[1].tokens)
+    with torch.no_grad():
+        values = cells.key_codec.encode(normalize_features(x[:1]))[0]  # [K, D]
+    torch.testing.assert_close(b.recon[0], upsample_cells(values, GRID, cells.key_layout, "bilinear"))
+    torch.testing.assert_close(b.recon[1, 17], normalize_features(x[1, 17]))
+    assert not torch.allclose(a.recon[0], b.recon[0])
+    with pytest.raises(InputError, match="reconstruction="):
+        make(reconstruction="magic")

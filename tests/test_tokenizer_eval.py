@@ -158,3 +158,18 @@ def test_bad_inputs_are_refused(cache_dir):
         TokenizerEval(features=cache_dir, budgets=[0])
     with pytest.raises(Exception, match="cannot afford"):  # 0.5 tok/s < one 16-token keyframe every 20 s
         TokenizerEval(features=cache_dir, budgets=[0.5], progress=False).run()
+
+
+def test_reconstruction_rule_is_one_fixed_rule_by_default(cache_dir):
+    """The default judges every tokenizer by the same fixed rule (bilinear cells); ``native`` keeps each one's own."""
+    fixed = TokenizerEval(features=cache_dir, budgets=[8], progress=False).run()
+    native = TokenizerEval(features=cache_dir, budgets=[8], reconstruction="native", progress=False).run()
+    assert fixed["settings"]["reconstruction"] == "fixed" and "bilinear" in fixed["settings"]["reconstruction_rule"]
+    rows = {r["name"]: r for r in fixed["rows"]}
+    native_rows = {r["name"]: r for r in native["rows"]}
+    for name in ("uniform 16/frame", "bflow variable"):  # same tokens, another reconstruction
+        assert rows[name]["tokens_total"] == native_rows[name]["tokens_total"]
+        assert rows[name]["fidelity"] != native_rows[name]["fidelity"]
+    entries = tokenizer_suite(BFlowTokenizer(BFlowConfig(dim=DIM, grid=GRID)), FPS, [8])
+    assert {e.tokenizer.config.reconstruction for e in entries if e.kind == "bflow"} == {"cells"}
+    assert {e.tokenizer.upsample for e in entries if e.kind == "baseline"} == {"bilinear"}

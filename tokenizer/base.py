@@ -216,6 +216,32 @@ def cell_centres(layout: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor
     return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+def pool_cells(x: torch.Tensor, grid: tuple[int, int], layout: tuple[int, int]) -> torch.Tensor:
+    """Adaptive average pooling of ``[P, D]`` patches on the ``h x w`` grid into ``a x b`` cells -> ``[a*b, D]``."""
+    image = x.t().reshape(1, x.shape[1], *grid)  # [1, D, h, w]
+    return nn.functional.adaptive_avg_pool2d(image, layout).reshape(x.shape[1], -1).t()  # [a*b, D]
+
+
+def upsample_cells(
+    cells: torch.Tensor, grid: tuple[int, int], layout: tuple[int, int], mode: str = "nearest"
+) -> torch.Tensor:
+    """Upsampling of ``[..., a*b, D]`` cells back to the ``h x w`` grid -> ``[..., P, D]``.
+
+    ``mode`` ``"nearest"`` repeats each cell over its patches; ``"bilinear"`` interpolates between cell centres (the
+    smooth fixed rule, used to judge every tokenizer's pooled tokens alike).
+    """
+    if mode not in UPSAMPLE_MODES:
+        raise InputError("upsample", f"unknown mode {mode!r}, expected one of {UPSAMPLE_MODES}")
+    lead, dim = cells.shape[:-2], cells.shape[-1]
+    image = cells.reshape(-1, *layout, dim).permute(0, 3, 1, 2)  # [n, D, a, b]
+    extra = {} if mode == "nearest" else {"align_corners": False}
+    out = nn.functional.interpolate(image, size=grid, mode=mode, **extra)  # [n, D, h, w]
+    return out.permute(0, 2, 3, 1).reshape(*lead, grid[0] * grid[1], dim)
+
+
 def sinusoid(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Transformer sinusoidal features of scalars ``x`` ``[n]`` -> ``[n, dim]`` (RMS 1 per row)."""
     half = dim // 2

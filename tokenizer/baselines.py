@@ -22,20 +22,17 @@ import torch
 import torch.nn.functional as F
 
 from mmduplex.errors import InputError
-from tokenizer.base import FrameTokens, TokenEmbedder, TokenizerState, VideoTokenizer, cell_centres, cell_layout
+from tokenizer.base import (
+    FrameTokens,
+    TokenEmbedder,
+    TokenizerState,
+    VideoTokenizer,
+    cell_centres,
+    cell_layout,
+    pool_cells,
+    upsample_cells,
+)
 from tokenizer.fidelity import EPS, normalize_features
-
-
-def pool_cells(x: torch.Tensor, grid: tuple[int, int], layout: tuple[int, int]) -> torch.Tensor:
-    """Adaptive average pooling of ``[P, D]`` patches on the ``h x w`` grid into ``a x b`` cells -> ``[a*b, D]``."""
-    image = x.t().reshape(1, x.shape[1], *grid)  # [1, D, h, w]
-    return F.adaptive_avg_pool2d(image, layout).reshape(x.shape[1], -1).t()  # [a*b, D]
-
-
-def upsample_cells(cells: torch.Tensor, grid: tuple[int, int], layout: tuple[int, int]) -> torch.Tensor:
-    """Nearest upsampling of ``[a*b, D]`` cells back to the ``h x w`` grid -> ``[P, D]``."""
-    image = cells.t().reshape(1, cells.shape[1], *layout)  # [1, D, a, b]
-    return F.interpolate(image, size=grid, mode="nearest").reshape(cells.shape[1], -1).t()  # [P, D]
 
 
 @dataclass
@@ -59,13 +56,19 @@ class PoolingTokenizer(VideoTokenizer):
         dim: patch feature width D.
         grid: patch grid (h, w).
         embed_scale: RMS of the added kind/time/position embeddings (as in B-Flow).
+        upsample: how pooled cells are reconstructed on the patch grid: ``"nearest"`` (each cell repeated) or
+            ``"bilinear"`` (interpolated between cell centres); see :func:`tokenizer.base.upsample_cells`.
     """
 
-    def __init__(self, dim: int, grid: tuple[int, int], embed_scale: float = 1.0) -> None:
+    def __init__(self, dim: int, grid: tuple[int, int], embed_scale: float = 1.0, upsample: str = "nearest") -> None:
         super().__init__(dim, grid)
         self.embedder = TokenEmbedder(self.token_dim, embed_scale)
+        self.upsample = upsample
+        upsample_cells(torch.zeros(1, 1), (1, 1), (1, 1), upsample)  # checks the mode
         self._positions: dict[tuple[int, int], torch.Tensor] = {}
         self._init_args: dict[str, Any] = {"dim": self.token_dim, "grid": list(self.grid), "embed_scale": embed_scale}
+        if upsample != "nearest":  # bundles of the default rule keep their description
+            self._init_args["upsample"] = upsample
 
     def init_args(self) -> dict[str, Any]:
         """The constructor arguments (plain values), so a bundle can describe and rebuild this tokenizer."""
@@ -86,7 +89,7 @@ class PoolingTokenizer(VideoTokenizer):
         cells = pool_cells(x, self.grid, layout)  # [a*b, D]
         tokens = self.embedder(cells, "key", 0.0, self._cell_position(layout))
         positions = torch.full((cells.shape[0],), -1, dtype=torch.long)
-        return FrameTokens(t, "key", tokens, positions), upsample_cells(cells, self.grid, layout)
+        return FrameTokens(t, "key", tokens, positions), upsample_cells(cells, self.grid, layout, self.upsample)
 
     def _cell_position(self, layout: tuple[int, int]) -> torch.Tensor:
         """Position embeddings ``[a*b, D]`` of the cell centres of ``layout`` (computed once per layout)."""
@@ -121,10 +124,18 @@ class UniformTokenizer(PoolingTokenizer):
         grid: patch grid (h, w).
         tokens_per_frame: N; the grid is pooled into the ``a x b = N`` cells closest to its aspect.
         embed_scale: RMS of the added embeddings.
+        upsample: ``"nearest"`` or ``"bilinear"`` reconstruction of pooled cells.
     """
 
-    def __init__(self, dim: int, grid: tuple[int, int], tokens_per_frame: int, embed_scale: float = 1.0) -> None:
-        super().__init__(dim, grid, embed_scale)
+    def __init__(
+        self,
+        dim: int,
+        grid: tuple[int, int],
+        tokens_per_frame: int,
+        embed_scale: float = 1.0,
+        upsample: str = "nearest",
+    ) -> None:
+        super().__init__(dim, grid, embed_scale, upsample)
         self.layout = cell_layout(tokens_per_frame, self.grid)
         self._init_args["tokens_per_frame"] = tokens_per_frame
 
@@ -162,6 +173,7 @@ class CodecTokenizer(PoolingTokenizer):
         key_tokens: pooled tokens per I-frame.
         p_tokens: patch tokens per P-frame.
         embed_scale: RMS of the added embeddings.
+        upsample: ``"nearest"`` or ``"bilinear"`` reconstruction of pooled cells.
     """
 
     def __init__(
@@ -172,8 +184,9 @@ class CodecTokenizer(PoolingTokenizer):
         key_tokens: int,
         p_tokens: int,
         embed_scale: float = 1.0,
+        upsample: str = "nearest",
     ) -> None:
-        super().__init__(dim, grid, embed_scale)
+        super().__init__(dim, grid, embed_scale, upsample)
         if keyframe_interval < 1 or not 0 <= p_tokens <= self.num_patches:
             raise InputError(
                 "config", f"need keyframe_interval >= 1 and 0 <= p_tokens <= P, got {keyframe_interval}, {p_tokens}"
@@ -208,6 +221,7 @@ class FrameDropTokenizer(PoolingTokenizer):
         similarity_threshold: keep a frame when its similarity to the last kept one falls below this.
         tokens_per_frame: pooled tokens of a kept frame.
         embed_scale: RMS of the added embeddings.
+        upsample: ``"nearest"`` or ``"bilinear"`` reconstruction of pooled cells.
     """
 
     def __init__(
@@ -217,8 +231,9 @@ class FrameDropTokenizer(PoolingTokenizer):
         similarity_threshold: float,
         tokens_per_frame: int,
         embed_scale: float = 1.0,
+        upsample: str = "nearest",
     ) -> None:
-        super().__init__(dim, grid, embed_scale)
+        super().__init__(dim, grid, embed_scale, upsample)
         self.similarity_threshold = similarity_threshold
         self.layout = cell_layout(tokens_per_frame, self.grid)
         self._init_args.update(similarity_threshold=similarity_threshold, tokens_per_frame=tokens_per_frame)
@@ -241,10 +256,18 @@ class VideoLLMOnlineTokenizer(PoolingTokenizer):
         grid: patch grid (h, w).
         tokens_per_frame: 1 or 10.
         embed_scale: RMS of the added embeddings.
+        upsample: ``"nearest"`` or ``"bilinear"`` reconstruction of pooled cells.
     """
 
-    def __init__(self, dim: int, grid: tuple[int, int], tokens_per_frame: int = 1, embed_scale: float = 1.0) -> None:
-        super().__init__(dim, grid, embed_scale)
+    def __init__(
+        self,
+        dim: int,
+        grid: tuple[int, int],
+        tokens_per_frame: int = 1,
+        embed_scale: float = 1.0,
+        upsample: str = "nearest",
+    ) -> None:
+        super().__init__(dim, grid, embed_scale, upsample)
         if tokens_per_frame not in (1, 10):
             raise InputError("config", f"VideoLLM-online uses 1 or 10 tokens per frame, got {tokens_per_frame}")
         if tokens_per_frame == 10 and min(self.grid) < 3:

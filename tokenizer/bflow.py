@@ -26,7 +26,8 @@ How a frame is handled (all in :meth:`BFlowTokenizer._advance`, the only place d
 * The defaults are the untrained settings of ``mmduplex tokenize`` measured on EfficientNet-Lite0 features at 5 fps
   (``notebooks/LOG.md``, 2026-11-29); recipes set their own.
 * **Reconstruction** (causal): the last keyframe's ``K`` tokens decoded to ``[P, D]`` (:class:`KeyCodec`), then
-  overwritten region by region by the flow tokens emitted since (:class:`FlowDecoder`).
+  overwritten region by region by the flow tokens emitted since (:class:`FlowDecoder`); with ``reconstruction:
+  cells`` the same tokens under the fixed rule the baselines use (cells upsampled bilinearly, regions copied).
 
 The learned parts (key encoder/decoder, flow decoder) are trained by :class:`tokenizer.module.BFlowModule`;
 inference bundles are a ``config.json`` plus ``model.safetensors`` (:meth:`BFlowTokenizer.save_pretrained`).
@@ -57,6 +58,7 @@ from tokenizer.base import (
     cell_centres,
     cell_layout,
     check_frames,
+    upsample_cells,
 )
 from tokenizer.fidelity import EPS, normalize_features
 
@@ -65,6 +67,7 @@ BUNDLE_FORMAT = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INIT_SEED = 0
+RECONSTRUCTIONS = ("learned", "cells")
 
 
 @dataclass
@@ -104,6 +107,9 @@ class BFlowConfig:
     """Width of the attention / MLP layers of the learned decoders (None = D)."""
     embed_scale: float = 1.0
     """RMS of the kind/time/position embeddings added to token values handed downstream (values have RMS 1)."""
+    reconstruction: str = "learned"
+    """``"learned"``: the trained decoders; ``"cells"``: the fixed rule every tokenizer can be judged by (key tokens
+    bilinearly upsampled from their cells, flow tokens copied to their regions). Decisions do not depend on it."""
 
     def __post_init__(self) -> None:
         self.grid = (int(self.grid[0]), int(self.grid[1]))
@@ -133,6 +139,8 @@ class BFlowConfig:
             )
         if not self.max_keyframe_interval_s > 0:
             problems.append(f"max_keyframe_interval_s={self.max_keyframe_interval_s} must be > 0")
+        if self.reconstruction not in RECONSTRUCTIONS:
+            problems.append(f"reconstruction={self.reconstruction!r} must be one of {RECONSTRUCTIONS}")
         if not self.bucket_seconds > 0:
             problems.append(f"bucket_seconds={self.bucket_seconds} must be > 0")
         if self.target_rate is not None and not (
@@ -271,6 +279,7 @@ class BFlowTokenizer(VideoTokenizer):
         h, w = self.grid
         self.num_regions = (h // r) * (w // r)
         self.key_codec = KeyCodec(config.dim, self.grid, config.num_key_tokens, hidden, generator)
+        self.key_layout = cell_layout(config.num_key_tokens, self.grid)
         self.flow_decoder = FlowDecoder(config.dim, r, hidden, generator)
         self.embedder = TokenEmbedder(config.dim, config.embed_scale)
         patch_ids = torch.arange(h * w).reshape(h // r, r, w // r, r).permute(0, 2, 1, 3).reshape(-1, r * r)
@@ -353,13 +362,19 @@ class BFlowTokenizer(VideoTokenizer):
         key_values = x.new_zeros(0, num_key, self.token_dim)
         if key_index.numel():
             key_values = self.key_codec.encode(x[key_index])  # [k, K, D]
-            recon[key_index] = self.key_codec.decode(key_values)
+            if cfg.reconstruction == "learned":
+                recon[key_index] = self.key_codec.decode(key_values)
+            else:
+                recon[key_index] = upsample_cells(key_values, self.grid, self.key_layout, "bilinear")
             reference[key_index] = x[key_index]
         flow_values = x.new_zeros(0, self.token_dim)
         if flow_batch.numel():
             flow_values = self._regions(x)[flow_batch, flow_region]  # [n, D]
             ids = self.region_patches[flow_region]  # [n, r*r]
-            recon[flow_batch[:, None], ids] = self.flow_decoder(flow_values)
+            if cfg.reconstruction == "learned":
+                recon[flow_batch[:, None], ids] = self.flow_decoder(flow_values)
+            else:
+                recon[flow_batch[:, None], ids] = flow_values[:, None, :].expand(-1, ids.shape[1], -1)
             reference[flow_batch[:, None], ids] = x[flow_batch[:, None], ids]
         last_key_t = torch.where(is_key, t, state.last_key_t)
         n_tokens = torch.where(is_key, num_key, n_flow)
