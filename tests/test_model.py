@@ -1,4 +1,5 @@
-"""DuplexLM: streaming (KV cache, one step at a time) == teacher-forced forward, causality, loss weighting."""
+"""DuplexLM: streaming on the bounded KV cache (one step at a time) == teacher-forced forward / the cache-free bounded
+reference, causality, loss weighting."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import math
 
 import pytest
 import torch
+from bounded_reference import bounded_reference
 
 from mmduplex.errors import InputError
+from mmduplex.kvcache import SinkWindowCache
 from mmduplex.model import DuplexLM, LoraSettings, LossWeights, apply_lora, build_backbone, text_loss
 
 TINY_LLAMA = {
@@ -37,20 +40,52 @@ def make_inputs(batch=2, steps=9, seed=1):
     return text, slots, mask, user
 
 
+def stream_steps(model: DuplexLM, cache: SinkWindowCache, text, slots, mask, user) -> torch.Tensor:
+    """Feed the inputs one step at a time through ``model`` on the project's bounded ``cache``; logits [B, S, V]."""
+    steps = []
+    with torch.no_grad():
+        for s in range(text.shape[1]):
+            out = model(text[:, s : s + 1], slots[:, s : s + 1], mask[:, s : s + 1], user[:, s : s + 1],
+                        past_key_values=cache, position_ids=cache.next_position_ids(text.shape[0], 1),
+                        use_cache=True)  # fmt: skip
+            assert out.past_key_values is cache
+            steps.append(out.logits)
+    return torch.cat(steps, dim=1)
+
+
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
 def test_streaming_equals_teacher_forced(model_type):
+    """Streaming on the project's SinkWindowCache (the cache DuplexSession uses) == the teacher-forced forward."""
     model = make_model({**TINY_LLAMA, "model_type": model_type})
     text, slots, mask, user = make_inputs()
     with torch.no_grad():
         full = model(text, slots, mask, user).logits  # [B, S, V]
-        cache, steps = None, []
-        for s in range(text.shape[1]):
-            out = model(text[:, s : s + 1], slots[:, s : s + 1], mask[:, s : s + 1], user[:, s : s + 1],
-                        past_key_values=cache, use_cache=True)  # fmt: skip
-            cache = out.past_key_values
-            steps.append(out.logits)
-    assert full.shape == (2, 9, V)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-5)
+    cache = SinkWindowCache(model, sink=2, window=text.shape[1])  # holds the whole stream: nothing is evicted
+    streamed = stream_steps(model, cache, text, slots, mask, user)
+    assert full.shape == (2, 9, V) and cache.total_seen == cache.length == 9
+    torch.testing.assert_close(streamed, full, rtol=1e-4, atol=1e-5)
+    for b in range(text.shape[0]):  # the independent bounded reference agrees when nothing is evicted
+        embeds = model.embed(text[b : b + 1], slots[b : b + 1], mask[b : b + 1], user[b : b + 1])
+        torch.testing.assert_close(bounded_reference(model, embeds, 2, 9), full[b], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_streaming_past_the_window_equals_the_bounded_reference(model_type):
+    """Past the window (eviction and key re-rotation at every step), every step equals a cache-free recomputation
+    over the sink + window entries at contiguous positions (tests/bounded_reference.py)."""
+    model = make_model({**TINY_LLAMA, "model_type": model_type})
+    sink, window, steps = 2, 5, 24
+    text, slots, mask, user = make_inputs(steps=steps)
+    cache = SinkWindowCache(model, sink=sink, window=window)
+    streamed = stream_steps(model, cache, text, slots, mask, user)
+    assert cache.length == sink + window and cache.total_seen == steps
+    for b in range(text.shape[0]):
+        with torch.no_grad():
+            embeds = model.embed(text[b : b + 1], slots[b : b + 1], mask[b : b + 1], user[b : b + 1])
+        torch.testing.assert_close(streamed[b], bounded_reference(model, embeds, sink, window), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # and eviction does matter: the unbounded forward differs after the window fills
+        full = model(text, slots, mask, user).logits
+    assert (streamed[:, sink + window + 1 :] - full[:, sink + window + 1 :]).abs().max() > 1e-3
 
 
 def test_causality():

@@ -1,0 +1,47 @@
+"""An independent reference for a sink + sliding-window stream: what the bounded cache must compute, without it.
+
+A step of a stream on :class:`mmduplex.kvcache.SinkWindowCache` attends, in every layer, to the entries the cache
+keeps (the first ``sink`` steps and the last ``window`` steps before it) at contiguous positions ``0..L - 1``, its
+own query at ``L``. Each kept entry's key and value come from that layer's input *as it was computed at the entry's
+own step* (in that step's view, which may have held entries evicted since). This module recomputes exactly that with
+the backbone's decoder layers as black boxes: per step and layer, the layer runs on the recorded inputs of the kept
+steps followed by the new input, at positions ``0..L``, and only the last position is kept (the last row of a causal
+mask sees everything, so no mask is needed). No cache, no key re-rotation, no eviction code is involved, so a
+streaming result that equals it shows that the cache evicts the right entries and re-positions their keys right.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmduplex.model import DuplexLM
+
+
+def kept_steps(t: int, sink: int, window: int) -> list[int]:
+    """The earlier steps a cache of ``sink + window`` positions holds when step ``t`` runs."""
+    if t <= sink + window:
+        return list(range(t))
+    return list(range(sink)) + list(range(t - window, t))
+
+
+@torch.no_grad()
+def bounded_reference(model: DuplexLM, embeds: torch.Tensor, sink: int, window: int) -> torch.Tensor:
+    """Logits ``[S, V]`` of streaming ``embeds`` (``[1, S, H]``, :meth:`DuplexLM.embed`) step by step on a bounded
+    sink + window cache, recomputed without a cache (see the module docstring)."""
+    decoder = model.backbone.get_decoder()
+    dtype = next(model.backbone.parameters()).dtype
+    embeds = embeds.to(dtype)
+    layer_inputs: list[list[torch.Tensor]] = [[] for _ in decoder.layers]  # [layer][step] -> [1, 1, H]
+    logits = []
+    for t in range(embeds.shape[1]):
+        kept = kept_steps(t, sink, window)
+        positions = torch.arange(len(kept) + 1)[None]  # [1, L + 1]: contiguous
+        x = embeds[:, t : t + 1]  # [1, 1, H]
+        for inputs, layer in zip(layer_inputs, decoder.layers, strict=True):
+            inputs.append(x)
+            sequence = torch.cat([inputs[k] for k in kept] + [x], dim=1)  # [1, L + 1, H]
+            rotary = decoder.rotary_emb(sequence, position_ids=positions)
+            out = layer(sequence, attention_mask=None, position_ids=positions, position_embeddings=rotary)
+            x = (out[0] if isinstance(out, tuple) else out)[:, -1:]  # [1, 1, H]
+        logits.append(model.head(decoder.norm(x))[0, -1])
+    return torch.stack(logits)  # [S, V]
