@@ -13,7 +13,12 @@ The clock: step ``k`` covers stream time ``[k / step_hz, (k + 1) / step_hz)``. P
    the next step's text input and is returned: a word piece, or ``None`` for PAD / EPAD.
 
 The video never waits for the text: a step always runs on whatever video has arrived, and a frame pushed late goes
-out at the next step. The token sampled by step ``k`` occupies the text stream's step ``k + 1``; it is shown at
+out at the next step. The text lags the video by tau steps, so when the input ends the model still owes the words
+for its last tau steps: :meth:`DuplexSession.flush` runs those steps with no new video (tau, plus the backlog the
+video and user queues still hold, plus the line being spoken until the first PAD, at most
+:data:`FLUSH_MAX_LINE_S` seconds more); :meth:`DuplexSession.run` calls it when its frames run out.
+
+The token sampled by step ``k`` occupies the text stream's step ``k + 1``; it is shown at
 ``t = (k + 1) / step_hz``, the end of step ``k`` (all of that step's frames have arrived by then), so word times are
 what a viewer experiences and include the text delay tau.
 
@@ -56,6 +61,9 @@ MAX_VIDEO_BACKLOG_S = 10.0
 """Video tokens waiting for free slots are capped at this many seconds of slots; a frame beyond it is dropped."""
 MAX_PENDING_USER_TOKENS = 4096
 """User-stream tokens that may wait to be fed (one per step); asking more is an error."""
+FLUSH_MAX_LINE_S = 3.0
+"""A bound, not a tuned value: after the steps still owed at the end of input, :meth:`DuplexSession.flush` lets the
+line being spoken finish (until the first PAD) for at most this many seconds of steps."""
 
 
 @dataclass
@@ -76,6 +84,8 @@ class StepOutput:
     """``[V]`` float32 raw logits of this step (before PAD bias / temperature); they predicted ``token_id``."""
     elapsed_s: float
     """Wall-clock seconds the step took (slot packing, LM step, sampling)."""
+    flushed: bool = False
+    """Whether the step ran after the end of the input (:meth:`DuplexSession.flush`): it carries no new video."""
 
 
 def stream_settings(bundle: DuplexBundle, sink: int | None, window: int | None) -> tuple[int, int]:
@@ -356,18 +366,22 @@ class DuplexSession:
         frames: Iterable[tuple[float, torch.Tensor]],
         end_s: float | None = None,
         wait: Callable[[float], None] | None = None,
+        flush: bool = True,
     ) -> Iterator[StepOutput]:
         """Drive the session over a stream of ``(t, frame [H, W, 3] uint8)`` pairs; yield every step's output.
 
         Each frame is pushed before the step that contains it runs; a step runs as soon as a later frame arrives
-        (or the stream ends). The stream ends at ``end_s`` or after the last frame's display period
-        (``1 / fps``), whichever comes first.
+        (or the stream ends). The input ends at ``end_s`` or after the last frame's display period
+        (``1 / fps``), whichever comes first; then :meth:`flush` runs the steps the model still owes (the text
+        lags the video by tau), unless ``flush`` is false.
 
         Args:
             frames: frames in increasing time order (e.g. :func:`mmduplex.video.iter_video`).
             end_s: stop at this stream time (s) at the latest; frames at or after it are not read.
             wait: called with a stream time before each event at that time (a frame arriving at ``t``, step ``k``
                 due at ``(k + 1) / step_hz``), in time order; real-time pacing sleeps until then.
+            flush: run :meth:`flush` at the end of the input (``False``: stop at the input's last step, e.g. to go
+                on pushing frames or asking questions on the same session).
         """
         last_t = None
         for t, frame in frames:
@@ -385,3 +399,44 @@ class DuplexSession:
         if end_s is not None:
             end = min(end, end_s)
         yield from self._steps_before(max(math.ceil(end * self.step_hz - 1e-6), self.step_index), wait)
+        if flush:
+            yield from self.flush(wait)
+
+    def owed_steps(self) -> int:
+        """Steps the model still owes at the end of the input (no new video coming).
+
+        The video tokens and the user tokens already due still wait for their steps, and the text stream lags by
+        ``delay_steps`` (tau): ``max(steps to feed the video backlog, user tokens due) + tau``.
+        """
+        video = math.ceil(self._packer.pending / self.model.slots_per_step)
+        user = sum(1 for ready, _ in self._user if ready <= self.step_index)
+        return max(video, user) + int(self.bundle.delay_steps)
+
+    def flush(
+        self, wait: Callable[[float], None] | None = None, max_line_steps: int | None = None
+    ) -> Iterator[StepOutput]:
+        """End of input: run the steps still owed, with no new video, and yield them (``flushed=True``).
+
+        Runs :meth:`owed_steps` steps, then, while the model is still speaking (its last token was not PAD; EPAD
+        announces a word), more steps until the first PAD, at most ``max_line_steps``. The clock goes on: the
+        flushed words carry times after the last frame, within its step plus tau (plus the line's finish).
+        Frames pushed afterwards start a new stretch of input; nothing is reset.
+
+        Args:
+            wait: as in :meth:`run` (real-time pacing of the flushed steps).
+            max_line_steps: most steps run after the owed ones to let the line finish (``None``:
+                :data:`FLUSH_MAX_LINE_S` seconds of steps; 0: stop right after the owed steps).
+        """
+        if max_line_steps is None:
+            max_line_steps = math.ceil(FLUSH_MAX_LINE_S * self.step_hz)
+        if max_line_steps < 0:
+            raise InputError("max_line_steps", f"must be >= 0, got {max_line_steps}")
+        owed = self.owed_steps()
+        finishing = self.step_index + owed + max_line_steps
+        stop = self.step_index + owed
+        while self.step_index < stop or (self._text_in != self.pad_id and self.step_index < finishing):
+            if wait is not None:
+                wait((self.step_index + 1) / self.step_hz)
+            out = self.step()
+            out.flushed = True
+            yield out

@@ -1,16 +1,19 @@
-"""``mmduplex stream``: outputs that parse with monotone cue times, report keys, HTML page, stdin, clean errors."""
+"""``mmduplex stream``: outputs that parse with monotone cue times, the words owed at the end (flush), report keys, HTML
+page, stdin, clean errors."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from delayed_echo import DelayedEcho
 
 from mmduplex.cli import main
 from mmduplex.commands.stream import _Lines, parse_ask, timestamp
@@ -39,14 +42,15 @@ def test_stream_writes_commentary_page_and_report(tiny_bundle, video, tmp_path, 
     lines = read_commentary(out)
     assert lines, "the PAD bias should make the tiny model talk"
     assert all(b.start >= a.start for a, b in zip(lines, lines[1:], strict=False))
-    assert all(line.end > line.start and 0 <= line.start <= 6.0 for line in lines)
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == len(lines) and all(PRINTED.match(p) for p in printed)
     assert [p.split("] ", 1)[1] for p in printed] == [line.text for line in lines]
 
     data = json.loads(report.read_text())
     assert list(data)[: len(REPORT_KEYS)] == REPORT_KEYS
-    assert data["steps"] == 30 and data["step_hz"] == 5.0 and data["frames"] == 12
+    assert data["step_hz"] == 5.0 and data["frames"] == 12 and data["video_s"] == 6.0
+    assert data["steps"] == 30 + data["flush_steps"] and data["flush_steps"] >= 2  # tau = 2 steps owed at the end
+    assert all(line.end > line.start and 0 <= line.start <= data["stream_s"] for line in lines)
     assert data["rtf"] > 0 and 0 < data["step_ms_p50"] <= data["step_ms_p95"] and data["peak_rss_mb"] > 0
     assert data["video_tokens_per_second"] == pytest.approx(data["video_tokens"] / 6.0)
     assert data["cache_peak_length"] <= data["cache_max_length"]
@@ -63,19 +67,47 @@ def test_stream_writes_commentary_page_and_report(tiny_bundle, video, tmp_path, 
 def test_stream_from_stdin_pipe(tiny_bundle, video, tmp_path):
     script = Path(sys.executable).with_name("mmduplex")
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "mmduplex"]
-    out, page = tmp_path / "live.vtt", tmp_path / "live.html"
+    out, page, report = tmp_path / "live.vtt", tmp_path / "live.html", tmp_path / "r.json"
     argv = ["stream", "-", "--checkpoint", str(tiny_bundle), "--out", str(out), "--html", str(page),
-            "--max-seconds", "4", "--pad-bias", "-2"]  # fmt: skip
+            "--report", str(report), "--max-seconds", "4", "--pad-bias", "-2"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     with open(video, "rb") as stdin:
         result = subprocess.run(command + argv, stdin=stdin, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = read_commentary(out)
-    assert lines and all(line.start < 4.0 for line in lines)
+    data = json.loads(report.read_text())
+    assert data["video_s"] == 4.0 and data["flush_steps"] >= 2
+    assert lines and all(line.start <= data["stream_s"] for line in lines)
     assert [p for p in result.stdout.splitlines() if PRINTED.match(p)] == [
         f"[{timestamp(line.start)}] {line.text}" for line in lines
     ]
     assert 'id="no-video"' in page.read_text()
+
+
+def test_stream_says_the_last_line_after_the_last_frame(tiny_bundle, video, tmp_path, capsys, monkeypatch):
+    """A bundle whose model describes each step's video tau = 1.2 s later (forced output): the words owed when the
+    video ends come out, printed and in the VTT, at times after the last frame and within the end + tau."""
+    from mmduplex.bundle import load_bundle
+    from mmduplex.model import DuplexLM
+
+    bundle, tau = tmp_path / "bundle", 6
+    shutil.copytree(tiny_bundle, bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**config, "delay_steps": tau}))
+    loaded = load_bundle(bundle)
+    tok = loaded.text_tokenizer
+    echo = DelayedEcho(loaded.model.vocab_size, tok.pad_id, tok.encode_text("red")[0], delay=tau)
+    monkeypatch.setattr(DuplexLM, "forward", lambda self, *args, **kwargs: echo(*args, **kwargs))
+    out, report = tmp_path / "c.vtt", tmp_path / "r.json"
+    argv = ["stream", str(video), "--checkpoint", str(bundle), "--out", str(out), "--report", str(report),
+            "--max-seconds", "6", "--line-words", "1"]  # fmt: skip
+    assert main(argv) == 0
+    lines, data = read_commentary(out), json.loads(report.read_text())
+    hz, last_frame = data["step_hz"], 5.5  # frames at 0, 0.5, .., 5.5 (2 fps)
+    assert [line.start for line in lines] == pytest.approx([(k + 1) / hz for k in echo.word_steps()])
+    assert lines[-1].text == "red" and last_frame < lines[-1].start <= 6.0 + tau / hz
+    assert capsys.readouterr().out.splitlines()[-1] == f"[{timestamp(lines[-1].start)}] red"
+    assert data["flush_steps"] == tau and data["steps"] == 30 + tau
 
 
 def test_realtime_paces_and_reports_lateness(tiny_bundle, video, tmp_path):
@@ -85,7 +117,7 @@ def test_realtime_paces_and_reports_lateness(tiny_bundle, video, tmp_path):
     assert main(argv) == 0
     data = json.loads(report.read_text())
     assert data["realtime"] is True and isinstance(data["late_steps"], int) and data["max_lag_s"] >= 0
-    assert data["steps"] == 8 and data["compute_s"] < 1.5  # the sleeping is not counted as compute
+    assert data["steps"] == 8 + data["flush_steps"] and data["compute_s"] < 1.5  # the sleeping is not compute
 
 
 def _tokenizer_bundle(folder: Path) -> Path:

@@ -2,7 +2,10 @@
 
 ``VIDEO`` is a file, ``-`` (a stream on stdin) or a URL PyAV opens; it is decoded incrementally at the bundle's fps
 (:func:`mmduplex.video.iter_video`) and driven through a :class:`mmduplex.streaming.DuplexSession`. Each finished
-commentary line is printed as ``[HH:MM:SS.d] text``. At the end the outputs are written atomically: commentary by the
+commentary line is printed as ``[HH:MM:SS.d] text``. When the input ends (end of file or stream, or
+``--max-seconds``), the session runs the steps the model still owes (the text lags the video by tau:
+:meth:`~mmduplex.streaming.DuplexSession.flush`), so the last seconds are commented too; their lines carry times after
+the last frame. At the end the outputs are written atomically: commentary by the
 ``--out`` suffix (.vtt / .srt / .jsonl), an ``--html`` viewer page (its WebVTT track is ``--out`` when that is a .vtt,
 else a .vtt beside the page), and a ``--report`` JSON with the timing figures. An error leaves no output file; an
 interrupt (Ctrl-C, the way a live stream ends) writes what was streamed so far and exits 130.
@@ -54,7 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     parser.add_argument("--sink", type=int, default=None, help="attention-sink positions (default: the bundle's)")
     parser.add_argument("--window", type=int, default=None, help="sliding-window positions (default: the bundle's)")
-    parser.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds of stream")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="read at most this many seconds of video (the steps the model still owes for it run after)",
+    )
     parser.add_argument(
         "--line-pause",
         type=float,
@@ -223,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     lines = _Lines(LineBuilder(max(1, round(args.line_pause * hz)), args.line_words, args.line_display), echo)
     pacer = RealtimePacer(hz) if args.realtime else None
     step_ms: list[float] = []
-    cache_peak, interrupted = 0, False
+    cache_peak, flush_steps, interrupted = 0, 0, False
     started = time.perf_counter()
     try:
         for out in session.run(iter_video(source, session.fps, size=size), end_s=args.max_seconds, wait=pacer):
@@ -232,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
                 pacer.record(out.t, time.perf_counter() - out.elapsed_s)
             cache_peak = max(cache_peak, session.cache.length)
             lines.push(out)
-            if progress is not None:
+            flush_steps += out.flushed
+            if progress is not None and not out.flushed:
                 progress.update(1 / hz)
     except KeyboardInterrupt:
         interrupted = True
@@ -245,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
     if session.step_index == 0 and not interrupted:
         raise VideoError(source, f"no frame could be sampled at {session.fps:g} fps")
 
-    stream_s = session.step_index / hz
+    stream_s = session.step_index / hz  # the flushed steps included: they are steps the model ran
+    video_s = (session.step_index - flush_steps) / hz
     compute_s = wall - (pacer.slept_s if pacer is not None else 0.0)
     report = {
         "steps": session.step_index,
@@ -254,8 +264,10 @@ def run(args: argparse.Namespace) -> int:
         "step_ms_p50": _percentile(step_ms, 50),
         "step_ms_p95": _percentile(step_ms, 95),
         "peak_rss_mb": _peak_rss_mb(),
-        "video_tokens_per_second": session.video_tokens / stream_s if stream_s else None,
+        "video_tokens_per_second": session.video_tokens / video_s if video_s else None,
         "stream_s": stream_s,
+        "video_s": video_s,
+        "flush_steps": flush_steps,
         "compute_s": compute_s,
         "frames": session.frames_pushed,
         "fps": session.fps,
