@@ -126,11 +126,15 @@ def read_json(path: str | os.PathLike, error_cls: type[MMDuplexError] = Annotati
 
 
 def iter_jsonl(
-    path: str | os.PathLike, error_cls: type[MMDuplexError] = AnnotationError, what: str = "file"
+    path: str | os.PathLike,
+    error_cls: type[MMDuplexError] = AnnotationError,
+    what: str = "file",
+    end: int | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Stream a JSONL file: ``(1-based line number, parsed value)`` for every non-blank line.
 
-    The file is read one line at a time, so a file of millions of records costs one record of memory.
+    The file is read one line at a time, so a file of millions of records costs one record of memory. With ``end``
+    (a byte offset where a line starts, e.g. from :func:`read_last_line`), the lines from there on are not read.
 
     Raises:
         error_cls: the file is missing, or a line is not UTF-8 or not valid JSON (the message names the line).
@@ -141,7 +145,11 @@ def iter_jsonl(
     except (FileNotFoundError, IsADirectoryError):
         raise error_cls(path, f"{what} not found") from None
     with handle:
+        position = 0
         for number, raw in enumerate(handle, start=1):
+            if end is not None and position >= end:
+                return
+            position += len(raw)
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
@@ -153,3 +161,42 @@ def iter_jsonl(
             except json.JSONDecodeError as exc:
                 raise error_cls(path, f"line {number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
             yield number, value
+
+
+_TAIL_BLOCK = 1 << 16
+
+
+def read_last_line(
+    path: str | os.PathLike, error_cls: type[MMDuplexError] = AnnotationError, what: str = "file"
+) -> tuple[int, bytes]:
+    """``(byte offset, content)`` of the last non-blank line, read backwards in blocks (cheap on any file size).
+
+    Trailing white space (the final newline, blank lines) is not part of the content; a blank file gives
+    ``(0, b"")``.
+
+    Raises:
+        error_cls: the file is missing.
+    """
+    path = Path(path)
+    try:
+        handle = path.open("rb")
+    except (FileNotFoundError, IsADirectoryError):
+        raise error_cls(path, f"{what} not found") from None
+    chunks: list[bytes] = []
+    with handle:
+        position = handle.seek(0, os.SEEK_END)
+        while position > 0:
+            step = min(_TAIL_BLOCK, position)
+            position -= step
+            handle.seek(position)
+            chunk = handle.read(step)
+            if not chunks:
+                chunk = chunk.rstrip()  # the trailing newline and blank lines
+                if not chunk:
+                    continue
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                chunks.append(chunk[newline + 1 :])
+                return position + newline + 1, b"".join(reversed(chunks))
+            chunks.append(chunk)
+    return 0, b"".join(reversed(chunks))

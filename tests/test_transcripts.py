@@ -20,6 +20,7 @@ from mmduplex.data.transcripts import (
     load_moshi_alignments,
 )
 from mmduplex.errors import AnnotationError
+from mmduplex.fileio import read_last_line
 
 GOOD = [
     {
@@ -296,7 +297,7 @@ def test_bad_seek_lines_fail_cleanly(tmp_path):
     with pytest.raises(AnnotationError, match="offset 5 of record 1 is not a line start"):
         LiveCCIndex(path)[1]
     _write_jsonl(path, [GOOD, [0, 12], GOOD])
-    with pytest.raises(AnnotationError, match="line 2: a list of integers .* may only be the last line"):
+    with pytest.raises(AnnotationError, match="line 2: a list of integers .* may only be last"):
         load_livecc_jsonl(path)
 
 
@@ -338,3 +339,25 @@ def test_moshi_drops_negative_and_zero_duration_words_and_keeps_the_file(tmp_pat
     warnings = [r.getMessage() for r in caplog.records if "moshi-finetune" in r.getMessage()]
     assert len(warnings) == 1 and "dropped 5 words with end <= start" in warnings[0], warnings
     assert "a.json alignments[1]" in warnings[0]
+
+
+def test_last_line_is_read_backwards_across_blocks(tmp_path):
+    path = tmp_path / "f.jsonl"
+    seeks = json.dumps(list(range(0, 3_000_000, 100))).encode()  # 30,000 offsets, ~240 KB: several 64 KiB blocks
+    path.write_bytes(b'{"a": 1}\n' + seeks + b"\n\n")
+    assert read_last_line(path) == (9, seeks)
+    path.write_bytes(seeks)
+    assert read_last_line(path) == (0, seeks)
+    path.write_bytes(b"\n \n")
+    assert read_last_line(path) == (0, b"")
+    with pytest.raises(AnnotationError, match="file not found"):
+        read_last_line(tmp_path / "missing.jsonl")
+
+
+def test_seek_line_with_the_wrong_count_is_reported(tmp_path, caplog):
+    path = tmp_path / "cc.jsonl"
+    _with_seeks(path, [GOOD, GOOD])
+    path.write_bytes(path.read_bytes().rsplit(b"\n", 1)[0] + b"\n[0]")
+    with caplog.at_level(logging.WARNING, logger="mmduplex.data.transcripts"):
+        assert len(load_livecc_jsonl(path)) == 2
+    assert "the seek line lists 1 offsets for 2 records" in caplog.text

@@ -15,13 +15,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmduplex.data.transcripts import TimedClip, empty_words, is_seek_line, parse_livecc
+from mmduplex.data.transcripts import TimedClip, empty_words, parse_livecc, seek_line_count
 from mmduplex.errors import AnnotationError
-from mmduplex.fileio import atomic_path
+from mmduplex.fileio import atomic_path, read_last_line
 
 __all__ = ["LiveCCIndex", "read_seek_line", "write_livecc_jsonl"]
-
-_TAIL_BLOCK = 1 << 16
 
 
 def read_seek_line(path: str | os.PathLike) -> tuple[int, list[int]] | None:
@@ -32,38 +30,8 @@ def read_seek_line(path: str | os.PathLike) -> tuple[int, list[int]] | None:
     Raises:
         AnnotationError: the file is missing.
     """
-    path = Path(path)
-    try:
-        handle = path.open("rb")
-    except (FileNotFoundError, IsADirectoryError):
-        raise AnnotationError(path, "file not found") from None
-    with handle:
-        pos = handle.seek(0, os.SEEK_END)
-        chunks: list[bytes] = []
-        start = 0
-        while pos > 0:
-            step = min(_TAIL_BLOCK, pos)
-            pos -= step
-            handle.seek(pos)
-            chunk = handle.read(step)
-            if not chunks:
-                chunk = chunk.rstrip()  # trailing newline / blank lines
-                if not chunk:
-                    continue
-            newline = chunk.rfind(b"\n")
-            if newline >= 0:
-                chunks.append(chunk[newline + 1 :])
-                start = pos + newline + 1
-                break
-            chunks.append(chunk)
-        last = b"".join(reversed(chunks))
-    if not last.lstrip().startswith(b"[") or b"{" in last[:64]:
-        return None  # an ordinary record (or nothing): no seek line
-    try:
-        value = json.loads(last)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return (start, value) if is_seek_line(value) else None
+    start, last = read_last_line(path, AnnotationError)
+    return (start, json.loads(last)) if seek_line_count(last) is not None else None
 
 
 class LiveCCIndex(Sequence[TimedClip]):
