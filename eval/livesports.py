@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from eval.base import EvalTask, markdown_table
 from eval.livesports_data import VIDEO_DIR, Event, Prediction, load_events, load_predictions, write_predictions
-from mmduplex.errors import CheckpointError, InputError
+from mmduplex.errors import CheckpointError, InputError, VideoError
 from mmduplex.fileio import write_text_atomic
 
 if TYPE_CHECKING:
@@ -208,14 +208,27 @@ class LiveSportsEval(EvalTask):
         if missing:
             log.warning("livesports: %d videos missing, their events are skipped (e.g. %s)", len(missing), missing[0])
         predictions: dict[str, Prediction] = {}
-        for n, event in enumerate(e for e in chosen if e.video not in missing):
-            clip = read_video(self.data_root / VIDEO_DIR / event.video, session.fps, size, event.begin, event.end)
+        unreadable: list[str] = []
+        for event in (e for e in chosen if e.video not in missing):
+            try:  # one broken download must not end a run of 1,702 events: it is counted and named
+                clip = read_video(self.data_root / VIDEO_DIR / event.video, session.fps, size, event.begin, event.end)
+            except VideoError as exc:
+                log.warning("livesports: event %s skipped: %s", event.key, exc)
+                unreadable.append(event.key)
+                continue
             times = (clip.timestamps - event.begin).tolist()
             text = commentate(session, clip.frames, times, event.end - event.begin, self._context(event))
             predictions[event.key] = Prediction(event.video_id, event.event_id, event.begin, event.end, text)
-            if (n + 1) % 50 == 0:
-                log.info("livesports: %d events commentated", n + 1)
-        facts = {"events_streamed": len(predictions), "missing_videos": len(missing), "fps": session.fps}
+            if len(predictions) % 50 == 0:
+                log.info("livesports: %d events commentated", len(predictions))
+        if unreadable and not predictions:
+            raise VideoError(self.data_root / VIDEO_DIR, f"no event clip could be read (first: {unreadable[0]})")
+        facts = {
+            "events_streamed": len(predictions),
+            "missing_videos": len(missing),
+            "unreadable_events": unreadable,
+            "fps": session.fps,
+        }
         return predictions, facts
 
     def _context(self, event: Event) -> str:

@@ -370,7 +370,8 @@ def test_model_mode_streams_each_clip_and_writes_livecc_predictions(tiny_bundle,
 
     root = _json_root(tmp_path, [_record(video="clip.mp4", begin=1.0, end=3.0), _record(
         video="clip.mp4", event_id=5, begin=3.5, end=5.5, event_asr_text="red square"), _record(
-        video="gone.mp4", video_id="gone", event_id=1, begin=0.0, end=1.0)])  # fmt: skip
+        video="gone.mp4", video_id="gone", event_id=1, begin=0.0, end=1.0), _record(
+        video="clip.mp4", event_id=8, begin=60.0, end=70.0)])  # fmt: skip
     (root / "videos").mkdir()
     frames = torch.arange(60, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 32, 32, 3) * 4  # [60, 32, 32, 3]
     write_video(root / "videos" / "clip.mp4", frames.contiguous(), fps=10)
@@ -381,6 +382,7 @@ def test_model_mode_streams_each_clip_and_writes_livecc_predictions(tiny_bundle,
     assert cli.main(argv) == 0
     results = json.loads(out.read_text())
     assert results["settings"]["events_streamed"] == 2 and results["settings"]["missing_videos"] == 1
+    assert results["settings"]["unreadable_events"] == ["6gyD-Mte2ZM_8"]  # past the end of the 6 s video
     rows = [json.loads(line) for line in (tmp_path / "r.predictions.jsonl").read_text().splitlines()]
     assert [(r["video_id"], r["event_id"], r["begin"], r["end"]) for r in rows] == [
         ("6gyD-Mte2ZM", 2, 1.0, 3.0), ("6gyD-Mte2ZM", 5, 3.5, 5.5)]  # fmt: skip
