@@ -246,6 +246,20 @@ def test_command_scores_a_livecc_prediction_file(tmp_path, capsys):
     assert "LiveSports-3K CC" in out.with_suffix(".md").read_text() and "ROUGE-L" in capsys.readouterr().out
 
 
+def test_the_recipe_scores_prediction_files_too(tmp_path, caplog):
+    """The recipe's model-mode settings (context_words) are ignored, with a warning, when scoring a file."""
+    from pathlib import Path
+
+    recipe = Path(__file__).parents[1] / "recipes" / "eval" / "livesports_cc.yaml"
+    root = _json_root(tmp_path, TWO)
+    preds = _predictions(tmp_path / "p.jsonl", [_pred_row(r, "a strike") for r in TWO])
+    argv = ["eval", "livesports", "--config", str(recipe), "--data-root", str(root), "--predictions", str(preds),
+            "--out", str(tmp_path / "r.json")]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "context_words only apply with --checkpoint" in caplog.text
+    assert json.loads((tmp_path / "r.json").read_text())["overall"]["scored"] == 2
+
+
 def test_command_bad_input_exits_2_naming_file_and_line(tmp_path, capsys):
     root = _json_root(tmp_path, TWO)
     preds = tmp_path / "p.jsonl"
