@@ -80,8 +80,11 @@ class DemoConfig:
     seed: int = 0
     """Seed of the data set and of training."""
     threads: int | None = None
-    """torch CPU threads for the whole demo (``None``: torch's default). Tiny models run fastest on one thread: more
-    threads mostly add synchronisation, and on a busy machine oversubscription slows them by orders of magnitude."""
+    """torch CPU threads of each model's training and streaming process (``None``: torch's default). Tiny models run
+    fastest on one thread: more threads mostly add synchronisation, and oversubscription slows them a lot."""
+    workers: int = 1
+    """Models (main + baselines) trained and streamed at once, each in its own process (``1``: one after the other
+    in this process). Feature extraction uses every core of the machine whatever this is."""
 
     def __post_init__(self) -> None:
         self.duration_s = tuple(float(v) for v in self.duration_s)
@@ -89,8 +92,9 @@ class DemoConfig:
         unknown = set(self.baselines) - set(BASELINES)
         if unknown:
             raise InputError("demo.baselines", f"unknown baselines {sorted(unknown)}; known: {list(BASELINES)}")
-        if self.num_videos < 2 or not 0 < self.heldout_fraction < 1 or not self.fps > 0:
-            raise InputError("demo", f"need num_videos >= 2, 0 < heldout_fraction < 1, fps > 0; got {self}")
+        if self.num_videos < 2 or not 0 < self.heldout_fraction < 1 or not self.fps > 0 or self.workers < 1:
+            problem = f"need num_videos >= 2, 0 < heldout_fraction < 1, fps > 0, workers >= 1; got {self}"
+            raise InputError("demo", problem)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> DemoConfig:
@@ -148,7 +152,12 @@ def make_data(config: DemoConfig, paths: DemoPaths):
         heldout_fraction=config.heldout_fraction,
         seed=config.seed,
     )
-    return prepare_synthetic_cache(paths.data, paths.features, synthetic, encoder=config.encoder, fps=config.fps)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    try:  # the encoder's convolutions use every core; the small models after it run best on config.threads
+        return prepare_synthetic_cache(paths.data, paths.features, synthetic, encoder=config.encoder, fps=config.fps)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fit(args: list[str]):
@@ -183,6 +192,23 @@ def train_tokenizer(config: DemoConfig, paths: DemoPaths) -> None:
     if config.target_rate is not None:
         tokenizer = tokenizer.with_settings(target_rate=config.target_rate)
     tokenizer.save_pretrained(paths.tokenizer)
+
+
+def bflow_tokens_per_frame(config: DemoConfig, paths: DemoPaths, dataset) -> float:
+    """B-Flow's mean tokens per sampled frame over the training videos' cached features (the rate the uniform
+    baseline is given; the same tokenizer as streaming, whose step API equals this batch path)."""
+    from mmduplex.feature_cache import FeatureCache, video_key
+    from tokenizer.bflow import BFlowTokenizer
+
+    bflow = BFlowTokenizer.from_pretrained(paths.tokenizer).eval()
+    cache = FeatureCache(paths.features)
+    tokens = frames = 0
+    with torch.inference_mode():
+        for vid in dataset.video_ids("train"):
+            record = cache.load(video_key(dataset.video_path(vid)))
+            tokens += bflow.tokenize(record.patches, record.timestamps).tokens_total
+            frames += record.patches.shape[0]
+    return tokens / max(frames, 1)
 
 
 def _video_tokenizer_arg(name: str, paths: DemoPaths, tokens_per_frame: int) -> dict[str, Any]:
@@ -347,6 +373,48 @@ def check_reusable(paths: DemoPaths, config: DemoConfig) -> None:
     write_json_atomic(marker, wanted)
 
 
+def model_job(config: DemoConfig, root: str, name: str, tokens_per_frame: int) -> tuple[dict[str, Any], dict]:
+    """Stages 4-5 for one model (``bflow`` = the main one, or a baseline): train and export it, stream every held-out
+    video through it and score the commentary. Runs in this process or in a worker process (picklable arguments).
+
+    Returns:
+        The model's figures and its stage timings.
+    """
+    from mmduplex.data.synthetic import SyntheticDataset
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    paths = DemoPaths(Path(root))
+    timings = {}
+    t0 = time.perf_counter()
+    train_duplex(config, paths, name, tokens_per_frame)
+    timings["duplex" if name == "bflow" else f"duplex_{name}"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    figures = evaluate_model(name, config, paths, SyntheticDataset(paths.data), name == "bflow")
+    timings[f"stream_{name}"] = round(time.perf_counter() - t0, 2)
+    return figures, timings
+
+
+def run_models(config: DemoConfig, paths: DemoPaths, tokens_per_frame: int) -> tuple[dict[str, dict], dict]:
+    """Train and stream the main model and every baseline: ``config.workers`` at a time, each in its own process
+    (spawned, so no thread pool or lock is inherited), or one after the other here when ``workers`` is 1."""
+    names = ["bflow", *config.baselines]
+    if config.workers == 1 or len(names) == 1:
+        done = [model_job(config, str(paths.root), name, tokens_per_frame) for name in names]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        workers = min(config.workers, len(names))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(model_job, config, str(paths.root), name, tokens_per_frame) for name in names]
+            done = [future.result() for future in futures]
+    figures = {name: result[0] for name, result in zip(names, done, strict=True)}
+    timings = {stage: seconds for _, stage_times in done for stage, seconds in stage_times.items()}
+    return figures, timings
+
+
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
     """Run every stage into ``out_dir`` and return the report (also written to ``out_dir/report.json``)."""
     start = time.perf_counter()
@@ -365,13 +433,13 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
 
     dataset = timed("data_and_features", make_data, config, paths)
     timed("tokenizer", train_tokenizer, config, paths)
-    timed("duplex", train_duplex, config, paths, "bflow", 0)
-    main = timed("stream_bflow", evaluate_model, "bflow", config, paths, dataset, True)
-    tokens_per_frame = max(1, round(main["video_tokens_per_second"] / config.fps))
-    baselines = {}
-    for name in config.baselines:
-        timed(f"duplex_{name}", train_duplex, config, paths, name, tokens_per_frame)
-        baselines[name] = timed(f"stream_{name}", evaluate_model, name, config, paths, dataset, False)
+    tokens_per_frame = max(1, round(timed("bflow_rate", bflow_tokens_per_frame, config, paths, dataset)))
+    t0 = time.perf_counter()
+    figures, model_timings = run_models(config, paths, tokens_per_frame)
+    timings.update(model_timings)
+    timings["models"] = round(time.perf_counter() - t0, 2)
+    main = figures.pop("bflow")
+    baselines = figures
 
     report = {
         "event_accuracy": main["event_accuracy"],
@@ -382,10 +450,12 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
         "settings": {
             "demo": json.loads(json.dumps(asdict(config))),
             "model": _bundle_settings(paths.bundle),
+            "encoder": _encoder_settings(paths),
             "heldout_videos": len(dataset.video_ids("heldout")),
             "train_videos": len(dataset.video_ids("train")),
             "uniform_tokens_per_frame": tokens_per_frame,
             "torch_threads": torch.get_num_threads(),
+            "workers": config.workers,
             "stage_seconds": timings,
         },
         "details": {"bflow": main},
@@ -393,6 +463,14 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
     }
     write_json_atomic(paths.root / "report.json", report)
     return report
+
+
+def _encoder_settings(paths: DemoPaths) -> dict[str, Any]:
+    """What the features are: the encoder's fingerprint (name, weights, input size, feature stride) and fps."""
+    from mmduplex.feature_cache import FeatureCache
+
+    cache = FeatureCache(paths.features)
+    return {**cache.fingerprint, "fps": cache.fps}
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
