@@ -25,23 +25,29 @@ def kept_steps(t: int, sink: int, window: int) -> list[int]:
 
 
 @torch.no_grad()
-def bounded_reference(model: DuplexLM, embeds: torch.Tensor, sink: int, window: int) -> torch.Tensor:
-    """Logits ``[S, V]`` of streaming ``embeds`` (``[1, S, H]``, :meth:`DuplexLM.embed`) step by step on a bounded
-    sink + window cache, recomputed without a cache (see the module docstring)."""
-    decoder = model.backbone.get_decoder()
-    dtype = next(model.backbone.parameters()).dtype
-    embeds = embeds.to(dtype)
-    layer_inputs: list[list[torch.Tensor]] = [[] for _ in decoder.layers]  # [layer][step] -> [1, 1, H]
-    logits = []
+def bounded_hidden(decoder: torch.nn.Module, embeds: torch.Tensor, sink: int, window: int) -> torch.Tensor:
+    """Final hidden states ``[B, S, H]`` (after the decoder's norm) of streaming ``embeds`` (``[B, S, H]``) step by
+    step through ``decoder`` (an HF base model: ``layers``, ``rotary_emb``, ``norm``) on a bounded sink + window
+    cache, recomputed without a cache (see the module docstring)."""
+    layer_inputs: list[list[torch.Tensor]] = [[] for _ in decoder.layers]  # [layer][step] -> [B, 1, H]
+    hidden = []
     for t in range(embeds.shape[1]):
         kept = kept_steps(t, sink, window)
         positions = torch.arange(len(kept) + 1)[None]  # [1, L + 1]: contiguous
-        x = embeds[:, t : t + 1]  # [1, 1, H]
+        x = embeds[:, t : t + 1]  # [B, 1, H]
         for inputs, layer in zip(layer_inputs, decoder.layers, strict=True):
             inputs.append(x)
-            sequence = torch.cat([inputs[k] for k in kept] + [x], dim=1)  # [1, L + 1, H]
+            sequence = torch.cat([inputs[k] for k in kept] + [x], dim=1)  # [B, L + 1, H]
             rotary = decoder.rotary_emb(sequence, position_ids=positions)
             out = layer(sequence, attention_mask=None, position_ids=positions, position_embeddings=rotary)
-            x = (out[0] if isinstance(out, tuple) else out)[:, -1:]  # [1, 1, H]
-        logits.append(model.head(decoder.norm(x))[0, -1])
-    return torch.stack(logits)  # [S, V]
+            x = (out[0] if isinstance(out, tuple) else out)[:, -1:]  # [B, 1, H]
+        hidden.append(decoder.norm(x))
+    return torch.cat(hidden, dim=1)  # [B, S, H]
+
+
+@torch.no_grad()
+def bounded_reference(model: DuplexLM, embeds: torch.Tensor, sink: int, window: int) -> torch.Tensor:
+    """Logits ``[S, V]`` of streaming ``embeds`` (``[1, S, H]``, :meth:`DuplexLM.embed`) step by step on a bounded
+    sink + window cache, recomputed without a cache (see the module docstring)."""
+    dtype = next(model.backbone.parameters()).dtype
+    return model.head(bounded_hidden(model.backbone.get_decoder(), embeds.to(dtype), sink, window))[0]

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from bounded_reference import bounded_hidden
 from transformers import (
     DynamicCache,
     GPT2Config,
@@ -152,6 +153,25 @@ def test_one_layer_stream_equals_forward_over_sink_and_window():
         logits = model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits[:, -1]
         want = model(input_ids=context).logits[:, -1]
         torch.testing.assert_close(logits, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(_FAMILIES))
+@torch.no_grad()
+def test_multi_layer_stream_past_the_window_equals_bounded_reference(family):
+    """With several layers a kept entry's keys come from hidden states computed in its own step's view, so no plain
+    forward over the kept tokens matches; a cache-free recomputation of exactly that does (tests/bounded_reference.py),
+    at every step, before and after the evictions."""
+    model = tiny_lm(family)
+    sink, window, steps = 3, 7, 30
+    ids = torch.randint(0, VOCAB, (2, steps))
+    cache = SinkWindowCache(model, sink=sink, window=window)
+    stepped = [
+        model(input_ids=ids[:, t : t + 1], position_ids=cache.next_position_ids(2), cache=cache).logits
+        for t in range(steps)
+    ]
+    want = model.lm_head(bounded_hidden(model.model, model.model.embed_tokens(ids), sink, window))  # [2, S, V]
+    assert cache.total_seen == steps and cache.length == sink + window
+    torch.testing.assert_close(torch.cat(stepped, dim=1), want, rtol=0, atol=1e-5)
 
 
 @torch.no_grad()
