@@ -178,27 +178,57 @@ class EventTally:
         }
 
 
-def tally_events(
+@dataclass
+class EventMatch:
+    """One video's lines matched against its events, item by item (what :func:`tally_events` counts)."""
+
+    latencies: list[float | None]
+    """Per event: the latency of its first matching word when described, else ``None`` (missed)."""
+    line_kinds: list[str]
+    """Per line: ``"hit"`` (describes an event, said in its window), ``"early"`` (names an event said before it
+    happened) or ``"invented"`` (describes nothing that happens)."""
+
+
+def match_events(
     lines: Iterable[Line | tuple[float, float, str]], events: Sequence[EventLike], tolerance_s: float = 3.0
-) -> EventTally:
-    """Match one video's lines against its events (see :func:`event_metrics`)."""
+) -> EventMatch:
+    """Match one video's lines against its events: which events are described (and how late), and which lines
+    describe a real event (the rules of :func:`event_metrics`)."""
     lines = as_lines(lines)
     words = timed_words(lines)
-    tally = EventTally(events=len(events), lines=len(lines))
+    latencies: list[float | None] = []
     for event in events:
         wanted = _event_words(event)
         window = [(t, w) for t, w in words if event.t - _EPS <= t <= event.t + tolerance_s + _EPS]
-        if wanted <= {w for _, w in window}:
-            tally.described += 1
-            tally.latencies.append(min(t for t, w in window if w in wanted) - event.t)
+        described = wanted <= {w for _, w in window}
+        latencies.append(min(t for t, w in window if w in wanted) - event.t if described else None)
+    kinds = []
     for line in lines:
         said = set(tokens(line.text))
         named = [e for e in events if _event_words(e) <= said]
         if any(e.t - _EPS <= line.start <= e.t + tolerance_s + _EPS for e in named):
-            tally.precise_lines += 1
+            kinds.append("hit")
         elif any(line.start < e.t <= line.start + tolerance_s + _EPS for e in named):
-            tally.early_lines += 1
-    return tally
+            kinds.append("early")
+        else:
+            kinds.append("invented")
+    return EventMatch(latencies, kinds)
+
+
+def tally_events(
+    lines: Iterable[Line | tuple[float, float, str]], events: Sequence[EventLike], tolerance_s: float = 3.0
+) -> EventTally:
+    """Match one video's lines against its events (see :func:`event_metrics`)."""
+    match = match_events(lines, events, tolerance_s)
+    described = [latency for latency in match.latencies if latency is not None]
+    return EventTally(
+        events=len(events),
+        described=len(described),
+        latencies=described,
+        lines=len(match.line_kinds),
+        precise_lines=match.line_kinds.count("hit"),
+        early_lines=match.line_kinds.count("early"),
+    )
 
 
 def event_metrics(
@@ -216,6 +246,48 @@ def aggregate_event_metrics(
     for lines, events in videos:
         total += tally_events(lines, events, tolerance_s)
     return total.metrics()
+
+
+class TrackLike(Protocol):
+    """A shape's path (``mmduplex.data.synthetic.ShapeTrack``): ``size`` px, centre at ``position(t)`` or ``None``."""
+
+    shape_id: int
+    size: float
+
+    def position(self, t: float) -> tuple[float, float] | None: ...
+
+
+def objects_on_screen(tracks: Iterable[TrackLike], event: EventLike, width: int, height: int) -> int:
+    """Shapes with any part inside the ``width`` x ``height`` frame at the event's time, its own shape included."""
+    seen = {getattr(event, "shape_id", None)}
+    for track in tracks:
+        centre = track.position(event.t)
+        if centre is None:
+            continue
+        half = track.size / 2
+        if centre[0] + half > 0 and centre[0] - half < width and centre[1] + half > 0 and centre[1] - half < height:
+            seen.add(track.shape_id)
+    return len(seen - {None}) or 1
+
+
+def object_bucket(count: int) -> str:
+    """The ``event_accuracy_by_objects`` key of an event with ``count`` objects on screen: ``"1"`` or ``"2+"``."""
+    return "1" if count <= 1 else "2+"
+
+
+def accuracy_by_group(outcomes: Iterable[tuple[str, bool]]) -> dict[str, float | None]:
+    """Share described per group, from ``(group, described)`` pairs (micro; groups in sorted order)."""
+    counts: dict[str, list[int]] = {}
+    for group, described in outcomes:
+        tally = counts.setdefault(group, [0, 0])
+        tally[0] += int(described)
+        tally[1] += 1
+    return {group: hit / total for group, (hit, total) in sorted(counts.items())}
+
+
+def speaking_s(spans: Iterable[tuple[float, float]]) -> float:
+    """Speaking time: the length of the union of ``(start, end)`` spans (a model's cues, a reference's words)."""
+    return _union_s(spans)
 
 
 # ------------------------------------------------------------------------------------------------------ transcripts

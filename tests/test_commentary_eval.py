@@ -8,15 +8,20 @@ import pytest
 
 from eval.commentary import (
     Line,
+    accuracy_by_group,
     aggregate_event_metrics,
     event_metrics,
     load_lines,
+    match_events,
+    object_bucket,
+    objects_on_screen,
+    speaking_s,
     timed_words,
     tokens,
     transcript_metrics,
 )
 from mmduplex import cli
-from mmduplex.data.synthetic import Event
+from mmduplex.data.synthetic import Event, ShapeTrack
 from mmduplex.data.transcripts import Word, livecc_record
 from mmduplex.errors import AnnotationError
 
@@ -280,3 +285,39 @@ def test_livecc_reference_words_are_put_back_in_video_time(tmp_path):
         (pytest.approx(14.5), "red"),
         (pytest.approx(14.8), "square"),
     ]
+
+
+def test_match_events_marks_hits_misses_early_and_invented_lines():
+    lines = [
+        Line(2.4, 3.4, "red square enters"),  # describes event 0
+        Line(5.0, 6.0, "blue circle turns"),  # 1 s before event 1: early
+        Line(8.0, 9.0, "yellow square stops"),  # nothing like it happens
+    ]
+    match = match_events(lines, EVENTS)
+    assert match.latencies[0] == pytest.approx(0.4)
+    assert match.latencies[1:] == [None, None]
+    assert match.line_kinds == ["hit", "early", "invented"]
+    metrics = event_metrics(lines, EVENTS)
+    assert (metrics["described"], metrics["precise_lines"], metrics["early_lines"]) == (1, 1, 1)
+
+
+def _track(shape_id, waypoints, size=20.0):
+    return ShapeTrack(shape_id, "square", size, tuple(waypoints), ((0.0, "red"),))
+
+
+def test_objects_on_screen_counts_any_part_inside_the_frame():
+    event = Event(5.0, "red", "square", "stops", 0)
+    own = _track(0, [(0.0, 50.0, 50.0), (10.0, 50.0, 50.0)])
+    partly_in = _track(1, [(0.0, -5.0, 50.0), (10.0, -5.0, 50.0)])  # centre outside, right half (5 px) inside
+    outside = _track(2, [(0.0, -11.0, 50.0), (10.0, -11.0, 50.0)])  # right edge at -1 px
+    gone = _track(3, [(0.0, 50.0, 50.0), (4.0, 50.0, 50.0)])  # left the video before the event
+    assert objects_on_screen([own], event, 96, 96) == 1
+    assert objects_on_screen([own, partly_in, outside, gone], event, 96, 96) == 2
+    assert objects_on_screen([partly_in], event, 96, 96) == 2  # the event's own shape always counts
+    assert [object_bucket(n) for n in (1, 2, 3)] == ["1", "2+", "2+"]
+    assert accuracy_by_group([("1", True), ("1", False), ("2+", False)]) == {"1": 0.5, "2+": 0.0}
+
+
+def test_speaking_time_is_the_union_of_spans():
+    assert speaking_s([(0.0, 1.0), (0.5, 2.0), (3.0, 3.5)]) == pytest.approx(2.5)
+    assert speaking_s([]) == 0.0
