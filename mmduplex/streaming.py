@@ -25,7 +25,9 @@ what a viewer experiences and include the text delay tau.
 Memory is bounded: the cache keeps ``sink + window`` positions (attention sink + sliding window, contiguous
 re-rotated positions, StreamingVLM), the packer's and the user queue's backlogs are capped, and the session keeps
 no per-step history. For a stream that fits in the cache, the logits equal ``DuplexLM.forward`` over the whole
-window, teacher-forced with the same text tokens and packed video (tested in ``tests/test_streaming.py``).
+window, teacher-forced with the same text tokens and packed video; past the window, they equal a cache-free
+recomputation over exactly the sink + window entries at contiguous positions (both tested in
+``tests/test_streaming.py``, the reference in ``tests/bounded_reference.py``).
 """
 
 from __future__ import annotations
