@@ -111,3 +111,29 @@ def test_untrained_counts_follow_motion(tmp_path):
         assert main(["tokenize", str(video), "--fps", "5", "--out", str(out)]) == 0
         rates.append(json.loads(out.read_text())["tokens_per_second_after_first_keyframe"])
     assert rates[0] <= 1.0 and rates[0] < rates[1] < rates[2], rates
+
+
+def test_untrained_defaults_on_real_features_stay_within_budget(tmp_path):
+    """Real ImageNet features at 5 fps: camera motion must not flood the stream (<= 32 tokens/s on every shipped
+    mp4), and tokens/s rise with motion: a static scene costs nothing after its keyframe, a slowly drifting object a
+    little, fast motion more (issue 10's targets for the untrained defaults)."""
+    import torch
+
+    from mmduplex.data.synthetic import make_motion_video
+    from tokenizer import BFlowConfig, BFlowTokenizer
+    from tokenizer.encoder import create_encoder
+
+    for name, path in sample_videos().items():
+        out = tmp_path / f"{name}.json"
+        assert main(["tokenize", str(path), "--encoder", "efficientnet-lite0", "--fps", "5", "--out", str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert report["tokens_per_second"] <= 32.0, (name, report["tokens_per_second"])
+    encoder = create_encoder("efficientnet-lite0", device="cpu")
+    tokenizer = BFlowTokenizer(BFlowConfig(dim=encoder.width, grid=encoder.grid)).eval()
+    stamps = torch.arange(50, dtype=torch.float64) / 5.0
+    rates = []
+    for speed, shapes in ((0.0, 2), (6.0, 1), (150.0, 3)):  # px/s at 192 px: static, slow drift, fast motion
+        frames = torch.from_numpy(make_motion_video(50, 5.0, speed, num_shapes=shapes, size=encoder.image_size, seed=5))
+        with torch.inference_mode():
+            rates.append(tokenizer.tokenize(encoder.encode(frames).patches, stamps).tokens_after_first_key / 10.0)
+    assert rates[0] == 0.0 and rates[0] < rates[1] < rates[2], rates
