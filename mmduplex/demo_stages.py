@@ -1,0 +1,409 @@
+"""The stages of ``mmduplex demo`` (its settings, the folders, and stages 1-5; :mod:`mmduplex.demo` runs them).
+
+Each stage reuses the previous run's output when it is complete, so re-running is cheap; every output is written
+atomically, so a stage killed half-way is simply redone. Stages 4-5 run per model (:func:`model_job`), in worker
+processes when ``DemoConfig.workers > 1``; :func:`quiet_frameworks` keeps every process's terminal output to the
+demo's own progress lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import recipes
+from mmduplex.errors import InputError
+
+log = logging.getLogger("mmduplex.demo")
+
+BASELINES = ("text_only", "uniform_tokens")
+QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "mmduplex", "tokenizer", "eval")
+"""Loggers whose info lines the demo drops (Lightning's tips and notices, per-video and per-stage chatter)..."""
+SHOWN_LOGGERS = ("mmduplex.demo", "mmduplex.weights")
+"""...except the demo's own progress lines and the one-off preparation of pretrained weights."""
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and budgets of the demo (tuned values live in ``recipes/demo/*.yaml``)."""
+
+    num_videos: int = 320
+    """Synthetic videos in all (train + held-out)."""
+    duration_s: tuple[float, float] = (10.0, 30.0)
+    """Range of video durations (s)."""
+    heldout_fraction: float = 0.2
+    """Share of the videos held out for streaming evaluation."""
+    fps: float = 2.0
+    """Frame sampling rate of the features and of the streamed video."""
+    encoder: str = "mmduplex-tiny"
+    """The frozen CLIP (open_clip spec) the features come from."""
+    tokenizer_recipe: str = "tokenizer/tiny"
+    """Shipped recipe that trains B-Flow."""
+    tokenizer_steps: int = 100
+    """B-Flow training steps."""
+    target_rate: float | None = None
+    """B-Flow token budget (tokens/s) the duplex model is trained and streamed with; ``None``: variable rate."""
+    duplex_recipe: str = "duplex/demo"
+    """Shipped recipe that trains the duplex model."""
+    duplex_epochs: int = 8
+    """Duplex training epochs (main model)."""
+    baseline_epochs: int | None = None
+    """Duplex training epochs of the baselines (``None``: same as the main model)."""
+    batch_size: int | None = None
+    """Duplex batch size (``None``: the recipe's)."""
+    tolerance_s: float = 3.0
+    """An event counts as described when its colour, shape and action are said within this time after it."""
+    pause_steps: int = 3
+    """Silent steps that end a commentary line."""
+    baselines: tuple[str, ...] = BASELINES
+    """Baselines trained and scored next to the main model."""
+    seed: int = 0
+    """Seed of the data set and of training."""
+    threads: int | None = None
+    """torch CPU threads of each model's training and streaming process (``None``: torch's default). Tiny models run
+    fastest on one thread: more threads mostly add synchronisation, and oversubscription slows them a lot."""
+    workers: int = 1
+    """Models (main + baselines) trained and streamed at once, each in its own process (``1``: one after the other
+    in this process). Feature extraction uses every core of the machine whatever this is."""
+    talk_tuning_videos: int = 4
+    """Training videos on which every model's PAD bias is tuned to talk as much as the reference (0: no tuning,
+    every model at PAD bias 0)."""
+    talk_ratio_target: float | None = None
+    """Talk ratio the PAD bias is tuned to (``None``: the reference's own words shown as the demo's lines)."""
+
+    def __post_init__(self) -> None:
+        self.duration_s = tuple(float(v) for v in self.duration_s)
+        self.baselines = tuple(self.baselines)
+        unknown = set(self.baselines) - set(BASELINES)
+        if unknown:
+            raise InputError("demo.baselines", f"unknown baselines {sorted(unknown)}; known: {list(BASELINES)}")
+        if self.num_videos < 2 or not 0 < self.heldout_fraction < 1 or not self.fps > 0 or self.workers < 1:
+            problem = f"need num_videos >= 2, 0 < heldout_fraction < 1, fps > 0, workers >= 1; got {self}"
+            raise InputError("demo", problem)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> DemoConfig:
+        """Read a demo recipe (a YAML mapping of :class:`DemoConfig` fields); unknown keys are an error."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise InputError(path, f"unreadable demo recipe: {err}") from err
+        if not isinstance(data, dict):
+            raise InputError(path, "a demo recipe must be a mapping of DemoConfig fields")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(path, f"unknown demo settings {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class DemoPaths:
+    """Where each stage writes under the demo's output folder."""
+
+    root: Path
+    data: Path = field(init=False)
+    features: Path = field(init=False)
+    runs: Path = field(init=False)
+    tokenizer: Path = field(init=False)
+    bundle: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.data = self.root / "data"
+        self.features = self.root / "features"
+        self.runs = self.root / "runs"
+        self.tokenizer = self.root / "tokenizer"
+        self.bundle = self.root / "bundle"
+
+    def model_bundle(self, name: str) -> Path:
+        return self.bundle if name == "bflow" else self.root / "baselines" / name / "bundle"
+
+
+# ----------------------------------------------------------------------------------------------- stages
+
+
+def make_data(config: DemoConfig, paths: DemoPaths):
+    """Stages 1-2: the synthetic set (reused when complete with the same settings) and the frozen-CLIP features of
+    every video (resumable: finished videos are skipped)."""
+    from mmduplex.data.synthetic import SyntheticConfig
+    from mmduplex.data.synthetic_cache import prepare_synthetic_cache
+
+    synthetic = SyntheticConfig(
+        num_videos=config.num_videos,
+        duration_s=config.duration_s,
+        heldout_fraction=config.heldout_fraction,
+        seed=config.seed,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    try:  # the encoder's convolutions use every core; the small models after it run best on config.threads
+        return prepare_synthetic_cache(paths.data, paths.features, synthetic, encoder=config.encoder, fps=config.fps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(args: list[str]):
+    """Run ``mmduplex fit`` in-process on ``args`` (no progress bar, no model summary); return the LightningCLI."""
+    from mmduplex.lightning_cli import run_cli
+
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    return run_cli(["fit", *args, *quiet])
+
+
+def train_tokenizer(config: DemoConfig, paths: DemoPaths) -> None:
+    """Stage 3: B-Flow on the cached features; saved (with the demo's token budget) to ``tokenizer/``."""
+    if (paths.tokenizer / "config.json").is_file():
+        log.info("tokenizer: reusing %s", paths.tokenizer)
+        return
+    root = paths.runs / "tokenizer"
+    shutil.rmtree(root, ignore_errors=True)
+    cli = _fit(
+        [
+            "--config", str(recipes.recipe_path(config.tokenizer_recipe)),
+            "--seed_everything", str(config.seed),
+            "--trainer.max_steps", str(config.tokenizer_steps),
+            "--trainer.default_root_dir", str(root),
+            "--trainer.enable_checkpointing", "false",
+            "--trainer.logger", "false",
+            "--data.init_args.cache_dir", str(paths.features),
+            "--data.init_args.synthetic_dir", str(paths.data),
+            "--data.init_args.encoder", config.encoder,
+            "--data.init_args.fps", str(config.fps),
+        ]
+    )  # fmt: skip
+    tokenizer = cli.model.tokenizer
+    if config.target_rate is not None:
+        tokenizer = tokenizer.with_settings(target_rate=config.target_rate)
+    tokenizer.save_pretrained(paths.tokenizer)
+
+
+def bflow_tokens_per_frame(config: DemoConfig, paths: DemoPaths, dataset) -> float:
+    """B-Flow's mean tokens per sampled frame over the training videos' cached features (the rate the uniform
+    baseline is given; the same tokenizer as streaming, whose step API equals this batch path)."""
+    from mmduplex.feature_cache import FeatureCache, video_key
+    from tokenizer.bflow import BFlowTokenizer
+
+    bflow = BFlowTokenizer.from_pretrained(paths.tokenizer).eval()
+    cache = FeatureCache(paths.features)
+    tokens = frames = 0
+    with torch.inference_mode():
+        for vid in dataset.video_ids("train"):
+            record = cache.load(video_key(dataset.video_path(vid)))
+            tokens += bflow.tokenize(record.patches, record.timestamps).tokens_total
+            frames += record.patches.shape[0]
+    return tokens / max(frames, 1)
+
+
+def _video_tokenizer_arg(name: str, paths: DemoPaths, tokens_per_frame: int) -> dict[str, Any]:
+    """The ``video_tokenizer`` (class_path + init_args) of each model the demo trains."""
+    from tokenizer.bflow import BFlowTokenizer
+
+    if name == "bflow":
+        return {
+            "class_path": "tokenizer.bflow.BFlowTokenizer.from_checkpoint",
+            "init_args": {"path": str(paths.tokenizer)},
+        }
+    bflow = BFlowTokenizer.from_pretrained(paths.tokenizer)
+    common = {"dim": bflow.config.dim, "grid": list(bflow.config.grid)}
+    if name == "text_only":
+        return {"class_path": "tokenizer.baselines.NoVideoTokenizer", "init_args": common}
+    if name == "uniform_tokens":
+        return {
+            "class_path": "tokenizer.baselines.UniformTokenizer",
+            "init_args": {**common, "tokens_per_frame": tokens_per_frame, "embed_scale": bflow.config.embed_scale},
+        }
+    raise InputError("demo.baselines", f"unknown model {name!r}")
+
+
+def train_duplex(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_frame: int) -> Path:
+    """Stage 4: one duplex model (``bflow`` = the main one, or a baseline) trained and exported to its bundle."""
+    from mmduplex.bundle import export_bundle
+
+    bundle = paths.model_bundle(name)
+    if (bundle / "config.json").is_file():
+        log.info("duplex %s: reusing %s", name, bundle)
+        return bundle
+    root = paths.runs / f"duplex-{name}"
+    shutil.rmtree(root, ignore_errors=True)
+    epochs = config.duplex_epochs if name == "bflow" else (config.baseline_epochs or config.duplex_epochs)
+    args = [
+        "--config", str(recipes.recipe_path(config.duplex_recipe)),
+        "--seed_everything", str(config.seed),
+        "--trainer.max_epochs", str(epochs),
+        "--trainer.default_root_dir", str(root),
+        "--trainer.logger", "false",
+        "--model.init_args.video_tokenizer", json.dumps(_video_tokenizer_arg(name, paths, tokens_per_frame)),
+        "--data.init_args.features", str(paths.features),
+        "--data.init_args.synthetic_dir", str(paths.data),
+        "--data.init_args.encoder", config.encoder,
+        "--data.init_args.fps", str(config.fps),
+        "--data.init_args.seed", str(config.seed),
+    ]  # fmt: skip
+    if config.batch_size is not None:
+        args += ["--data.init_args.batch_size", str(config.batch_size)]
+    cli = _fit(args)
+    checkpoint = root / "final.ckpt"
+    cli.trainer.save_checkpoint(checkpoint)
+    export_bundle(checkpoint, bundle)
+    return bundle
+
+
+# ----------------------------------------------------------------------------------------------- streaming
+
+
+def stream_and_score(name: str, config: DemoConfig, paths: DemoPaths, dataset) -> tuple[dict[str, Any], list, dict]:
+    """Stage 5 for one model: its PAD bias (:func:`~mmduplex.demo_stream.tune_pad_bias` on training videos, the same
+    rule for every model), then every held-out video streamed through it and scored.
+
+    Returns:
+        The model's figures, each held-out video's :class:`~mmduplex.demo_stream.VideoScore` and the stage timings.
+    """
+    from mmduplex.demo_stream import rate_figures, score_videos, stream_video, tune_pad_bias
+    from mmduplex.feature_cache import FeatureCache
+    from mmduplex.streaming import DuplexSession
+
+    session = DuplexSession.from_bundle(paths.model_bundle(name))
+    timings = {}
+    tuning = None
+    if config.talk_tuning_videos > 0:
+        t0 = time.perf_counter()
+        ids = dataset.video_ids("train")[: config.talk_tuning_videos]
+        cache = FeatureCache(paths.features)
+        tuning = tune_pad_bias(session, dataset, cache, ids, config.talk_ratio_target, config.pause_steps)
+        timings[f"pad_bias_{name}"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    heldout = dataset.video_ids("heldout")
+    results = [stream_video(session, dataset.video_path(vid), config.pause_steps) for vid in heldout]
+    figures, scores = score_videos(results, dataset, config.tolerance_s)
+    figures.update(rate_figures(results, sum(clip.end_s - clip.start_s for clip in dataset.clips("heldout"))))
+    figures["pad_bias"] = session.pad_bias
+    figures["pad_bias_search"] = tuning
+    timings[f"stream_{name}"] = round(time.perf_counter() - t0, 2)
+    return figures, scores, timings
+
+
+def evaluate_model(
+    name: str, config: DemoConfig, paths: DemoPaths, dataset, write_outputs: bool = False
+) -> dict[str, Any]:
+    """Stage 5 for one model (:func:`stream_and_score`): its figures; with ``write_outputs`` also each held-out
+    video's ``<video>.vtt`` and page in ``paths.root``."""
+    from mmduplex.demo_pages import write_pages
+
+    figures, scores, _ = stream_and_score(name, config, paths, dataset)
+    if write_outputs:
+        write_pages(paths.root, dataset, scores)
+    return figures
+
+
+def run_video_ablation(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: float) -> dict[str, Any]:
+    """The main model (at its PAD bias) streamed with another held-out video's features
+    (:func:`~mmduplex.demo_stream.video_ablation`)."""
+    from mmduplex.demo_stream import video_ablation
+    from mmduplex.feature_cache import FeatureCache
+    from mmduplex.streaming import DuplexSession
+
+    session = DuplexSession.from_bundle(paths.model_bundle("bflow"), pad_bias=pad_bias)
+    figures = video_ablation(session, dataset, FeatureCache(paths.features), config.tolerance_s, config.pause_steps)
+    return {**figures, "pad_bias": pad_bias}
+
+
+# ----------------------------------------------------------------------------------------------- per model
+
+
+def quiet_frameworks(verbose: bool = False) -> dict[str, Any]:
+    """Keep the demo's terminal to its own progress lines: Python warnings go to the log (dropped unless
+    ``verbose``), Lightning's info lines (tips, accelerator notices) and the per-video lines of the stages the demo
+    drives are dropped, and Lightning's own console handler no longer repeats what the root handler prints. Call in
+    every process the demo runs in (spawned workers inherit neither warning filters nor logging setup).
+
+    Returns:
+        What :func:`restore_frameworks` needs to put things back.
+    """
+    import lightning  # noqa: F401  (its import sets its loggers' levels and handler: override them after it)
+
+    if not logging.getLogger().handlers:  # a spawned worker: the same format as the CLI
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.captureWarnings(True)
+    quiet = {name: logging.WARNING for name in QUIET_LOGGERS} | {name: logging.INFO for name in SHOWN_LOGGERS}
+    quiet["py.warnings"] = logging.DEBUG if verbose else logging.ERROR
+    previous = {"levels": {name: logging.getLogger(name).level for name in quiet}}
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
+    previous["propagate"] = logging.getLogger("lightning").propagate
+    logging.getLogger("lightning").propagate = False  # it has its own console handler
+    return previous
+
+
+def restore_frameworks(previous: dict[str, Any]) -> None:
+    """Undo :func:`quiet_frameworks` (logger levels back, warnings shown again)."""
+    for name, level in previous["levels"].items():
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger("lightning").propagate = previous["propagate"]
+    logging.captureWarnings(False)
+
+
+def model_job(config: DemoConfig, root: str, name: str, tokens_per_frame: int) -> tuple[dict[str, Any], list, dict]:
+    """Stages 4-5 for one model (``bflow`` = the main one, or a baseline): train and export it, tune its PAD bias,
+    stream every held-out video through it and score the commentary. Runs in this process or in a worker process
+    (picklable arguments).
+
+    Returns:
+        The model's figures, the held-out videos' scores (main model only, else ``None``) and its stage timings.
+    """
+    from mmduplex.data.synthetic import SyntheticDataset
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    paths = DemoPaths(Path(root))
+    t0 = time.perf_counter()
+    train_duplex(config, paths, name, tokens_per_frame)
+    timings = {"duplex" if name == "bflow" else f"duplex_{name}": round(time.perf_counter() - t0, 2)}
+    dataset = SyntheticDataset(paths.data)
+    figures, scores, stream_timings = stream_and_score(name, config, paths, dataset)
+    timings.update(stream_timings)
+    if name == "bflow":
+        t1 = time.perf_counter()
+        figures["video_ablation"] = run_video_ablation(config, paths, dataset, figures["pad_bias"])
+        timings["video_ablation"] = round(time.perf_counter() - t1, 2)
+    log.info("demo: %s trained and streamed in %.1f s", name, time.perf_counter() - t0)
+    return figures, scores if name == "bflow" else None, timings
+
+
+def _worker_init(verbose: bool) -> None:
+    quiet_frameworks(verbose)
+
+
+def run_models(config: DemoConfig, paths: DemoPaths, tokens_per_frame: int) -> tuple[dict[str, dict], list, dict]:
+    """Train and stream the main model and every baseline: ``config.workers`` at a time, each in its own process
+    (spawned, so no thread pool or lock is inherited), or one after the other here when ``workers`` is 1.
+
+    Returns:
+        Figures by model name, the main model's per-video scores, the stage timings.
+    """
+    names = ["bflow", *config.baselines]
+    if config.workers == 1 or len(names) == 1:
+        done = [model_job(config, str(paths.root), name, tokens_per_frame) for name in names]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        workers = min(config.workers, len(names))
+        verbose = logging.getLogger().level <= logging.DEBUG
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(verbose,)) as pool:
+            futures = [pool.submit(model_job, config, str(paths.root), name, tokens_per_frame) for name in names]
+            done = [future.result() for future in futures]
+    figures = {name: result[0] for name, result in zip(names, done, strict=True)}
+    timings = {stage: seconds for _, _, stage_times in done for stage, seconds in stage_times.items()}
+    return figures, done[0][1], timings

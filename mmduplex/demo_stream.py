@@ -1,0 +1,321 @@
+"""Stage 5 of ``mmduplex demo``: stream videos through a trained model, score the commentary, tune the PAD bias.
+
+- :func:`stream_video` streams a video file frame by frame through the bundle's frozen encoder (the real path, as
+  ``mmduplex stream`` does); :func:`stream_features` streams cached patch features (the same tokenizer and slot
+  packer after the encoder; used for the PAD-bias search and the video ablation).
+- :func:`score_videos` gives a model's figures on held-out videos: the event figures of
+  :mod:`eval.commentary`, ``talk_ratio`` (the model's speaking time, the union of its cue spans, over the
+  reference's, the union of its word spans) and ``event_accuracy_by_objects`` (events grouped by the number of
+  shapes with any part inside the frame at the event's time, computed from the data set's shape tracks).
+- :func:`tune_pad_bias`: the same rule for every model: the PAD bias that makes the model talk as much as the
+  reference, searched on training videos only (never held-out ones).
+- :func:`video_ablation`: the main model streamed over each held-out video with another held-out video's features
+  (video ``i`` gets video ``i + 1``'s, cyclically, at video ``i``'s own frame times), scored against video ``i``'s
+  events: a model that uses the video falls to chance.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from eval.commentary import (
+    EventTally,
+    accuracy_by_group,
+    match_events,
+    object_bucket,
+    objects_on_screen,
+    speaking_s,
+    tally_events,
+)
+from mmduplex.alignment import time_to_step
+from mmduplex.outputs import CommentaryLine, LineBuilder
+
+if TYPE_CHECKING:
+    from mmduplex.data.synthetic import SyntheticDataset
+    from mmduplex.feature_cache import FeatureCache
+    from mmduplex.streaming import DuplexSession, StepOutput
+
+MAX_WORDS_PER_LINE = 8
+"""A commentary line closes after this many words (as ``mmduplex stream``'s default)."""
+MIN_DISPLAY_S = 1.0
+"""A line stays on screen this long after its last word."""
+BIAS_BRACKET = (1.0, 32.0)
+"""PAD-bias search: the first step away from 0 and the largest magnitude tried (logits)."""
+BIAS_RESOLUTION = 0.1
+"""PAD-bias search: bisection stops when the bracket is this narrow (logits). A greedy model that does not see the
+video (text only) switches from silence to talking all the time at one bias: no bias between gives the target."""
+TALK_TOLERANCE = 0.1
+"""PAD-bias search: stop when the talk ratio is within this share of the target."""
+
+
+@dataclass
+class StreamResult:
+    """One model's commentary of one video."""
+
+    video_id: str
+    lines: list[CommentaryLine]
+    steps: int
+    compute_s: float
+    stream_s: float
+    video_tokens: int
+    """Tokens the video tokenizer emitted for this video (all of them, also any the slot packer had to drop)."""
+    frame_tokens: list[tuple[float, int]] = field(default_factory=list)
+    """``(t, tokens)`` of every frame pushed, in time order."""
+
+
+def _lines_of(outputs: Iterable[StepOutput], pause_steps: int) -> tuple[list[CommentaryLine], int]:
+    builder = LineBuilder(pause_steps=pause_steps, max_words=MAX_WORDS_PER_LINE, min_display_s=MIN_DISPLAY_S)
+    steps = 0
+    for out in outputs:
+        builder.push_piece(out.t, out.word, out.word_start)
+        steps += 1
+    builder.flush()
+    return builder.lines, steps
+
+
+def _counting(session: DuplexSession, frames: Iterable[tuple[float, Any]], counts: list[tuple[float, int]]):
+    """Yield ``frames``; each time the next one is asked for, the previous one has been pushed: count its tokens."""
+    last = None
+    for t, frame in frames:
+        if last is not None:
+            counts.append((last[0], session.video_tokens + session.dropped_video_tokens - last[1]))
+        last = (float(t), session.video_tokens + session.dropped_video_tokens)
+        yield t, frame
+    if last is not None:
+        counts.append((last[0], session.video_tokens + session.dropped_video_tokens - last[1]))
+
+
+def stream_video(session: DuplexSession, video: Path, pause_steps: int) -> StreamResult:
+    """Stream one video file through ``session`` (reset first) frame by frame, with the end-of-input flush."""
+    from mmduplex.video import iter_video
+
+    session.reset()
+    counts: list[tuple[float, int]] = []
+    start = time.perf_counter()
+    frames = iter_video(video, fps=session.fps, size=session.encoder.image_size)  # as the feature cache was made
+    lines, steps = _lines_of(session.run(_counting(session, frames, counts)), pause_steps)
+    compute = time.perf_counter() - start
+    tokens = session.video_tokens + session.dropped_video_tokens
+    return StreamResult(video.stem, lines, steps, compute, steps / session.step_hz, tokens, counts)
+
+
+def feature_steps(session: DuplexSession, times: Sequence[float], patches: torch.Tensor) -> Iterator[StepOutput]:
+    """:meth:`DuplexSession.run` on cached features: each frame's patches ``[P, D]`` pushed before the step that
+    holds its time, steps up to the end of the last frame's display period, then the flush."""
+    last_t = None
+    for t, frame in zip(times, patches, strict=True):
+        while session.step_index < time_to_step(float(t), session.step_hz):
+            yield session.step()
+        session.push_features(float(t), frame)
+        last_t = float(t)
+    if last_t is None:
+        return
+    end = math.ceil((last_t + 1.0 / session.fps) * session.step_hz - 1e-6)
+    while session.step_index < end:
+        yield session.step()
+    yield from session.flush()
+
+
+def stream_features(
+    session: DuplexSession, video_id: str, times: Sequence[float], patches: torch.Tensor, pause_steps: int
+) -> StreamResult:
+    """Stream cached patch features ``[T, P, D]`` shown at ``times`` through ``session`` (reset first)."""
+    session.reset()
+    start = time.perf_counter()
+    lines, steps = _lines_of(feature_steps(session, times, patches), pause_steps)
+    tokens = session.video_tokens + session.dropped_video_tokens
+    return StreamResult(video_id, lines, steps, time.perf_counter() - start, steps / session.step_hz, tokens)
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+def reference_words(dataset: SyntheticDataset, split: str) -> dict[str, list]:
+    """Video id -> its reference words in video time (:class:`~mmduplex.data.transcripts.Word`)."""
+    from mmduplex.data.transcripts import Word
+
+    return {
+        Path(clip.video).stem: [Word(clip.start_s + w.start, clip.start_s + w.end, w.text) for w in clip.words]
+        for clip in dataset.clips(split)
+    }
+
+
+def event_objects(dataset: SyntheticDataset, video_id: str) -> list[int]:
+    """Objects on screen at each of the video's events (from the planned shape tracks, not from the pixels)."""
+    spec = dataset.spec(video_id)
+    return [objects_on_screen(spec.shapes, event, spec.width, spec.height) for event in dataset.events(video_id)]
+
+
+@dataclass
+class VideoScore:
+    """One video's commentary matched against its reference, item by item (what a video page shows)."""
+
+    video_id: str
+    lines: list[CommentaryLine]
+    line_kinds: list[str]
+    latencies: list[float | None]
+    objects: list[int]
+    frame_tokens: list[tuple[float, int]]
+
+
+def score_videos(
+    results: Sequence[StreamResult], dataset: SyntheticDataset, tolerance_s: float, split: str = "heldout"
+) -> tuple[dict[str, Any], list[VideoScore]]:
+    """A model's figures over ``results`` (micro-pooled) and each video's item-by-item match."""
+    words = reference_words(dataset, split)
+    total = EventTally()
+    outcomes: list[tuple[str, bool]] = []
+    spoken = reference = 0.0
+    scores = []
+    for result in results:
+        events = dataset.events(result.video_id)
+        match = match_events(result.lines, events, tolerance_s)
+        objects = event_objects(dataset, result.video_id)
+        total += tally_events(result.lines, events, tolerance_s)
+        outcomes += [(object_bucket(n), lat is not None) for n, lat in zip(objects, match.latencies, strict=True)]
+        spoken += speaking_s((line.start, line.end) for line in result.lines)
+        reference += speaking_s((w.start, w.end) for w in words.get(result.video_id, []))
+        scores.append(
+            VideoScore(result.video_id, result.lines, match.line_kinds, match.latencies, objects, result.frame_tokens)
+        )
+    metrics = total.metrics()
+    by_objects = accuracy_by_group(outcomes)
+    figures = {
+        "event_accuracy": metrics["event_accuracy"],
+        "event_precision": metrics["event_precision"],
+        "median_latency_s": metrics["median_latency_s"],
+        "p90_latency_s": metrics["p90_latency_s"],
+        "events": metrics["events"],
+        "lines": metrics["lines"],
+        "talk_ratio": spoken / reference if reference else None,
+        "event_accuracy_by_objects": {key: by_objects.get(key) for key in ("1", "2+")},
+        "events_by_objects": {key: sum(1 for g, _ in outcomes if g == key) for key in ("1", "2+")},
+    }
+    return figures, scores
+
+
+def rate_figures(results: Sequence[StreamResult], duration_s: float) -> dict[str, Any]:
+    """``video_tokens_per_second`` (over the videos' duration) and ``rtf`` (compute time / stream time)."""
+    compute = sum(r.compute_s for r in results)
+    stream = sum(r.stream_s for r in results)
+    return {
+        "video_tokens_per_second": sum(r.video_tokens for r in results) / duration_s if duration_s else None,
+        "rtf": compute / stream if stream else None,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- PAD bias
+
+
+def reference_talk_ratio(dataset: SyntheticDataset, ids: Sequence[str], step_hz: float, pause_steps: int) -> float:
+    """The reference's own talk ratio when its words are shown as the demo shows a model's: each word at the end of
+    the step that holds it, grouped into lines by the same line builder (lines stay up ``MIN_DISPLAY_S``)."""
+    words = reference_words(dataset, "train")
+    spoken = reference = 0.0
+    for vid in ids:
+        builder = LineBuilder(pause_steps=pause_steps, max_words=MAX_WORDS_PER_LINE, min_display_s=MIN_DISPLAY_S)
+        by_step = {time_to_step(w.start, step_hz): w.text for w in words[vid]}
+        for k in range(max(by_step, default=-1) + pause_steps + 1):
+            builder.push((k + 1) / step_hz, by_step.get(k))
+        builder.flush()
+        spoken += speaking_s((line.start, line.end) for line in builder.lines)
+        reference += speaking_s((w.start, w.end) for w in words[vid])
+    return spoken / reference if reference else 0.0
+
+
+def tune_pad_bias(
+    session: DuplexSession,
+    dataset: SyntheticDataset,
+    cache: FeatureCache,
+    ids: Sequence[str],
+    target: float | None,
+    pause_steps: int,
+) -> dict[str, Any]:
+    """The PAD bias at which ``session``'s model talks as much as the reference on the training videos ``ids``.
+
+    Starts at 0 (kept when the talk ratio is within :data:`TALK_TOLERANCE` of the target), steps away from 0 in
+    doubling steps until the target is bracketed (or :data:`BIAS_BRACKET`'s bound is hit), then bisects down to
+    :data:`BIAS_RESOLUTION`; the bias tried whose talk ratio is closest to the target by ratio wins (talking twice
+    as much is as far off as half as much; silence is farthest; ties: the bias nearest 0).
+    The session's bias is left at the winner.
+
+    Args:
+        target: the talk ratio wanted; ``None``: :func:`reference_talk_ratio` on the same videos.
+
+    Returns:
+        ``{"pad_bias", "talk_ratio_train", "target", "videos", "tried": [[bias, talk ratio], ...]}``.
+    """
+    from mmduplex.feature_cache import video_key
+
+    records = [cache.load(video_key(dataset.video_path(vid))) for vid in ids]
+    words = reference_words(dataset, "train")
+    reference = sum(speaking_s((w.start, w.end) for w in words[vid]) for vid in ids)
+    if target is None:
+        target = reference_talk_ratio(dataset, ids, session.step_hz, pause_steps)
+    tried: dict[float, float] = {}
+
+    def talk(bias: float) -> float:
+        if bias not in tried:
+            session.pad_bias = bias
+            spoken = 0.0
+            for vid, record in zip(ids, records, strict=True):
+                result = stream_features(session, vid, record.timestamps.tolist(), record.patches, pause_steps)
+                spoken += speaking_s((line.start, line.end) for line in result.lines)
+            tried[bias] = spoken / reference if reference else 0.0
+        return tried[bias]
+
+    close = abs(talk(0.0) - target) <= TALK_TOLERANCE * target
+    if not close:
+        sign = -1.0 if tried[0.0] < target else 1.0  # a negative bias makes the model talk more
+        inner, outer = 0.0, sign * BIAS_BRACKET[0]
+        while (talk(outer) < target) == (tried[0.0] < target) and abs(outer) < BIAS_BRACKET[1]:
+            inner, outer = outer, outer * 2
+        bracketed = (tried[outer] < target) != (tried[0.0] < target)
+        while bracketed and abs(outer - inner) > BIAS_RESOLUTION:
+            middle = (inner + outer) / 2
+            if abs(talk(middle) - target) <= TALK_TOLERANCE * target:
+                break
+            if (tried[middle] < target) == (tried[0.0] < target):
+                inner = middle
+            else:
+                outer = middle
+    best = min(tried, key=lambda b: (abs(math.log(max(tried[b], 1e-6) / target)), abs(b)))
+    session.pad_bias = best
+    return {
+        "pad_bias": best,
+        "talk_ratio_train": tried[best],
+        "target": target,
+        "videos": len(ids),
+        "tried": [[b, round(r, 4)] for b, r in sorted(tried.items())],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- ablation
+
+
+def video_ablation(
+    session: DuplexSession, dataset: SyntheticDataset, cache: FeatureCache, tolerance_s: float, pause_steps: int
+) -> dict[str, Any]:
+    """The model streamed over each held-out video with the next held-out video's cached features (cyclically; a
+    shorter donor is looped), at the video's own frame times, scored against the video's own events."""
+    from mmduplex.feature_cache import video_key
+
+    ids = dataset.video_ids("heldout")
+    records = [cache.load(video_key(dataset.video_path(vid))) for vid in ids]
+    results = []
+    for i, vid in enumerate(ids):
+        own, donor = records[i], records[(i + 1) % len(ids)]
+        if len(ids) == 1:
+            donor = replace(own, patches=own.patches.flip(0))  # a single video: its own features played backwards
+        index = torch.arange(own.timestamps.shape[0]) % donor.patches.shape[0]  # [T]
+        results.append(stream_features(session, vid, own.timestamps.tolist(), donor.patches[index], pause_steps))
+    figures, _ = score_videos(results, dataset, tolerance_s)
+    figures["pairing"] = "video i streamed with held-out video (i + 1) mod n's features, scored on video i's events"
+    return figures
