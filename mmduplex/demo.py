@@ -102,7 +102,8 @@ SETTINGS_FILE = "demo_config.json"
 
 
 def check_reusable(paths: DemoPaths, config: DemoConfig) -> None:
-    """Stages are reused from an earlier run only if it had the same settings; otherwise refuse (never mix).
+    """Stages are reused from an earlier run only if it had the same settings; otherwise refuse (never mix). A
+    setting the earlier run's record lacks (added to :class:`DemoConfig` since) counts as its default.
 
     Raises:
         InputError: ``out_dir`` holds a demo run made with other settings (names the differing fields).
@@ -115,7 +116,8 @@ def check_reusable(paths: DemoPaths, config: DemoConfig) -> None:
         except ValueError as err:
             problem = f"unreadable demo settings ({err}); delete the folder or use another --out"
             raise InputError(marker, problem) from err
-        differ = sorted(k for k in set(wanted) | set(previous) if wanted.get(k) != previous.get(k))
+        defaults = json.loads(json.dumps(asdict(DemoConfig())))  # a setting added since that run had its default
+        differ = sorted(k for k in set(wanted) | set(previous) if wanted.get(k) != previous.get(k, defaults.get(k)))
         if differ:
             problem = f"holds a demo run with other settings ({', '.join(differ)}); use another --out or delete it"
             raise InputError(paths.root, problem)
@@ -154,7 +156,7 @@ def _run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
     figures, scores, model_timings = timed("models", run_models, config, paths, tokens_per_frame)
     timings.update(model_timings)
     main = figures.pop("bflow")
-    ablation = main.pop("video_ablation")
+    ablation = main.pop("video_ablation", None)
     report = {
         **{key: main[key] for key in REPORT_FIGURES},
         "wall_s": None,

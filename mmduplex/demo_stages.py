@@ -78,6 +78,8 @@ class DemoConfig:
     every model at PAD bias 0)."""
     talk_ratio_target: float | None = None
     """Talk ratio the PAD bias is tuned to (``None``: the reference's own words shown as the demo's lines)."""
+    ablation_videos: int | None = None
+    """Held-out videos the video ablation streams (the first ones; ``None``: all, ``0``: no ablation)."""
 
     def __post_init__(self) -> None:
         self.duration_s = tuple(float(v) for v in self.duration_s)
@@ -314,7 +316,9 @@ def run_video_ablation(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: 
     from mmduplex.streaming import DuplexSession
 
     session = DuplexSession.from_bundle(paths.model_bundle("bflow"), pad_bias=pad_bias)
-    figures = video_ablation(session, dataset, FeatureCache(paths.features), config.tolerance_s, config.pause_steps)
+    ids = dataset.video_ids("heldout")[: config.ablation_videos]
+    cache = FeatureCache(paths.features)
+    figures = video_ablation(session, dataset, cache, config.tolerance_s, config.pause_steps, ids)
     return {**figures, "pad_bias": pad_bias}
 
 
@@ -372,7 +376,7 @@ def model_job(config: DemoConfig, root: str, name: str, tokens_per_frame: int) -
     dataset = SyntheticDataset(paths.data)
     figures, scores, stream_timings = stream_and_score(name, config, paths, dataset)
     timings.update(stream_timings)
-    if name == "bflow":
+    if name == "bflow" and config.ablation_videos != 0:
         t1 = time.perf_counter()
         figures["video_ablation"] = run_video_ablation(config, paths, dataset, figures["pad_bias"])
         timings["video_ablation"] = round(time.perf_counter() - t1, 2)

@@ -301,13 +301,18 @@ def tune_pad_bias(
 
 
 def video_ablation(
-    session: DuplexSession, dataset: SyntheticDataset, cache: FeatureCache, tolerance_s: float, pause_steps: int
+    session: DuplexSession,
+    dataset: SyntheticDataset,
+    cache: FeatureCache,
+    tolerance_s: float,
+    pause_steps: int,
+    ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The model streamed over each held-out video with the next held-out video's cached features (cyclically; a
-    shorter donor is looped), at the video's own frame times, scored against the video's own events."""
+    """The model streamed over each held-out video (``ids``, default all) with the next one's cached features
+    (cyclically; a shorter donor is looped), at the video's own frame times, scored against the video's own events."""
     from mmduplex.feature_cache import video_key
 
-    ids = dataset.video_ids("heldout")
+    ids = list(dataset.video_ids("heldout") if ids is None else ids)
     records = [cache.load(video_key(dataset.video_path(vid))) for vid in ids]
     results = []
     for i, vid in enumerate(ids):
@@ -317,5 +322,6 @@ def video_ablation(
         index = torch.arange(own.timestamps.shape[0]) % donor.patches.shape[0]  # [T]
         results.append(stream_features(session, vid, own.timestamps.tolist(), donor.patches[index], pause_steps))
     figures, _ = score_videos(results, dataset, tolerance_s)
+    figures["videos"] = len(ids)
     figures["pairing"] = "video i streamed with held-out video (i + 1) mod n's features, scored on video i's events"
     return figures

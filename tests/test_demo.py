@@ -253,3 +253,18 @@ def test_pad_bias_search_on_training_videos(smoke_demo):
     at_zero = tune_pad_bias(talking, dataset, cache, ids, 0.5, 3)["talk_ratio_train"]
     kept = tune_pad_bias(talking, dataset, cache, ids, at_zero, 3)
     assert kept["pad_bias"] == 0.0 and kept["tried"] == [[0.0, round(at_zero, 4)]]
+
+
+def test_a_run_recorded_before_a_setting_existed_is_reused_at_its_default(tmp_path):
+    from dataclasses import asdict, replace
+
+    from mmduplex.demo import SETTINGS_FILE, DemoPaths, check_reusable
+    from mmduplex.errors import InputError
+
+    config = DemoConfig.from_yaml(__import__("recipes").recipe_path("demo/smoke"))
+    older = {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k != "ablation_videos"}
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(older))
+    check_reusable(DemoPaths(tmp_path), config)  # the default: the same run
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(older))
+    with pytest.raises(InputError, match="ablation_videos"):
+        check_reusable(DemoPaths(tmp_path), replace(config, ablation_videos=3))
