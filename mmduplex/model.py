@@ -103,12 +103,19 @@ def build_backbone(
     if dtype is not None:
         kwargs["dtype"] = dtype
     if isinstance(spec, str):
+        from transformers.utils import logging as hf_logging
+
         from mmduplex.weights import resolve_pretrained
 
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar per load (the demo and stream stay quiet)
         try:
             model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(spec), **kwargs)
         except (OSError, ValueError) as exc:
             raise CheckpointError(spec, f"cannot load the backbone LM ({exc})") from exc
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
     else:
         model = AutoModelForCausalLM.from_config(backbone_config(dict(spec), vocab_size), **kwargs)
     rope = getattr(model.config, "rope_parameters", None) or getattr(model.config, "rope_theta", None)
