@@ -147,12 +147,10 @@ def make_data(config: DemoConfig, paths: DemoPaths):
         heldout_fraction=config.heldout_fraction,
         seed=config.seed,
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
-    try:  # the encoder's convolutions use every core; the small models after it run best on config.threads
-        return prepare_synthetic_cache(paths.data, paths.features, synthetic, encoder=config.encoder, fps=config.fps)
-    finally:
-        torch.set_num_threads(threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return prepare_synthetic_cache(  # one encoder process per core (a second thread gains the encoder little)
+        paths.data, paths.features, synthetic, encoder=config.encoder, fps=config.fps, processes=cores
+    )
 
 
 def _fit(args: list[str]):

@@ -174,10 +174,13 @@ def test_workers_and_lightning_path_give_the_same_shards(tmp_path, encoder, vide
     lightning = extract_features(
         inputs, tmp_path / "pl", encoder="mmduplex-tiny", fps=FPS, devices=1, accelerator="cpu", batch_size=4
     )
+    spawned = extract_features(inputs, tmp_path / "proc", encoder="mmduplex-tiny", fps=FPS, processes=2)
     for report in (local, pooled, lightning):
         assert report.encoded == ["clip_0", "carphone_pristine"]
         assert list(report.failed) == [str(bad.resolve())]
-    for folder in ("pool", "pl"):
+    assert sorted(spawned.encoded) == ["carphone_pristine", "clip_0"] and list(spawned.failed) == [str(bad.resolve())]
+    assert spawned.frames == local.frames
+    for folder in ("pool", "pl", "proc"):
         cache = FeatureCache(tmp_path / folder)
         assert cache.entries().keys() == FeatureCache(tmp_path / "local").entries().keys()
         for key in cache:

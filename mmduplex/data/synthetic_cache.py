@@ -22,6 +22,7 @@ def prepare_synthetic_cache(
     encoder: str = "mmduplex-tiny",
     fps: float = 2.0,
     reuse_existing: bool = False,
+    processes: int = 1,
 ) -> SyntheticDataset:
     """Generate the synthetic set in ``synthetic_dir`` and encode every video into ``cache_dir``.
 
@@ -34,6 +35,7 @@ def prepare_synthetic_cache(
         reuse_existing: take a complete data set already in ``synthetic_dir`` as it is, whatever its settings (the
             data modules: a data set made by ``mmduplex demo`` is used, not regenerated); otherwise a data set with
             other settings is regenerated.
+        processes: encoder processes (see :func:`~mmduplex.features.extract_features`).
 
     Raises:
         CacheError: a video could not be encoded (the others are in the cache).
@@ -44,7 +46,7 @@ def prepare_synthetic_cache(
         dataset = SyntheticDataset(synthetic_dir)
     else:
         dataset = generate_dataset(synthetic_dir, config)
-    report = extract_features(dataset.videos(), cache_dir, encoder=encoder, fps=fps)
+    report = extract_features(dataset.videos(), cache_dir, encoder=encoder, fps=fps, processes=processes)
     if report.failed:
         raise CacheError(cache_dir, f"feature extraction failed for {sorted(report.failed)}")
     return dataset
