@@ -42,7 +42,14 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             *("mmduplex.streaming", "mmduplex.schedules"),
         ),
     ),
-    (4, "applications", ("eval.*", "mmduplex.demo", "mmduplex.cli", "mmduplex.__main__", "mmduplex.commands.*")),
+    (
+        4,
+        "applications",
+        (
+            *("eval.*", "mmduplex.demo", "mmduplex.demo_stages", "mmduplex.demo_stream", "mmduplex.demo_pages"),
+            *("mmduplex.cli", "mmduplex.__main__", "mmduplex.commands.*"),
+        ),
+    ),
 )
 """The layers, lowest first, as ``(rank, name, patterns)``: a module may import modules of its own layer or of a
 lower rank, never of a higher rank nor of another layer at its rank (the tokenizer and the duplex LM are side by side
