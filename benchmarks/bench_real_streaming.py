@@ -28,6 +28,7 @@ import warnings
 
 import torch
 
+from benchmarks.bench_streaming import pct
 from benchmarks.common import QWEN_05B, print_header
 
 VARIANTS = ("smollm2-fp32", "smollm2-int8", "qwen05b-fp32", "qwen05b-int8")
@@ -77,13 +78,12 @@ def stream(variant: str, seconds: float, step_hz: float, fps: float, window: int
     outs = list(session.run(((k / fps, f) for k, f in enumerate(frames)), end_s=seconds))
     wall = time.perf_counter() - start
     steps = [o.elapsed_s * 1e3 for o in outs]
-    ordered = sorted(steps)
     return {
         "params_m": params / 1e6,
         "steps": len(outs),
         "rtf": wall / (len(outs) / step_hz),
         "step_p50": statistics.median(steps),
-        "step_p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "step_p95": pct(steps, 95),
         "video_tokens_per_s": session.video_tokens / seconds,
     }
 
