@@ -164,6 +164,8 @@ def build_duplex_model(config: dict[str, Any], attn_implementation: str | None =
         token_dim=int(config["token_dim"]),
         slots_per_step=int(config["slots_per_step"]),
         projector_hidden=config.get("projector_hidden"),
+        projector_layers=int(config.get("projector_layers", 0)),
+        projector_heads=int(config.get("projector_heads", 4)),
     )
 
 

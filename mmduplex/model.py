@@ -6,8 +6,9 @@ One sequence position per time step. At step ``s`` the backbone's input is the s
   own trainable rows, so a frozen LM still learns them),
 - the user stream's embedding (the LM's input embeddings plus a learned stream vector; user silence embeds to
   zero), and
-- the video slots: each of the ``K`` slot tokens ``[Dv]`` goes through a projector MLP to the LM width, gets a learned
-  slot embedding, and the unmasked slots are summed (an empty step embeds to zero).
+- the video slots: the ``K`` slot tokens ``[Dv]`` of the step (optionally after attending to each other, so an
+  object's colour, shape and position stay bound together) are projected to the LM width with a learned slot
+  embedding, and the unmasked slots are summed (an empty step embeds to zero; :class:`VideoProjector`).
 
 The backbone is any Hugging Face causal LM with rotary positions (Llama, Qwen2, SmolLM, Mistral, ...), used through
 ``inputs_embeds``; its LM head gives the text logits, whose PAD / EPAD columns come from a small trainable head.
@@ -125,23 +126,51 @@ def build_backbone(
 
 
 class VideoProjector(nn.Module):
-    """Video slots ``[B, S, K, Dv]`` -> one embedding per step ``[B, S, H]`` (projected, slot-embedded, masked sum).
+    """Video slots ``[B, S, K, Dv]`` -> one embedding per step ``[B, S, H]``.
+
+    With ``layers = 0`` each slot is projected on its own (MLP to the LM width plus a learned slot embedding) and the
+    unmasked slots are summed. With ``layers > 0`` the step's slots first attend to each other (a small pre-norm
+    transformer encoder of width ``mlp_hidden`` over the ``K`` slots, empty slots masked out), so what one token
+    holds (an object's colour) can be bound to what another holds (its shape, its position) before the sum; then each
+    slot is projected to the LM width and the unmasked slots are summed. Either way an empty step embeds to zero.
 
     Args:
         token_dim: ``Dv``.
         hidden: ``H``, the LM width.
         slots_per_step: ``K``.
-        mlp_hidden: width of the projector's hidden layer (``None``: ``H``).
+        mlp_hidden: width of the projector's hidden layer / slot encoder (``None``: ``H``).
+        layers: slot-encoder layers (0: no attention between a step's slots).
+        heads: attention heads of the slot encoder.
     """
 
-    def __init__(self, token_dim: int, hidden: int, slots_per_step: int, mlp_hidden: int | None = None) -> None:
+    def __init__(
+        self,
+        token_dim: int,
+        hidden: int,
+        slots_per_step: int,
+        mlp_hidden: int | None = None,
+        layers: int = 0,
+        heads: int = 4,
+    ) -> None:
         super().__init__()
         mid = mlp_hidden or hidden
+        if layers < 0 or (layers and mid % heads):
+            raise InputError("projector", f"need layers >= 0 and width % heads == 0; got {layers}, {mid}/{heads}")
         self.norm = nn.LayerNorm(token_dim)
-        self.mlp = nn.Sequential(nn.Linear(token_dim, mid), nn.GELU(), nn.Linear(mid, hidden))
-        self.slot_embedding = nn.Parameter(torch.randn(slots_per_step, hidden) * 0.02)  # [K, H]
         self.slots_per_step = slots_per_step
         self.token_dim = token_dim
+        self.layers = layers
+        if layers == 0:
+            self.mlp = nn.Sequential(nn.Linear(token_dim, mid), nn.GELU(), nn.Linear(mid, hidden))
+            self.slot_embedding = nn.Parameter(torch.randn(slots_per_step, hidden) * 0.02)  # [K, H]
+            return
+        self.inp = nn.Linear(token_dim, mid)
+        self.slot_embedding = nn.Parameter(torch.randn(slots_per_step, mid) * 0.02)  # [K, W]
+        layer = nn.TransformerEncoderLayer(
+            mid, heads, 2 * mid, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.LayerNorm(mid), nn.Linear(mid, hidden))
 
     def forward(self, slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if slots.dim() != 4 or slots.shape[-2:] != (self.slots_per_step, self.token_dim):
@@ -150,7 +179,17 @@ class VideoProjector(nn.Module):
             )
         if mask.shape != slots.shape[:-1]:
             raise InputError("video_mask", f"expected {tuple(slots.shape[:-1])}, got {tuple(mask.shape)}")
-        projected = self.mlp(self.norm(slots.to(self.slot_embedding.dtype))) + self.slot_embedding  # [B, S, K, H]
+        x = self.norm(slots.to(self.slot_embedding.dtype))
+        if self.layers == 0:
+            projected = self.mlp(x) + self.slot_embedding  # [B, S, K, H]
+        else:
+            b, s, k, _ = x.shape
+            tokens = (self.inp(x) + self.slot_embedding).reshape(b * s, k, -1)  # [B*S, K, W]
+            flat = mask.reshape(b * s, k)
+            keep = flat.clone()
+            keep[:, 0] |= ~flat.any(dim=1)  # an empty step attends to one slot (no all-masked softmax); zeroed below
+            mixed = self.encoder(tokens, src_key_padding_mask=~keep)  # [B*S, K, W]
+            projected = self.out(mixed).reshape(b, s, k, -1)  # [B, S, K, H]
         return (projected * mask.unsqueeze(-1).to(projected.dtype)).sum(dim=2)  # [B, S, H]
 
 
@@ -166,6 +205,8 @@ class DuplexLM(nn.Module):
         token_dim: ``Dv``, the video tokens' width.
         slots_per_step: ``K``, video slots per step.
         projector_hidden: width of the video projector's hidden layer (``None``: the LM width).
+        projector_layers: attention layers between a step's slots (:class:`VideoProjector`; 0: none).
+        projector_heads: their attention heads.
     """
 
     def __init__(
@@ -177,6 +218,8 @@ class DuplexLM(nn.Module):
         token_dim: int,
         slots_per_step: int,
         projector_hidden: int | None = None,
+        projector_layers: int = 0,
+        projector_heads: int = 4,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -190,7 +233,9 @@ class DuplexLM(nn.Module):
         nn.init.zeros_(self.special_head.weight)
         nn.init.zeros_(self.special_head.bias)
         self.user_stream = nn.Parameter(torch.zeros(self.hidden))  # [H] marks user tokens apart from text tokens
-        self.video = VideoProjector(token_dim, self.hidden, slots_per_step, projector_hidden)
+        self.video = VideoProjector(
+            token_dim, self.hidden, slots_per_step, projector_hidden, projector_layers, projector_heads
+        )
         decoder_params = inspect.signature(backbone.get_decoder().forward).parameters
         self._cache_kw = "cache" if "cache" in decoder_params else "past_key_values"
 

@@ -57,6 +57,8 @@ class DuplexModule(LightningModule):
             on CUDA, else sdpa.
         gradient_checkpointing: recompute backbone activations in the backward pass (saves memory).
         projector_hidden: hidden width of the video projector MLP (``None``: the LM width).
+        projector_layers: attention layers between a step's video slots before they are summed (0: none).
+        projector_heads: attention heads of those layers.
         pad_weight: loss weight of PAD targets (Moshi: 0.5).
         epad_weight: loss weight of EPAD targets.
         silence_weight: weight of the extra speak/silent (P(PAD)) binary cross-entropy term.
@@ -83,6 +85,8 @@ class DuplexModule(LightningModule):
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
         projector_hidden: int | None = None,
+        projector_layers: int = 0,
+        projector_heads: int = 4,
         pad_weight: float = 1.0,
         epad_weight: float = 1.0,
         silence_weight: float = 0.0,
@@ -130,6 +134,8 @@ class DuplexModule(LightningModule):
             token_dim=int(video_tokenizer.token_dim),
             slots_per_step=slots_per_step,
             projector_hidden=projector_hidden,
+            projector_layers=projector_layers,
+            projector_heads=projector_heads,
         )
         self._set_trainable(finetune)
         if gradient_checkpointing:
@@ -279,6 +285,8 @@ class DuplexModule(LightningModule):
             "slots_per_step": int(hp.slots_per_step),
             "token_dim": int(self.model.token_dim),
             "projector_hidden": hp.projector_hidden,
+            "projector_layers": int(hp.get("projector_layers", 0)),
+            "projector_heads": int(hp.get("projector_heads", 4)),
             "vocab_size": int(self.text_tokenizer.vocab_size),
             "pad_id": int(self.text_tokenizer.pad_id),
             "epad_id": int(self.text_tokenizer.epad_id),

@@ -201,8 +201,13 @@ def list_weights() -> list[WeightsEntry]:
     return list(REGISTRY.values())
 
 
+ENCODER_CUTS: dict[str, str] = {"efficientnet-lite0-s8": "efficientnet-lite0"}
+"""Encoder names that are another cut of a registered network (the same weights): name -> registry name."""
+
+
 def find_entry(name: str) -> WeightsEntry | None:
-    """The entry called ``name`` (or whose hub id is ``name``), else ``None``."""
+    """The entry called ``name`` (or whose hub id is ``name``, or an encoder cut of it), else ``None``."""
+    name = ENCODER_CUTS.get(name, name)
     if name in REGISTRY:
         return REGISTRY[name]
     return next((entry for entry in REGISTRY.values() if entry.hub == name), None)

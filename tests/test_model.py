@@ -11,7 +11,7 @@ from bounded_reference import bounded_reference
 
 from mmduplex.errors import InputError
 from mmduplex.kvcache import SinkWindowCache
-from mmduplex.model import DuplexLM, LoraSettings, LossWeights, apply_lora, build_backbone, text_loss
+from mmduplex.model import DuplexLM, LoraSettings, LossWeights, VideoProjector, apply_lora, build_backbone, text_loss
 
 TINY_LLAMA = {
     "model_type": "llama",
@@ -24,10 +24,10 @@ TINY_LLAMA = {
 V, PAD, EPAD, DV, K = 12, 10, 11, 16, 3
 
 
-def make_model(spec=None, vocab_size=V) -> DuplexLM:
+def make_model(spec=None, vocab_size=V, projector_layers=0) -> DuplexLM:
     torch.manual_seed(0)
     backbone = build_backbone(spec or TINY_LLAMA, vocab_size=vocab_size, attn_implementation="sdpa")
-    return DuplexLM(backbone, V, PAD, EPAD, DV, K).eval()
+    return DuplexLM(backbone, V, PAD, EPAD, DV, K, projector_hidden=32, projector_layers=projector_layers).eval()
 
 
 def make_inputs(batch=2, steps=9, seed=1):
@@ -53,10 +53,10 @@ def stream_steps(model: DuplexLM, cache: SinkWindowCache, text, slots, mask, use
     return torch.cat(steps, dim=1)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
-def test_streaming_equals_teacher_forced(model_type):
+@pytest.mark.parametrize(("model_type", "projector_layers"), [("llama", 0), ("qwen2", 0), ("llama", 1)])
+def test_streaming_equals_teacher_forced(model_type, projector_layers):
     """Streaming on the project's SinkWindowCache (the cache DuplexSession uses) == the teacher-forced forward."""
-    model = make_model({**TINY_LLAMA, "model_type": model_type})
+    model = make_model({**TINY_LLAMA, "model_type": model_type}, projector_layers=projector_layers)
     text, slots, mask, user = make_inputs()
     with torch.no_grad():
         full = model(text, slots, mask, user).logits  # [B, S, V]
@@ -104,8 +104,9 @@ def test_causality():
             assert (changed[:, s] - base[:, s]).abs().max() > 1e-4  # step s itself does see its inputs
 
 
-def test_absent_streams_embed_to_zero():
-    model = make_model()
+@pytest.mark.parametrize("projector_layers", [0, 1])
+def test_absent_streams_embed_to_zero(projector_layers):
+    model = make_model(projector_layers=projector_layers)
     text, slots, mask, _ = make_inputs()
     silent = torch.full_like(text, PAD)
     none_masked = torch.zeros_like(mask)
@@ -113,6 +114,43 @@ def test_absent_streams_embed_to_zero():
         a = model.embed(text, slots, none_masked, silent)
         b = model.embed(text, torch.randn_like(slots), none_masked, None)
     torch.testing.assert_close(a, b)
+
+
+def _one_step(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``tokens`` (each ``[DV]``) in the first slots of one step: slots ``[1, 1, K, DV]`` and mask ``[1, 1, K]``."""
+    slots = torch.zeros(1, 1, K, DV)
+    mask = torch.zeros(1, 1, K, dtype=torch.bool)
+    for i, token in enumerate(tokens):
+        slots[0, 0, i], mask[0, 0, i] = token, True
+    return slots, mask
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_video_projector_binds_a_steps_slots_only_with_attention(layers):
+    """Without slot attention a step's embedding is the sum of its slots' own embeddings (two objects' tokens mix
+    additively); with it, what a slot contributes depends on the other slots of its step. Masked slots never count,
+    and an empty step embeds to exactly zero."""
+    torch.manual_seed(0)
+    projector = VideoProjector(DV, 24, K, mlp_hidden=16, layers=layers).eval()
+    for p in projector.parameters():  # no zero-initialised part may hide the interaction
+        torch.nn.init.normal_(p, std=0.3)
+    a, b, junk = torch.randn(3, DV)
+    with torch.no_grad():
+        both = projector(*_one_step([a, b]))
+        alone_a = projector(*_one_step([a]))
+        slots_b, mask_b = _one_step([a, b])
+        mask_b[0, 0, 0] = False  # b alone, in its own slot
+        alone_b = projector(slots_b, mask_b)
+        additive_gap = (both - alone_a - alone_b).abs().max()
+        slots, mask = _one_step([a, b])
+        slots[0, 0, 2] = junk  # a masked slot's value changes nothing
+        torch.testing.assert_close(projector(slots, mask), both)
+        empty = projector(torch.randn(2, 3, K, DV), torch.zeros(2, 3, K, dtype=torch.bool))
+    assert empty.abs().max() == 0
+    if layers == 0:
+        assert additive_gap < 1e-5
+    else:
+        assert additive_gap > 1e-2
 
 
 def test_pad_weighting_changes_loss_as_specified():

@@ -6,7 +6,9 @@ converted to a timm-keyed safetensors file, cached). No model hub is needed.
 
 Patch features come from the **stride-16 stage** (the last block before the stride-32 stage): at the default
 192 px input that is a 12 x 12 = 144-patch grid of 112 channels (lite0), the same patch count as a ViT-B/16 at
-192 px, so 64 pooled tokens per frame are lossy. The stride-32 head (320 -> 1280 channels, 6 x 6) is not run for
+192 px, so 64 pooled tokens per frame are lossy. ``efficientnet-lite0-s8`` cuts the same network after its
+**stride-8 stage** and feeds it 96 px: the same 12 x 12 grid, 40 channels, about a tenth of the compute (what the
+demo uses on its 96 px synthetic footage). The stride-32 head (320 -> 1280 channels, 6 x 6) is not run for
 encoding: it adds compute and its 36 positions are too coarse for motion-sized tokens. The pooled embedding is the
 mean of the stride-16 map (``E = D``). :meth:`FrozenEfficientNet.classify` runs the whole network (ImageNet logits),
 which the tests use to check the weights are the real ones.
@@ -48,13 +50,23 @@ class EfficientNetPreset:
     """Total stride of that map (for the grid size)."""
     native_size: int
     """Input size the ImageNet weights were trained at (used by :meth:`FrozenEfficientNet.classify`)."""
+    weights: str
+    """The weights registry's name of the network (:func:`mmduplex.weights.get_weights`)."""
 
 
 PRESETS: dict[str, EfficientNetPreset] = {
-    f"efficientnet-lite{i}": EfficientNetPreset(f"tf_efficientnet_lite{i}", 192, 4, 16, native)
-    for i, native in enumerate((224, 240, 260))
+    **{
+        f"efficientnet-lite{i}": EfficientNetPreset(
+            f"tf_efficientnet_lite{i}", 192, 4, 16, native, f"efficientnet-lite{i}"
+        )
+        for i, native in enumerate((224, 240, 260))
+    },
+    "efficientnet-lite0-s8": EfficientNetPreset("tf_efficientnet_lite0", 96, 2, 8, 224, "efficientnet-lite0"),
 }
-"""Encoder name -> preset. 192 px is the smallest input whose stride-16 grid has >= 144 patches."""
+"""Encoder name -> preset. 192 px is the smallest input whose stride-16 grid has >= 144 patches.
+``efficientnet-lite0-s8`` is the same network cut after its stride-8 stage (40 channels) and fed 96 px: the same
+12 x 12 grid at about a tenth of the compute (``benchmarks/bench_encoder_choice.py``), with lower-level features
+(colour, edges, simple parts) that suit small synthetic footage; the demo uses it."""
 
 
 def is_efficientnet_spec(spec: str) -> bool:
@@ -63,7 +75,7 @@ def is_efficientnet_spec(spec: str) -> bool:
 
 
 class FrozenEfficientNet(FrozenImageEncoder):
-    """A frozen EfficientNet-Lite cut after its stride-16 stage: patch features ``[B, P, D]`` per frame.
+    """A frozen EfficientNet-Lite cut after one stage (stride 16, or 8): patch features ``[B, P, D]`` per frame.
 
     Args:
         model: the timm ``EfficientNet`` with its weights loaded.
@@ -103,7 +115,7 @@ class FrozenEfficientNet(FrozenImageEncoder):
         return super().encode(frames, batch_size=max(1, min(batch_size, self.max_batch)))
 
     def trunk(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised ``[B, 3, S, S]`` -> the stride-16 map ``[B, D, S/16, S/16]``."""
+        """Normalised ``[B, 3, S, S]`` -> the cut stage's map ``[B, D, S/stride, S/stride]``."""
         x = self.model.bn1(self.model.conv_stem(images.contiguous(memory_format=torch.channels_last)))
         for block in self.model.blocks[: self.feature_block + 1]:
             x = block(x)
@@ -197,7 +209,7 @@ def create_efficientnet(spec: str, device: str | torch.device | None = None) -> 
     if name not in PRESETS:
         raise CheckpointError(spec, f"unknown EfficientNet encoder {name!r}; known: {sorted(PRESETS)}")
     preset = PRESETS[name]
-    path = _weights_file(name, pretrained)
+    path = _weights_file(preset.weights, pretrained)
     model = timm.create_model(preset.timm_model, pretrained=False)
     try:
         model.load_state_dict(load_file(str(path)), strict=True)
