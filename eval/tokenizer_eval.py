@@ -108,7 +108,7 @@ def tokenizer_suite(
     if fixed:
         bflow = bflow.with_settings(reconstruction="cells")
     upsample = "bilinear" if fixed else "nearest"
-    dim, grid = bflow.token_dim, bflow.grid
+    dim, grid = bflow.feature_dim, bflow.grid
     entries = [TokenizerEntry("bflow variable", "bflow", None, bflow.with_settings(target_rate=None))]
     for budget in budgets:
         try:

@@ -41,6 +41,9 @@ class DemoConfig:
     """Range of video durations (s)."""
     heldout_fraction: float = 0.2
     """Share of the videos held out for streaming evaluation."""
+    word_delay_s: tuple[float, float] = (0.3, 0.5)
+    """Range of the reference commentary's delay from an event to its first word (s): with the model's text delay
+    tau it sets when the model speaks, so the latency the demo measures is about this plus tau."""
     fps: float = 2.0
     """Frame sampling rate of the features and of the streamed video."""
     encoder: str = "mmduplex-tiny"
@@ -83,6 +86,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         self.duration_s = tuple(float(v) for v in self.duration_s)
+        self.word_delay_s = tuple(float(v) for v in self.word_delay_s)
         self.baselines = tuple(self.baselines)
         unknown = set(self.baselines) - set(BASELINES)
         if unknown:
@@ -145,6 +149,7 @@ def make_data(config: DemoConfig, paths: DemoPaths):
         num_videos=config.num_videos,
         duration_s=config.duration_s,
         heldout_fraction=config.heldout_fraction,
+        word_delay_s=config.word_delay_s,
         seed=config.seed,
     )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -188,9 +193,14 @@ def train_tokenizer(config: DemoConfig, paths: DemoPaths) -> None:
     tokenizer.save_pretrained(paths.tokenizer)
 
 
+RATE_VIDEOS = 256
+"""B-Flow's mean rate is measured on at most this many training videos (the first, sorted by id)."""
+
+
 def bflow_tokens_per_frame(config: DemoConfig, paths: DemoPaths, dataset) -> float:
     """B-Flow's mean tokens per sampled frame over the training videos' cached features (the rate the uniform
-    baseline is given; the same tokenizer as streaming, whose step API equals this batch path)."""
+    baseline is given; the same tokenizer as streaming, whose step API equals this batch path; at most
+    :data:`RATE_VIDEOS` videos)."""
     from mmduplex.feature_cache import FeatureCache, video_key
     from tokenizer.bflow import BFlowTokenizer
 
@@ -198,7 +208,7 @@ def bflow_tokens_per_frame(config: DemoConfig, paths: DemoPaths, dataset) -> flo
     cache = FeatureCache(paths.features)
     tokens = frames = 0
     with torch.inference_mode():
-        for vid in dataset.video_ids("train"):
+        for vid in dataset.video_ids("train")[:RATE_VIDEOS]:
             record = cache.load(video_key(dataset.video_path(vid)))
             tokens += bflow.tokenize(record.patches, record.timestamps).tokens_total
             frames += record.patches.shape[0]

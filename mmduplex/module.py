@@ -169,7 +169,7 @@ class DuplexModule(LightningModule):
     def on_fit_start(self) -> None:
         """Check the feature cache fits the video tokenizer and record its encoder fingerprint and fps."""
         info = self.trainer.datamodule.feature_info()
-        expected = (int(self.video_tokenizer.num_patches), int(self.video_tokenizer.token_dim))
+        expected = (int(self.video_tokenizer.num_patches), int(self.video_tokenizer.feature_dim))
         if tuple(info["patch_shape"]) != expected:
             raise CacheError(
                 info["cache_dir"],

@@ -415,3 +415,30 @@ def test_cells_reconstruction_is_the_fixed_rule():
     assert not torch.allclose(a.recon[0], b.recon[0])
     with pytest.raises(InputError, match="reconstruction="):
         make(reconstruction="magic")
+
+
+def test_change_tokens_carry_what_changed_from_what():
+    """``change_tokens``: tokens are ``[embedded value, value - before]``; a patch that turns from colour A to B
+    carries ``norm(B) - norm(A)`` (not just B), keyframe tokens carry zeros there, and the decisions, token values and
+    reconstructions are those of the plain tokenizer."""
+    from tokenizer.fidelity import normalize_features
+
+    g = torch.Generator().manual_seed(3)
+    background, a, b = torch.randn(P, D, generator=g), torch.randn(D, generator=g), torch.randn(D, generator=g)
+    frames = background.expand(3, P, D).clone()
+    frames[1:, 40] = a  # frame 1: an object appears at patch 40 (empty background before)
+    frames[2, 40] = b  # frame 2: the same object turns from a to b
+    plain, change = make(), make(change_tokens=True)
+    assert (plain.token_dim, change.token_dim, change.feature_dim) == (D, 2 * D, D)
+    out_plain, out_change = plain.tokenize(frames, times(3)), change.tokenize(frames, times(3))
+    for fp, fc in zip(out_plain.frames, out_change.frames, strict=True):
+        assert (fp.kind, fp.positions.tolist()) == (fc.kind, fc.positions.tolist())
+        assert fc.tokens.shape == (fp.tokens.shape[0], 2 * D)
+        torch.testing.assert_close(fc.tokens[:, :D], fp.tokens)
+    torch.testing.assert_close(out_change.recon, out_plain.recon)
+    key, appear, turn = out_change.frames
+    assert key.kind == "key" and key.tokens[:, D:].abs().max() == 0
+    assert appear.kind == turn.kind == "flow" and appear.positions.tolist() == turn.positions.tolist() == [40]
+    norm = normalize_features(torch.stack([background[40], a, b])[None])[0]  # [3, D]
+    torch.testing.assert_close(appear.tokens[0, D:], norm[1] - norm[0])
+    torch.testing.assert_close(turn.tokens[0, D:], norm[2] - norm[1])

@@ -103,7 +103,8 @@ class VideoTokenizer(nn.Module):
     """Base class: frozen patch features ``[T, P, D]`` on an ``h x w`` grid -> per-frame tokens + reconstruction.
 
     Args:
-        dim: patch feature width ``D`` (= ``token_dim``).
+        dim: patch feature width ``D`` (``feature_dim``; also ``token_dim``, the width of the tokens handed
+            downstream, unless a subclass widens its tokens).
         grid: patch grid ``(h, w)``; ``P = h * w``.
     """
 
@@ -111,6 +112,7 @@ class VideoTokenizer(nn.Module):
         super().__init__()
         if dim < 2 or len(grid) != 2 or min(grid) < 1:
             raise InputError("config", f"need dim >= 2 and a (h, w) grid, got dim={dim}, grid={grid}")
+        self.feature_dim = int(dim)
         self.token_dim = int(dim)
         self.grid = (int(grid[0]), int(grid[1]))
         self.num_patches = self.grid[0] * self.grid[1]
@@ -136,7 +138,7 @@ class VideoTokenizer(nn.Module):
         Raises:
             InputError: wrong shape or dimension, non-finite values, or times not increasing.
         """
-        t = check_frames(patches, t, self.grid, self.token_dim)
+        t = check_frames(patches, t, self.grid, self.feature_dim)
         if t.shape[0] != state.last_t.shape[0]:
             raise InputError("patches", f"batch of {t.shape[0]} frames for a state of {state.last_t.shape[0]} videos")
         if bool((t <= state.last_t).any()):
@@ -145,7 +147,7 @@ class VideoTokenizer(nn.Module):
 
     def tokenize(self, patches: torch.Tensor, timestamps: torch.Tensor) -> TokenizedVideo:
         """Tokenize a whole video ``[T, P, D]`` with times ``[T]``; equals stepping frame by frame."""
-        timestamps = check_video(patches, timestamps, self.grid, self.token_dim)
+        timestamps = check_video(patches, timestamps, self.grid, self.feature_dim)
         state = self.init_state(1)
         frames: list[FrameTokens] = []
         recons = []

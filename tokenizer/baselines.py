@@ -75,7 +75,7 @@ class PoolingTokenizer(VideoTokenizer):
         return dict(self._init_args)
 
     def init_state(self, batch_size: int = 1) -> BaselineState:
-        shape = (batch_size, self.num_patches, self.token_dim)
+        shape = (batch_size, self.num_patches, self.feature_dim)
         return BaselineState(
             last_t=torch.full((batch_size,), -math.inf, dtype=torch.float64),
             frame=torch.zeros(batch_size, dtype=torch.long),

@@ -75,7 +75,7 @@ class BFlowConfig:
     """Hyper-parameters of a B-Flow tokenizer (saved with every checkpoint and bundle)."""
 
     dim: int
-    """Patch feature width D of the frozen encoder (= token width)."""
+    """Patch feature width D of the frozen encoder (the token width, or twice it with ``change_tokens``)."""
     grid: tuple[int, int]
     """Patch grid (h, w) of the encoder; P = h * w."""
     num_key_tokens: int = 16
@@ -107,6 +107,11 @@ class BFlowConfig:
     """Width of the attention / MLP layers of the learned decoders (None = D)."""
     embed_scale: float = 1.0
     """RMS of the kind/time/position embeddings added to token values handed downstream (values have RMS 1)."""
+    change_tokens: bool = False
+    """Hand downstream what changed, not only what is there: each token is ``[embedded value, value - before]``
+    (width 2D), where ``before`` is what the tokens had described at the flow token's region (its reference
+    state); keyframe tokens carry zeros in the second half. A colour change in place then differs from an object
+    entering empty background, and motion from a new object. Decisions and reconstruction do not depend on it."""
     reconstruction: str = "learned"
     """``"learned"``: the trained decoders; ``"cells"``: the fixed rule every tokenizer can be judged by (key tokens
     bilinearly upsampled from their cells, flow tokens copied to their regions). Decisions do not depend on it."""
@@ -258,6 +263,7 @@ class Decisions:
     flow_batch: torch.Tensor  # [n] long: video of each flow token (by video, then most changed first)
     flow_region: torch.Tensor  # [n] long: region index
     flow_values: torch.Tensor  # [n, D]
+    flow_before: torch.Tensor  # [n, D]: what the tokens described at those regions before this frame
     n_tokens: torch.Tensor  # [B] long
     since_key_s: torch.Tensor  # [B] float64: seconds since the (possibly just emitted) last keyframe
 
@@ -271,6 +277,8 @@ class BFlowTokenizer(VideoTokenizer):
 
     def __init__(self, config: BFlowConfig) -> None:
         super().__init__(config.dim, config.grid)
+        if config.change_tokens:
+            self.token_dim = 2 * config.dim
         self.config = config
         self.metadata: dict[str, Any] = {}
         generator = torch.Generator().manual_seed(INIT_SEED)  # identical untrained weights in every process
@@ -297,7 +305,7 @@ class BFlowTokenizer(VideoTokenizer):
     def init_state(self, batch_size: int = 1) -> BFlowState:
         """A fresh state for ``batch_size`` videos (on the module's device)."""
         device = self.region_patches.device
-        shape = (batch_size, self.num_patches, self.token_dim)
+        shape = (batch_size, self.num_patches, self.feature_dim)
         return BFlowState(
             last_t=torch.full((batch_size,), -math.inf, dtype=torch.float64, device=device),
             started=torch.zeros(batch_size, dtype=torch.bool, device=device),
@@ -359,7 +367,7 @@ class BFlowTokenizer(VideoTokenizer):
         recon = state.recon.clone()
         reference = state.reference.clone()
         key_index = is_key.nonzero(as_tuple=True)[0]
-        key_values = x.new_zeros(0, num_key, self.token_dim)
+        key_values = x.new_zeros(0, num_key, self.feature_dim)
         if key_index.numel():
             key_values = self.key_codec.encode(x[key_index])  # [k, K, D]
             if cfg.reconstruction == "learned":
@@ -367,9 +375,10 @@ class BFlowTokenizer(VideoTokenizer):
             else:
                 recon[key_index] = upsample_cells(key_values, self.grid, self.key_layout, "bilinear")
             reference[key_index] = x[key_index]
-        flow_values = x.new_zeros(0, self.token_dim)
+        flow_values = flow_before = x.new_zeros(0, self.feature_dim)
         if flow_batch.numel():
             flow_values = self._regions(x)[flow_batch, flow_region]  # [n, D]
+            flow_before = self._regions(state.reference)[flow_batch, flow_region]  # [n, D]
             ids = self.region_patches[flow_region]  # [n, r*r]
             if cfg.reconstruction == "learned":
                 recon[flow_batch[:, None], ids] = self.flow_decoder(flow_values)
@@ -378,7 +387,9 @@ class BFlowTokenizer(VideoTokenizer):
             reference[flow_batch[:, None], ids] = x[flow_batch[:, None], ids]
         last_key_t = torch.where(is_key, t, state.last_key_t)
         n_tokens = torch.where(is_key, num_key, n_flow)
-        decisions = Decisions(is_key, key_values, flow_batch, flow_region, flow_values, n_tokens, t - last_key_t)
+        decisions = Decisions(
+            is_key, key_values, flow_batch, flow_region, flow_values, flow_before, n_tokens, t - last_key_t
+        )
         new_state = BFlowState(
             last_t=t,
             started=torch.ones_like(started),
@@ -389,6 +400,12 @@ class BFlowTokenizer(VideoTokenizer):
         )
         return decisions, new_state
 
+    def _widen(self, tokens: torch.Tensor, change: torch.Tensor | None) -> torch.Tensor:
+        """With ``change_tokens``: ``[n, D]`` tokens -> ``[n, 2D]`` with the change (zeros for ``None``)."""
+        if not self.config.change_tokens:
+            return tokens
+        return torch.cat([tokens, torch.zeros_like(tokens) if change is None else change.to(tokens.dtype)], dim=-1)
+
     def _frame_tokens(self, decisions: Decisions, t: torch.Tensor) -> list[FrameTokens]:
         """Embed the raw token values of one step: one :class:`FrameTokens` per video."""
         out = []
@@ -398,14 +415,16 @@ class BFlowTokenizer(VideoTokenizer):
             since = float(decisions.since_key_s[b])
             if b in key_rows:
                 values = decisions.key_values[key_rows[b]]  # [K, D]
-                tokens = self.embedder(values, "key", since, self.key_position)
+                tokens = self._widen(self.embedder(values, "key", since, self.key_position), None)
                 positions = torch.full((values.shape[0],), -1, dtype=torch.long)
                 out.append(FrameTokens(float(t[b]), "key", tokens, positions))
                 continue
             mine = decisions.flow_batch == b
             if bool(mine.any()):
                 regions = decisions.flow_region[mine]
-                tokens = self.embedder(decisions.flow_values[mine], "flow", since, self.region_position[regions])
+                values = decisions.flow_values[mine]
+                tokens = self.embedder(values, "flow", since, self.region_position[regions])
+                tokens = self._widen(tokens, values - decisions.flow_before[mine])
                 out.append(FrameTokens(float(t[b]), "flow", tokens, regions.cpu()))
             else:
                 out.append(
@@ -434,7 +453,7 @@ class BFlowTokenizer(VideoTokenizer):
         state = self.init_state(patches.shape[0])
         recons, counts = [], []
         for i in range(patches.shape[1]):
-            t = check_frames(patches[:, i], timestamps[:, i], self.grid, self.token_dim)
+            t = check_frames(patches[:, i], timestamps[:, i], self.grid, self.feature_dim)
             if bool((t <= state.last_t).any()):
                 raise InputError("timestamps", f"not increasing at frame {i}")
             decisions, state = self._advance(patches[:, i], t, state)
