@@ -5,8 +5,9 @@
   packer after the encoder; used for the PAD-bias search and the video ablation).
 - :func:`score_videos` gives a model's figures on held-out videos: the event figures of
   :mod:`eval.commentary`, ``talk_ratio`` (the model's speaking time, the union of its cue spans, over the
-  reference's, the union of its word spans) and ``event_accuracy_by_objects`` (events grouped by the number of
-  shapes with any part inside the frame at the event's time, computed from the data set's shape tracks).
+  reference's, the union of its word spans), ``event_accuracy_by_objects`` (events grouped by the number of
+  shapes with any part inside the frame at the event's time, computed from the data set's shape tracks) and
+  ``event_accuracy_by_action``.
 - :func:`tune_pad_bias`: the same rule for every model: the PAD bias that makes the model talk as much as the
   reference, searched on training videos only (never held-out ones).
 - :func:`video_ablation`: the main model streamed over each held-out video with another held-out video's features
@@ -172,6 +173,7 @@ def score_videos(
     words = reference_words(dataset, split)
     total = EventTally()
     outcomes: list[tuple[str, bool]] = []
+    by_action: list[tuple[str, bool]] = []
     spoken = reference = 0.0
     scores = []
     for result in results:
@@ -180,6 +182,7 @@ def score_videos(
         objects = event_objects(dataset, result.video_id)
         total += tally_events(result.lines, events, tolerance_s)
         outcomes += [(object_bucket(n), lat is not None) for n, lat in zip(objects, match.latencies, strict=True)]
+        by_action += [(event.action, lat is not None) for event, lat in zip(events, match.latencies, strict=True)]
         spoken += speaking_s((line.start, line.end) for line in result.lines)
         reference += speaking_s((w.start, w.end) for w in words.get(result.video_id, []))
         scores.append(
@@ -197,6 +200,7 @@ def score_videos(
         "talk_ratio": spoken / reference if reference else None,
         "event_accuracy_by_objects": {key: by_objects.get(key) for key in ("1", "2+")},
         "events_by_objects": {key: sum(1 for g, _ in outcomes if g == key) for key in ("1", "2+")},
+        "event_accuracy_by_action": accuracy_by_group(by_action),
     }
     return figures, scores
 

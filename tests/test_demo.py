@@ -42,6 +42,7 @@ FIGURES = {
     "video_tokens_per_second",
     "talk_ratio",
     "event_accuracy_by_objects",
+    "event_accuracy_by_action",
     "rtf",
     "pad_bias",
 }
@@ -134,6 +135,26 @@ def test_main_model_uses_the_video(smoke_demo):
     assert ablation <= 0.1, report["video_ablation"]
     assert report["event_accuracy"] >= ablation + 0.05, (report["event_accuracy"], report["video_ablation"])
     assert report["video_ablation"]["events"] == report["details"]["bflow"]["events"]
+
+
+def test_breakdown_tool_matches_the_demo(smoke_demo):
+    """tools/demo_breakdown.py (cached features, the demo's PAD bias) reproduces the demo's held-out accuracy, and
+    its buckets partition the events."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "tools" / "demo_breakdown.py"
+    spec = importlib.util.spec_from_file_location("demo_breakdown", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    report = json.loads((smoke_demo / "report.json").read_text())
+    figures = tool.breakdown(smoke_demo, smoke_demo / "bundle")
+    everything = figures["accuracy"]["all"]["all"]
+    assert everything["events"] == report["details"]["bflow"]["events"]
+    assert everything["accuracy"] == pytest.approx(report["event_accuracy"], abs=0.05)
+    for kind in ("action", "objects", "time", "flow_at_shape"):
+        assert sum(g["events"] for g in figures["accuracy"][kind].values()) == everything["events"]
+    by_action = report["details"]["bflow"]["event_accuracy_by_action"]
+    assert set(by_action) == set(figures["accuracy"]["action"])
 
 
 def test_pages_mark_hits_misses_and_tokens(smoke_demo):
