@@ -11,6 +11,7 @@ encoder are skipped: on the 2026-11-29 demo this gave 0.538 where the demo's vid
   window's length, i.e. before / after the streaming cache starts to evict);
 - for each missed event, which of its words (colour, shape, action) were absent from its tolerance window
   (``silent``: no word at all): a wrong action is a perception of change, a wrong colour and shape another object;
+- by event time and objects on screen together (later events have more shapes on screen);
 - by **video evidence**: whether B-Flow emitted a flow token within 2 patches of the acting shape within ``--within``
   seconds of the event (the stage before the model: an event the tokens never show cannot be described);
 - the median latency of the described events.
@@ -104,6 +105,7 @@ def breakdown(
                 "time": f"< {window_s:g} s" if event.t < window_s else f">= {window_s:g} s",
                 "flow_at_shape": "yes" if evidence else "no",
             }
+            groups["time, objects"] = f"{groups['time']}, {groups['objects']}"  # is the time effect the objects?
             for kind, group in groups.items():
                 total[kind, group] += 1
                 hit[kind, group] += latency is not None
