@@ -25,6 +25,8 @@ How a frame is handled (all in :meth:`BFlowTokenizer._advance`, the only place d
   it is affordable. Tokens after the first keyframe therefore never exceed ``target_rate`` times the duration.
 * The defaults are the untrained settings of ``mmduplex tokenize`` measured on EfficientNet-Lite0 features at 5 fps
   (``notebooks/LOG.md``, 2026-11-29); recipes set their own.
+* **Tokens handed downstream** are the values plus fixed kind / time / position embeddings; with ``change_tokens``
+  each also carries what changed at its region (``value - before``, zeros for keyframe tokens), width ``2D``.
 * **Reconstruction** (causal): the last keyframe's ``K`` tokens decoded to ``[P, D]`` (:class:`KeyCodec`), then
   overwritten region by region by the flow tokens emitted since (:class:`FlowDecoder`); with ``reconstruction:
   cells`` the same tokens under the fixed rule the baselines use (cells upsampled bilinearly, regions copied).
