@@ -323,3 +323,13 @@ def test_smollm2_demo_configs_train_the_frozen_lm_only(name):
     assert init["backbone"] == LM and "text_tokenizer" not in init  # the LM's own BPE tokenizer (+ PAD / EPAD)
     assert init["finetune"] == ("lora" if name.endswith("lora") else "projector")
     assert recipe["trainer"]["accelerator"] == "cpu" and init["torch_dtype"] == "float32"
+
+
+def test_encoder_cuts_resolve_to_their_network():
+    """``efficientnet-lite0-s8`` (the stride-8 cut the demo uses) is the lite0 entry, not an unknown name."""
+    from tokenizer.efficientnet import PRESETS
+
+    assert weights.find_entry("efficientnet-lite0-s8") is weights.find_entry("efficientnet-lite0") is not None
+    assert set(weights.ENCODER_CUTS) <= set(PRESETS)  # every cut is an encoder name
+    assert all(weights.find_entry(PRESETS[name].weights) is not None for name in PRESETS)
+    assert weights.find_entry("efficientnet-lite0-s4") is None
