@@ -67,6 +67,16 @@ def test_same_seed_same_data_other_seed_other_data(tiny, tmp_path):
     assert not np.array_equal(render_video(other)[:1], render_video(spec)[:1])  # backgrounds differ too
 
 
+def test_rendering_in_processes_writes_the_same_files(tiny, tmp_path):
+    """Two spawned rendering processes write byte-identical videos and annotations to one process's."""
+    parallel = generate_dataset(tmp_path / "parallel", TINY, processes=2)
+    names = sorted(p.relative_to(tiny.root) for p in tiny.root.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(parallel.root) for p in parallel.root.rglob("*") if p.is_file())
+    assert any(name.suffix == ".mp4" for name in names)
+    for name in names:
+        assert (tiny.root / name).read_bytes() == (parallel.root / name).read_bytes(), name
+
+
 def test_transcripts_match_events(tiny):
     clips = {os.path.basename(c.video): c for c in load_livecc_jsonl(tiny.transcripts_path)}
     assert len(clips) == TINY.num_videos

@@ -85,14 +85,31 @@ def _split(config: SyntheticConfig) -> dict[str, list[str]]:
     }
 
 
-def _write_dataset(folder: Path, config: SyntheticConfig) -> None:
+def _render_videos(folder: str, config: SyntheticConfig, indices: list[int]) -> None:
+    """Render and write the videos ``indices`` of the data set ``config`` into ``folder`` (one process's share)."""
     from mmduplex.video import write_video
 
+    for index in indices:
+        spec = plan_video(config, index)
+        write_video(Path(folder) / f"videos/{spec.video_id}.mp4", render_video(spec), spec.fps)
+
+
+def _write_dataset(folder: Path, config: SyntheticConfig, processes: int = 1) -> None:
+    indices = list(range(config.num_videos))
+    shares = [share for share in (indices[i::processes] for i in range(max(1, processes))) if share]
+    if len(shares) > 1:  # every video is a pure function of (config, index): the files do not depend on the split
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
+            for future in [pool.submit(_render_videos, str(folder), config, share) for share in shares]:
+                future.result()
+    else:
+        _render_videos(str(folder), config, indices)
     transcripts, events = [], []
-    for index in range(config.num_videos):
+    for index in indices:
         spec = plan_video(config, index)
         relpath = f"videos/{spec.video_id}.mp4"
-        write_video(folder / relpath, render_video(spec), spec.fps)
         duration = round(spec.duration_s, 6)
         record = livecc_record(relpath, list(spec.words), 0.0, duration, title=spec.video_id)
         transcripts.append(json.dumps(record))
@@ -136,7 +153,9 @@ def _is_complete(root: Path, config: SyntheticConfig) -> bool:
     return all((root / f).is_file() for f in files)
 
 
-def generate_dataset(out_dir: str | os.PathLike, config: SyntheticConfig | None = None) -> SyntheticDataset:
+def generate_dataset(
+    out_dir: str | os.PathLike, config: SyntheticConfig | None = None, processes: int = 1
+) -> SyntheticDataset:
     """Make the synthetic data set in ``out_dir`` (or reuse it when it is already complete with the same config).
 
     The data set is written into a temporary folder beside ``out_dir`` and renamed over it at the end, so a killed
@@ -145,6 +164,8 @@ def generate_dataset(out_dir: str | os.PathLike, config: SyntheticConfig | None 
     Args:
         out_dir: the data set folder.
         config: the data set settings (default: :class:`SyntheticConfig` defaults).
+        processes: videos are rendered and encoded by this many spawned processes (the files are the same whatever
+            it is; rendering is most of the demo's data stage on one core).
 
     Raises:
         InputError: ``out_dir`` exists, is not empty and is not a synthetic data set (it is never overwritten).
@@ -158,7 +179,7 @@ def generate_dataset(out_dir: str | os.PathLike, config: SyntheticConfig | None 
         raise InputError(root, "exists and is not a synthetic data set (no manifest.json); refusing to replace it")
     log.info("generating %d synthetic videos in %s", config.num_videos, root)
     with atomic_dir(root) as tmp:
-        _write_dataset(tmp, config)
+        _write_dataset(tmp, config, processes)
     return SyntheticDataset(root)
 
 

@@ -35,7 +35,8 @@ def prepare_synthetic_cache(
         reuse_existing: take a complete data set already in ``synthetic_dir`` as it is, whatever its settings (the
             data modules: a data set made by ``mmduplex demo`` is used, not regenerated); otherwise a data set with
             other settings is regenerated.
-        processes: encoder processes (see :func:`~mmduplex.features.extract_features`).
+        processes: rendering processes of a new data set and encoder processes (see
+            :func:`~mmduplex.features.extract_features`).
 
     Raises:
         CacheError: a video could not be encoded (the others are in the cache).
@@ -45,7 +46,7 @@ def prepare_synthetic_cache(
     if reuse_existing and (Path(synthetic_dir) / MANIFEST).is_file():
         dataset = SyntheticDataset(synthetic_dir)
     else:
-        dataset = generate_dataset(synthetic_dir, config)
+        dataset = generate_dataset(synthetic_dir, config, processes=processes)
     report = extract_features(dataset.videos(), cache_dir, encoder=encoder, fps=fps, processes=processes)
     if report.failed:
         raise CacheError(cache_dir, f"feature extraction failed for {sorted(report.failed)}")
