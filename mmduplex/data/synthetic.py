@@ -165,7 +165,7 @@ def generate_dataset(
         out_dir: the data set folder.
         config: the data set settings (default: :class:`SyntheticConfig` defaults).
         processes: videos are rendered and encoded by this many spawned processes (the files are the same whatever
-            it is; rendering is most of the demo's data stage on one core).
+            it is; 104 demo-sized videos: 14.6 s with 1, 7.5 s with 2 on this project's 2-core machine).
 
     Raises:
         InputError: ``out_dir`` exists, is not empty and is not a synthetic data set (it is never overwritten).
