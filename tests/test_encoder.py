@@ -194,9 +194,9 @@ def test_efficientnet_lite0_knows_imagenet(lite0):
     assert not all(int(c) in (BOW_TIE, SUIT) for c in random)  # noise is not a suit
 
 
-@pytest.mark.real_weights
-def test_efficientnet_folded_batchnorm_matches_timm(lite0):
-    """The encoder folds its batch norms into the convolutions: the same outputs as timm's own model."""
+def _timm_map(encoder, size: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encoder``'s patches and timm's own tf_efficientnet_lite0 (the registry's weights, batch norms unfolded)
+    intermediate map ``index`` on the same two preprocessed ``size`` px frames."""
     import timm
     from safetensors.torch import load_file
 
@@ -204,10 +204,17 @@ def test_efficientnet_folded_batchnorm_matches_timm(lite0):
 
     reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     reference.load_state_dict(load_file(str(get_weights("efficientnet-lite0") / "model.safetensors")))
-    images = lite0.preprocess(_frames(2, 192, 192))
+    images = encoder.preprocess(_frames(2, size, size))
     with torch.inference_mode():
-        stride16 = reference.forward_intermediates(images, indices=[3], intermediates_only=True)[0]
-        patches, _ = lite0(images)
+        feature_map = reference.forward_intermediates(images, indices=[index], intermediates_only=True)[0]
+        patches, _ = encoder(images)
+    return patches, feature_map
+
+
+@pytest.mark.real_weights
+def test_efficientnet_folded_batchnorm_matches_timm(lite0):
+    """The encoder folds its batch norms into the convolutions: the same outputs as timm's own model."""
+    patches, stride16 = _timm_map(lite0, 192, 3)
     assert stride16.shape == (2, 112, 12, 12)
     torch.testing.assert_close(patches, stride16.flatten(2).transpose(1, 2), rtol=1e-3, atol=1e-3)
 
@@ -216,21 +223,11 @@ def test_efficientnet_folded_batchnorm_matches_timm(lite0):
 def test_efficientnet_lite0_stride8_cut_matches_timm(lite0):
     """``efficientnet-lite0-s8``: the same weights cut after the stride-8 stage at 96 px: timm's stride-8 map, the
     same 12 x 12 grid, its own fingerprint (a cache made by one is refused by the other)."""
-    import timm
-    from safetensors.torch import load_file
-
-    from mmduplex.weights import get_weights
-
     s8 = create_encoder("efficientnet-lite0-s8", device="cpu")
     assert (s8.image_size, s8.grid, s8.num_patches, s8.width) == (96, (12, 12), 144, 40)
     assert s8.fingerprint["weights_sha256"] == lite0.fingerprint["weights_sha256"]
     assert s8.fingerprint != lite0.fingerprint and s8.fingerprint["feature_stride"] == 8
-    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    reference.load_state_dict(load_file(str(get_weights("efficientnet-lite0") / "model.safetensors")))
-    images = s8.preprocess(_frames(2, 96, 96))
-    with torch.inference_mode():
-        stride8 = reference.forward_intermediates(images, indices=[2], intermediates_only=True)[0]
-        patches, _ = s8(images)
+    patches, stride8 = _timm_map(s8, 96, 2)
     assert stride8.shape == (2, 40, 12, 12)
     torch.testing.assert_close(patches, stride8.flatten(2).transpose(1, 2), rtol=1e-3, atol=1e-3)
 
