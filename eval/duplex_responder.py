@@ -12,11 +12,11 @@ need steps to go out): the rest are skipped by shifting all later stream times b
 kept up to that length. After the last event the session steps until the last frame's step has run and the video
 and subtitle backlogs are empty.
 
-Asking (:meth:`DuplexResponder.answer`): the prompt is typed on the user stream from the next step, one token per
-step; the token sampled by the step that feeds the prompt's last token is the model's first reply token. Stepping
-goes on (no video) until the model has said at least one word and then samples a silent token (PAD / EPAD), or
-``max_answer_steps`` reply steps have run. Word pieces are joined (a piece that does not start a word is glued to
-the previous one).
+Asking (:meth:`DuplexResponder.answer`): the prompt is typed on the user stream from the next step, as many tokens
+per step as the bundle has user slots (``user_slots_per_step``, one by default); the token sampled by the step that
+feeds the prompt's last token is the model's first reply token. Stepping goes on (no video) until the model has said
+at least one word and then samples a silent token (PAD / EPAD), or ``max_answer_steps`` reply steps have run.
+Word pieces are joined (a piece that does not start a word is glued to the previous one).
 
 Likelihood (:meth:`DuplexResponder.letter_logprobs`): the log-softmax of the raw logits (no PAD bias, no
 temperature) of that first reply step, read at each letter's token id. A letter the text tokenizer cannot spell as
@@ -85,6 +85,8 @@ class DuplexResponder:
             bundle_path, device=device, temperature=temperature, sink=sink, window=window
         )
         self.step_hz = self._session.step_hz
+        self.fps = self._session.bundle.fps
+        """The frame rate the bundle was trained at (``None`` if it records none): model mode's default rate."""
         self.skipped_steps = 0
         """Empty steps skipped by ``max_gap_steps`` over all videos prepared so far."""
 

@@ -82,7 +82,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REFERENCE_FRAMES = 64
-"""Model mode's frame cap when none is given (the leaderboard's headline protocol, ``longvideobench_val.yaml``)."""
+"""The leaderboard's headline frame cap (``longvideobench_val.yaml``); model mode's default when the bundle records no
+fps. A bundle that records its fps is streamed frames at that rate instead (the rate it was trained on: the
+reference's sampling gives at most one frame per second)."""
 REFERENCE_SUBTITLES = True
 """Model mode interleaves subtitles when not told otherwise (the same protocol)."""
 DEFAULT_MAX_ANSWER_STEPS = 32
@@ -170,6 +172,7 @@ class LongVideoBenchEval(EvalTask):
         responder: a model to ask (model mode; ``--checkpoint`` builds a ``DuplexResponder``).
         annotations: annotation file name inside ``data_root``.
         frames: maximum frames per video (model mode: used; predictions mode: recorded as stated by the user).
+        frame_fps: model mode without ``frames``: stream frames at this rate (the bundle's fps).
         subtitles: interleave subtitles (model mode: used; predictions mode: recorded as stated).
         scoring: model mode: ``"generation"`` (parsed answer) or ``"likelihood"`` (most likely option letter).
         responses_out: model mode: where to write the responses JSONL (``None``: beside the results JSON as
@@ -207,6 +210,7 @@ class LongVideoBenchEval(EvalTask):
         scoring: str = "generation",
         responses_out: str | os.PathLike | None = None,
         progress: bool = True,
+        frame_fps: float | None = None,
     ) -> None:
         if (predictions is None) == (responder is None):
             raise InputError("predictions", "give exactly one of a predictions file or a responder")
@@ -214,8 +218,8 @@ class LongVideoBenchEval(EvalTask):
             raise InputError("frames", f"must be a positive integer, got {frames!r}")
         if subtitles is not None and not isinstance(subtitles, bool):
             raise InputError("subtitles", f"must be true or false, got {subtitles!r}")
-        if responder is not None and (frames is None or subtitles is None):
-            raise InputError("frames", "model mode needs frames and subtitles set")
+        if responder is not None and ((frames is None) == (frame_fps is None) or subtitles is None):
+            raise InputError("frames", "model mode needs subtitles set and exactly one of frames and frame_fps")
         if scoring not in SCORING_MODES:
             raise InputError("scoring", f"must be one of {SCORING_MODES}, got {scoring!r}")
         self.data_root = Path(data_root)
@@ -223,6 +227,7 @@ class LongVideoBenchEval(EvalTask):
         self.responder = responder
         self.annotations = annotations
         self.frames = frames
+        self.frame_fps = None if frame_fps is None else float(frame_fps)
         self.subtitles = subtitles
         self.scoring = scoring
         self.responses_out = None if responses_out is None else Path(responses_out)
@@ -238,6 +243,7 @@ class LongVideoBenchEval(EvalTask):
             "annotations": self.annotations,
             "predictions": None if self.predictions is None else str(self.predictions),
             "frames": self.frames,
+            "frame_fps": self.frame_fps,
             "subtitles": self.subtitles,
             "scoring": self.scoring if model_mode else "generation (parsed responses)",
             "answer_parser": "reference (strip answer phrases, first A-E); no letter counts as wrong",
@@ -267,6 +273,7 @@ class LongVideoBenchEval(EvalTask):
                 self.scoring,
                 self.progress,
                 self.annotations,
+                self.frame_fps,
             )
             responses, reasons = run.responses, run.missing
             settings.update(missing_videos=run.missing_videos, missing_subtitles=run.missing_subtitles)
@@ -294,9 +301,10 @@ class LongVideoBenchEval(EvalTask):
     def markdown(self, results: Mapping[str, Any]) -> str:
         counts = results["counts"]
         settings = results["settings"]
+        frames = settings["frames"] if settings.get("frame_fps") is None else f"{settings['frame_fps']:g} fps"
         parts = [
             "# LongVideoBench\n",
-            f"frames: {settings['frames']}, subtitles: {settings['subtitles']}, scoring: {settings['scoring']}, "
+            f"frames: {frames}, subtitles: {settings['subtitles']}, scoring: {settings['scoring']}, "
             f"mode: {settings['mode']}\n",
             markdown_table(
                 ["overall", "n", "no letter", "no response"],
@@ -334,7 +342,8 @@ class LongVideoBenchEval(EvalTask):
             type=int,
             default=s,
             metavar="N",
-            help=f"max frames per video (model mode: used, default {REFERENCE_FRAMES}; predictions: recorded)",
+            help="max frames per video, sampled as the reference does (model mode default: frames at the bundle's "
+            f"fps, or {REFERENCE_FRAMES} if it records none; predictions mode: recorded)",
         )
         parser.add_argument(
             "--subtitles",
@@ -395,11 +404,16 @@ class LongVideoBenchEval(EvalTask):
             max_gap_steps=settings["max_gap_steps"],
         )
         subtitles = settings["subtitles"]
+        frames, frame_fps = settings["frames"], None
+        if frames is None:
+            frame_fps = responder.fps
+            frames = REFERENCE_FRAMES if frame_fps is None else None
         return cls(
             data_root=settings["data_root"],
             responder=responder,
             annotations=settings["annotations"],
-            frames=REFERENCE_FRAMES if settings["frames"] is None else settings["frames"],
+            frames=frames,
+            frame_fps=frame_fps,
             subtitles=REFERENCE_SUBTITLES if subtitles is None else subtitles,
             scoring=settings["scoring"] or "generation",
             responses_out=settings["responses_out"],

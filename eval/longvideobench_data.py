@@ -213,6 +213,18 @@ def sample_frame_indices(duration: float, native_fps: float, max_frames: int) ->
     return indices, [index / native_fps for index in indices]
 
 
+def frame_indices_at_fps(duration: float, native_fps: float, fps: float) -> tuple[list[int], list[float]]:
+    """Frames every ``1 / fps`` s over ``duration`` s (model mode's default: the bundle's own rate), and their times.
+
+    The frame nearest to each time ``k / fps`` (``k = 0 .. floor(duration * fps) - 1``, at least one frame).
+    """
+    if not fps > 0 or not native_fps > 0:
+        raise InputError("fps", f"need fps > 0 and native_fps > 0, got {fps}, {native_fps}")
+    count = max(1, math.floor(duration * fps + 1e-6))
+    indices = [round(k * native_fps / fps) for k in range(count)]
+    return indices, [index / native_fps for index in indices]
+
+
 def interleave(frame_timestamps: Sequence[float], subtitles: Sequence[Subtitle]) -> list[int | Subtitle]:
     """The reference's interleaved sequence: frame indices (into ``frame_timestamps``) and the kept subtitles."""
     sequence: list[int | Subtitle] = []
@@ -241,8 +253,13 @@ def build_prompt(question: Question) -> str:
     return "\n".join([question.question, *options, PROMPT_SUFFIX])
 
 
-def load_frames(path: str | os.PathLike, duration: float, max_frames: int) -> tuple[torch.Tensor, list[float]]:
+def load_frames(
+    path: str | os.PathLike, duration: float, max_frames: int | None, sample_fps: float | None = None
+) -> tuple[torch.Tensor, list[float]]:
     """Decode the reference's frames by index (decord, as the reference does): ``[T, H, W, 3]`` uint8, times (s).
+
+    ``max_frames`` gives the reference's sampling (:func:`sample_frame_indices`); with ``max_frames=None``, frames
+    are taken every ``1 / sample_fps`` s instead (:func:`frame_indices_at_fps`, model mode at the bundle's rate).
 
     Where decord cannot decode the file (decord 0.6 fails on some frame sizes) the same indices are decoded with
     PyAV. Indices past the last frame (a record ``duration`` a little longer than the file) are clamped to it.
@@ -261,7 +278,12 @@ def load_frames(path: str | os.PathLike, duration: float, max_frames: int) -> tu
         fps, count = float(reader.get_avg_fps()), len(reader)
     except (RuntimeError, decord.DECORDError):
         reader, fps, count = None, info.native_fps, info.num_frames
-    indices, timestamps = sample_frame_indices(duration, fps, max_frames)
+    if max_frames is not None:
+        indices, timestamps = sample_frame_indices(duration, fps, max_frames)
+    elif sample_fps is not None:
+        indices, timestamps = frame_indices_at_fps(duration, fps, sample_fps)
+    else:
+        raise InputError("max_frames", "give max_frames (reference sampling) or fps (a fixed rate)")
     if indices[-1] > count - 1:
         log.warning("%s: frame %d requested, the video has %d frames; clamping", path, indices[-1], count)
         indices = [min(i, count - 1) for i in indices]

@@ -70,11 +70,12 @@ def run_responder(
     questions: Sequence[Question],
     data_root: str | os.PathLike,
     responder: Responder,
-    max_frames: int,
+    max_frames: int | None,
     subtitles: bool,
     scoring: str,
     progress: bool = True,
     annotations: str = "lvb_val.json",
+    sample_fps: float | None = None,
 ) -> ModelRun:
     """Ask every question through ``responder``: one ``prepare_video`` per video, then its questions on that state.
 
@@ -82,14 +83,17 @@ def run_responder(
         questions: the records to ask (from :func:`load_annotations`).
         data_root: folder holding ``videos/`` and ``subtitles/``.
         responder: the model.
-        max_frames: the reference's frame cap.
+        max_frames: the reference's frame cap (its uniform sampling); ``None``: frames every ``1 / sample_fps`` s.
         subtitles: interleave the kept subtitles.
         scoring: ``"generation"`` or ``"likelihood"``.
         progress: show a progress bar over questions.
         annotations: the annotation file name (for error messages).
+        sample_fps: the frame rate used when ``max_frames`` is ``None`` (model mode's default: the bundle's fps).
     """
     if scoring not in SCORING_MODES:
         raise InputError("scoring", f"must be one of {SCORING_MODES}, got {scoring!r}")
+    if (max_frames is None) == (sample_fps is None):
+        raise InputError("max_frames", "give exactly one of max_frames (reference sampling) and sample_fps")
     root = Path(data_root)
     by_video: dict[str, list[Question]] = {}
     for q in questions:
@@ -110,7 +114,7 @@ def run_responder(
             bar.update(len(video_questions))
             continue
         first = video_questions[0]
-        frames, timestamps = load_frames(video_file, first.duration, max_frames)
+        frames, timestamps = load_frames(video_file, first.duration, max_frames, sample_fps)
         kept: list[Subtitle] = []
         if subtitles:
             subtitle_file = root / "subtitles" / first.subtitle_path

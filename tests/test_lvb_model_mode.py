@@ -163,3 +163,18 @@ def test_wrong_bundle_and_flag_conflicts_fail_cleanly(lvb_root, tmp_path, capsys
     assert cli.main([*argv, "--predictions", str(preds), "--scoring", "likelihood"]) == 2
     assert "--scoring: only with --checkpoint" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_model_mode_default_streams_frames_at_the_bundle_fps(tiny_bundle, lvb_root, tmp_path, count_prepares):
+    """Without --frames, model mode streams frames at the bundle's own rate (the reference would take 1 per second)."""
+    from mmduplex.bundle import load_bundle
+
+    fps = load_bundle(tiny_bundle).fps
+    assert fps == 2.0  # the tiny model's features were extracted at 2 fps
+    out = tmp_path / "results.json"
+    argv = ["eval", "longvideobench", "--data-root", str(lvb_root), "--checkpoint", str(tiny_bundle)]
+    assert cli.main([*argv, "--out", str(out), "--scoring", "likelihood"]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert (settings["frames"], settings["frame_fps"]) == (None, fps)
+    # 6 s videos: 12 frames at 0, 0.5, ..., 5.5 s each (the reference's sampling would give min(64, 6) = 6)
+    assert len(count_prepares) == 2 and all(state.frames_pushed == 12 for state in count_prepares)
