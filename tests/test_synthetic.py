@@ -46,8 +46,10 @@ def _planned(num: int = 30, **overrides) -> list:
 
 
 def test_vocabulary_and_config_validation():
-    assert vocabulary() == ["red", "green", "blue", "yellow", "square", "circle", "triangle", *ACTIONS]
-    assert len(set(vocabulary())) == 12
+    world = ["red", "green", "blue", "yellow", "square", "circle", "triangle", *ACTIONS]
+    assert vocabulary()[:12] == world  # the world's words keep their ids; question words follow
+    assert len(set(vocabulary())) == len(vocabulary())
+    assert {"?", ",", "A.", "D.", "A", "D", "zero", "twelve", "option's", "directly."} <= set(vocabulary())
     with pytest.raises(InputError, match="min_gap_s"):
         SyntheticConfig(min_gap_s=1.0)
     with pytest.raises(InputError, match="speed"):

@@ -1,4 +1,4 @@
-"""The synthetic commentary world: its settings, events and shape tracks, and the planner that makes a video's spec.
+"""The synthetic commentary world's planner: the shape simulation that makes a video's spec.
 
 Each video shows at most ``max_shapes`` shapes (colours ``red green blue yellow``, shapes ``square circle triangle``)
 bouncing around a static background. Events:
@@ -12,172 +12,53 @@ Each event is described by exactly the words ``<colour> <shape> <action>`` ("red
 turns"), starting ``word_delay_s`` after the event, one word every ``word_duration_s``. Events are at least
 ``min_gap_s`` apart, so each description ends before the next event. Shapes on screen at once have distinct
 (colour, shape) pairs. The next event's action is drawn among the feasible ones, rarer actions so far being likelier,
-which keeps the five actions balanced.
+which keeps the five actions balanced. With ``question_interval_s > 0`` a user also asks questions, answered in the
+same word stream (:mod:`mmduplex.data.synthetic_questions`; an answer may delay an event line, and vice versa).
 
 :func:`plan_video` turns a :class:`SyntheticConfig` and a video index into a :class:`VideoSpec` (a pure function of
-both); :mod:`mmduplex.data.synthetic_render` draws a spec, :mod:`mmduplex.data.synthetic` writes and reads the data
-set on disk.
+both); the settings and data types live in :mod:`mmduplex.data.synthetic_world` (re-exported here),
+:mod:`mmduplex.data.synthetic_render` draws a spec, :mod:`mmduplex.data.synthetic` writes and reads the data set on
+disk.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
-from mmduplex.data.transcripts import Word
-from mmduplex.errors import InputError
+from mmduplex.data.synthetic_questions import SyntheticQuestion, make_question, plan_questions, vocabulary
+from mmduplex.data.synthetic_world import (
+    ACTIONS,
+    COLOURS,
+    DEFAULT_SHADING,
+    SHAPES,
+    Event,
+    ShapeTrack,
+    SyntheticConfig,
+    VideoSpec,
+)
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (225, 35, 35),
-    "green": (30, 190, 60),
-    "blue": (40, 80, 235),
-    "yellow": (245, 215, 30),
-}
-SHAPES: tuple[str, ...] = ("square", "circle", "triangle")
-ACTIONS: tuple[str, ...] = ("enters", "stops", "moves", "turns", "leaves")
-DEFAULT_SHADING = 0.6  # shading depth of circles / triangles (see ``synthetic_render._draw``)
+__all__ = [
+    "ACTIONS",
+    "COLOURS",
+    "DEFAULT_SHADING",
+    "SHAPES",
+    "Event",
+    "Mover",
+    "ShapeTrack",
+    "SyntheticConfig",
+    "SyntheticQuestion",
+    "VideoSpec",
+    "make_question",
+    "plan_video",
+    "random_direction",
+    "video_id",
+    "vocabulary",
+]
+
 _MIN_AXIS = math.sin(math.radians(20))  # directions keep both velocity components >= 34% of the speed
-
-
-def vocabulary() -> list[str]:
-    """Every word the synthetic transcripts can use: colours, then shapes, then actions."""
-    return [*COLOURS, *SHAPES, *ACTIONS]
-
-
-@dataclass
-class SyntheticConfig:
-    """Settings of the synthetic commentary data set; the whole data set is a pure function of them."""
-
-    num_videos: int = 40
-    """Number of videos."""
-    duration_s: tuple[float, float] = (10.0, 30.0)
-    """Range of video durations (s), drawn uniformly per video."""
-    width: int = 96
-    """Frame width (px)."""
-    height: int = 96
-    """Frame height (px)."""
-    fps: float = 10.0
-    """Native frame rate of the rendered videos."""
-    event_interval_s: float = 2.0
-    """Mean time between consecutive events (s): the event rate is its inverse."""
-    min_gap_s: float = 1.5
-    """Smallest time between two events (s); must leave room for the 3 words of a description."""
-    speed: float = 30.0
-    """Speed of moving shapes (px/s): the amount of motion."""
-    max_shapes: int = 2
-    """Most shapes on screen at once."""
-    shape_size: tuple[int, int] = (16, 24)
-    """Range of shape sizes (px, side / diameter), drawn uniformly per shape."""
-    word_delay_s: tuple[float, float] = (0.3, 0.5)
-    """Range of the delay from an event to its first word (s)."""
-    word_duration_s: float = 0.25
-    """Duration of each word (s)."""
-    shading: float = DEFAULT_SHADING
-    """Depth of the shape shading (circles radial, triangles vertical, squares flat); 0 draws flat shapes."""
-    heldout_fraction: float = 0.2
-    """Share of the videos in the held-out split."""
-    seed: int = 0
-    """Seed of everything random; different seeds give different data."""
-
-    def __post_init__(self) -> None:
-        self.duration_s = tuple(float(v) for v in self.duration_s)
-        self.shape_size = tuple(int(v) for v in self.shape_size)
-        self.word_delay_s = tuple(float(v) for v in self.word_delay_s)
-        speech = self.word_delay_s[1] + 3 * self.word_duration_s
-        checks = {
-            "num_videos": (self.num_videos >= 1, "must be >= 1"),
-            "duration_s": (0 < self.duration_s[0] <= self.duration_s[1], "must be (min, max) with 0 < min <= max"),
-            "width": (self.width >= 2 * self.shape_size[1], "must be at least twice the largest shape"),
-            "height": (self.height >= 2 * self.shape_size[1], "must be at least twice the largest shape"),
-            "fps": (self.fps > 0, "must be > 0"),
-            "min_gap_s": (self.min_gap_s >= speech, f"must be >= word_delay_s max + 3 words = {speech:.2f} s"),
-            "event_interval_s": (self.event_interval_s >= self.min_gap_s, "must be >= min_gap_s"),
-            "speed": (self.speed > 0, "must be > 0 (shapes enter and leave by moving)"),
-            "max_shapes": (1 <= self.max_shapes <= len(COLOURS) * len(SHAPES), "must be in [1, 12]"),
-            "shape_size": (0 < self.shape_size[0] <= self.shape_size[1], "must be (min, max) with 0 < min <= max"),
-            "word_delay_s": (0 <= self.word_delay_s[0] <= self.word_delay_s[1], "must be (min, max), 0 <= min <= max"),
-            "word_duration_s": (self.word_duration_s > 0, "must be > 0"),
-            "shading": (0 <= self.shading < 1, "must be in [0, 1)"),
-            "heldout_fraction": (0 <= self.heldout_fraction < 1, "must be in [0, 1)"),
-        }
-        for name, (ok, problem) in checks.items():
-            if not ok:
-                raise InputError(f"SyntheticConfig.{name}", f"{problem}, got {getattr(self, name)!r}")
-
-    def to_json(self) -> dict[str, Any]:
-        """The config as plain JSON values (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self)))
-
-
-@dataclass(frozen=True)
-class Event:
-    """One described event: at time ``t`` the shape ``shape_id`` (now ``colour``) did ``action``."""
-
-    t: float
-    colour: str
-    shape: str
-    action: str
-    shape_id: int
-
-    @property
-    def words(self) -> list[str]:
-        """The description: ``[colour, shape, action]``."""
-        return [self.colour, self.shape, self.action]
-
-    @property
-    def text(self) -> str:
-        """The description as one line, e.g. ``"red square enters"``."""
-        return " ".join(self.words)
-
-
-@dataclass(frozen=True)
-class ShapeTrack:
-    """One shape's life: piecewise-linear centre path (visible between the first and last waypoint) and colours."""
-
-    shape_id: int
-    shape: str
-    size: float
-    waypoints: tuple[tuple[float, float, float], ...]  # (t, x, y) of the centre, px
-    colours: tuple[tuple[float, str], ...]  # (from t, colour name)
-
-    def position(self, t: float) -> tuple[float, float] | None:
-        """Centre (x, y) at time ``t``, ``None`` when the shape is not in the video then."""
-        times = [w[0] for w in self.waypoints]
-        if not times[0] <= t <= times[-1]:
-            return None
-        return float(np.interp(t, times, [w[1] for w in self.waypoints])), float(
-            np.interp(t, times, [w[2] for w in self.waypoints])
-        )
-
-    def colour_at(self, t: float) -> str:
-        """Colour name at time ``t`` (changes take effect at their time)."""
-        names = [c for start, c in self.colours if start <= t + 1e-9]
-        return names[-1] if names else self.colours[0][1]
-
-
-@dataclass(frozen=True)
-class VideoSpec:
-    """Everything needed to render one video: :func:`render_video` is a pure function of it."""
-
-    video_id: str
-    num_frames: int
-    fps: float
-    width: int
-    height: int
-    background_seed: int
-    shapes: tuple[ShapeTrack, ...]
-    events: tuple[Event, ...] = field(default=())
-    words: tuple[Word, ...] = field(default=())  # the commentary, in video time
-    shading: float = DEFAULT_SHADING  # shape shading depth (see ``_draw``)
-
-    @property
-    def duration_s(self) -> float:
-        """Video duration: ``num_frames / fps``."""
-        return self.num_frames / self.fps
 
 
 class Mover:
@@ -367,26 +248,24 @@ def video_id(index: int) -> str:
     return f"shapes_{index:04d}"
 
 
-def _commentary(events: list[Event], config: SyntheticConfig, rng: np.random.Generator) -> list[Word]:
-    """The words describing each event: ``colour shape action`` from ``t + delay``, one word per slot."""
-    words = []
-    for event in events:
-        start = event.t + rng.uniform(*config.word_delay_s)
-        for k, text in enumerate(event.words):
-            t0 = start + k * config.word_duration_s
-            words.append(Word(round(t0, 3), round(t0 + config.word_duration_s, 3), text))
-    return words
+def _word_delays(events: list[Event], config: SyntheticConfig, rng: np.random.Generator) -> list[float]:
+    """Each event's delay to its first word (s), drawn in event order."""
+    return [float(rng.uniform(*config.word_delay_s)) for _ in events]
 
 
 def plan_video(config: SyntheticConfig, index: int) -> VideoSpec:
-    """The spec (shapes, events, commentary) of the ``index``-th video of the data set ``config`` describes."""
+    """The spec (shapes, events, commentary, questions) of the ``index``-th video of the data set ``config`` describes.
+
+    Three random streams: the world (``[seed, index]``), the commentary's word delays (``[seed, index, 1]``) and
+    the questions (``[seed, index, 2]``), so asking questions changes no video and no event.
+    """
     rng = np.random.default_rng([config.seed, index])
     background_seed = int(rng.integers(2**31))
     num_frames = max(1, round(rng.uniform(*config.duration_s) * config.fps))
     movers, events = _Planner(config, rng, num_frames / config.fps).run()
     tracks = tuple(ShapeTrack(m.shape_id, m.shape, m.size, tuple(m.waypoints), tuple(m.colours)) for m in movers)
-    words = _commentary(events, config, np.random.default_rng([config.seed, index, 1]))
-    return VideoSpec(
+    delays = _word_delays(events, config, np.random.default_rng([config.seed, index, 1]))
+    spec = VideoSpec(
         video_id=video_id(index),
         num_frames=num_frames,
         fps=config.fps,
@@ -395,6 +274,7 @@ def plan_video(config: SyntheticConfig, index: int) -> VideoSpec:
         background_seed=background_seed,
         shapes=tracks,
         events=tuple(events),
-        words=tuple(words),
         shading=config.shading,
     )
+    words, questions = plan_questions(spec, delays, config, np.random.default_rng([config.seed, index, 2]))
+    return replace(spec, words=tuple(words), questions=tuple(questions))
