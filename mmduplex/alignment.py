@@ -15,8 +15,12 @@ not all fit before the window's end is dropped whole (no truncated words, no dan
 transcript gives an all-``PAD`` stream. :func:`text_to_words` inverts :func:`align_text` (word times recovered to
 within one step when nothing spilled).
 
-User stream (input): a question ``(t, text)`` puts its tokens one per step from ``floor(t * step_hz)`` on
-(spilling forward); every other step is user silence, written as ``PAD`` and embedded as zero by the model.
+User stream (input): a question ``(t, text)`` puts its tokens ``U`` per step (``user_slots_per_step``; 1 by
+default) in order from step ``floor(t * step_hz)`` on, filling a step's slots before spilling into the next step. A
+question always starts in slot 0 of a step: one asked while an earlier one is still going out starts at the step after
+the earlier one's last token (so every step carries tokens of one question at most, and a step that starts a question
+is recognisable by its slot 0). Every other step or slot is user silence, written as ``PAD`` and embedded as zero by
+the model. With ``U = 1`` the stream is ``[S]`` (one token per step), otherwise ``[S, U]``.
 
 Video stream (input): :class:`VideoSlotPacker` puts each frame's tokens into ``K`` slots of the step holding the
 frame's time; tokens beyond ``K`` wait in a FIFO for the following steps. Training (:func:`pack_video`) and
@@ -128,31 +132,42 @@ def text_to_words(
 
 
 def align_user(
-    questions: Sequence[tuple[float, str]], num_steps: int, step_hz: float, tokenizer: TextTokenizer
+    questions: Sequence[tuple[float, str]],
+    num_steps: int,
+    step_hz: float,
+    tokenizer: TextTokenizer,
+    slots_per_step: int = 1,
 ) -> torch.Tensor:
-    """The user stream: each question's tokens one per step from its time on; ``PAD`` (silence) elsewhere.
+    """The user stream: each question's tokens ``U`` per step from its time on; ``PAD`` (silence) elsewhere.
+
+    A question starts in slot 0 of step ``max(floor(t * step_hz), the step after the previous question's last
+    token)`` and fills its steps' slots in order (see the module docstring).
 
     Args:
-        questions: ``(time s, text)`` pairs relative to the window start; tokens before step 0 or past the window's
-            end are dropped.
+        questions: ``(time s, text)`` pairs relative to the window start (sorted by time here); a question timed
+            before step 0 starts at step 0; tokens past the window's end are dropped.
         num_steps: window length ``S`` in steps.
         step_hz: steps per second.
         tokenizer: encodes the text.
+        slots_per_step: ``U``, user tokens per step.
 
     Returns:
-        ``[S]`` long ids.
+        ``[S]`` long ids when ``U == 1``, else ``[S, U]``.
     """
     _check_grid(num_steps, step_hz)
-    ids = torch.full((num_steps,), tokenizer.pad_id, dtype=torch.long)  # [S]
-    cursor = 0
+    if slots_per_step < 1:
+        raise InputError("alignment", f"need user slots_per_step >= 1, got {slots_per_step}")
+    ids = torch.full((num_steps, slots_per_step), tokenizer.pad_id, dtype=torch.long)  # [S, U]
+    cursor = 0  # first step no earlier question holds
     for t, text in sorted(questions, key=lambda q: q[0]):
         at = max(time_to_step(t, step_hz), cursor)
-        for token in tokenizer.encode_text(text):
-            if 0 <= at < num_steps:
-                ids[at] = token
-            at += 1
-        cursor = max(cursor, at)
-    return ids
+        tokens = tokenizer.encode_text(text)
+        for i, token in enumerate(tokens):
+            step = at + i // slots_per_step
+            if 0 <= step < num_steps:
+                ids[step, i % slots_per_step] = token
+        cursor = max(cursor, at + math.ceil(len(tokens) / slots_per_step))
+    return ids[:, 0] if slots_per_step == 1 else ids
 
 
 class VideoSlotPacker:

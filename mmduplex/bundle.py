@@ -2,8 +2,9 @@
 
 A bundle folder holds::
 
-    config.json                  {"kind": "mmduplex-duplex", "format_version": 1, step_hz, delay_steps, slots, encoder,
-                                  fps, backbone config, video tokenizer description, text tokenizer settings, ...}
+    config.json                  {"kind": "mmduplex-duplex", "format_version": 1, step_hz, delay_steps, slots,
+                                  user_slots_per_step (absent = 1), encoder, fps, backbone config, video tokenizer
+                                  description, text tokenizer settings, ...}
     model.safetensors            the DuplexLM weights (backbone incl. LoRA adapters, projector, stream embeddings)
     video_tokenizer.safetensors  the frozen video tokenizer's weights
     text_tokenizer/              tokenizer.json + text_tokenizer.json
@@ -67,6 +68,11 @@ class DuplexBundle:
     @property
     def slots_per_step(self) -> int:
         return int(self.config["slots_per_step"])
+
+    @property
+    def user_slots_per_step(self) -> int:
+        """``U``, user-stream tokens per step (1 for bundles written before the setting existed)."""
+        return int(self.config.get("user_slots_per_step", 1))
 
     @property
     def encoder(self) -> dict | None:
@@ -166,6 +172,7 @@ def build_duplex_model(config: dict[str, Any], attn_implementation: str | None =
         projector_hidden=config.get("projector_hidden"),
         projector_layers=int(config.get("projector_layers", 0)),
         projector_heads=int(config.get("projector_heads", 4)),
+        user_slots_per_step=int(config.get("user_slots_per_step", 1)),
     )
 
 

@@ -4,8 +4,10 @@ One sequence position per time step. At step ``s`` the backbone's input is the s
 
 - the text embedding of the model's own text token ``text[s]`` (the LM's input embeddings; PAD and EPAD have their
   own trainable rows, so a frozen LM still learns them),
-- the user stream's embedding (the LM's input embeddings plus a learned stream vector; user silence embeds to
-  zero), and
+- the user stream's embedding: ``U`` slots per step (``user_slots_per_step``); a slot's token is embedded with the
+  LM's input embeddings plus a learned stream vector, and with ``U > 1`` also scaled and shifted by learned per-slot
+  vectors, so that the order of a step's tokens survives the sum over its slots (PAD = an empty slot or user silence,
+  which embeds to zero), and
 - the video slots: the ``K`` slot tokens ``[Dv]`` of the step (optionally after attending to each other, so an
   object's colour, shape and position stay bound together) are projected to the LM width with a learned slot
   embedding, and the unmasked slots are summed (an empty step embeds to zero; :class:`VideoProjector`).
@@ -207,6 +209,9 @@ class DuplexLM(nn.Module):
         projector_hidden: width of the video projector's hidden layer (``None``: the LM width).
         projector_layers: attention layers between a step's slots (:class:`VideoProjector`; 0: none).
         projector_heads: their attention heads.
+        user_slots_per_step: ``U``, user-stream tokens per step. With ``U = 1`` the model has no per-slot
+            parameters (its state dict is the one-token-per-step model's); with ``U > 1`` slot ``u`` embeds as
+            ``token_embedding(id) * user_slot_scale[u] + user_slot_bias[u] + user_stream``.
     """
 
     def __init__(
@@ -220,8 +225,11 @@ class DuplexLM(nn.Module):
         projector_hidden: int | None = None,
         projector_layers: int = 0,
         projector_heads: int = 4,
+        user_slots_per_step: int = 1,
     ) -> None:
         super().__init__()
+        if user_slots_per_step < 1:
+            raise InputError("user_slots_per_step", f"must be >= 1, got {user_slots_per_step}")
         self.backbone = backbone
         self.vocab_size = int(vocab_size)
         self.pad_id = int(pad_id)
@@ -233,6 +241,11 @@ class DuplexLM(nn.Module):
         nn.init.zeros_(self.special_head.weight)
         nn.init.zeros_(self.special_head.bias)
         self.user_stream = nn.Parameter(torch.zeros(self.hidden))  # [H] marks user tokens apart from text tokens
+        self.user_slots_per_step = int(user_slots_per_step)
+        if self.user_slots_per_step > 1:  # distinct per-slot transforms keep the order of a step's user tokens
+            u = self.user_slots_per_step
+            self.user_slot_scale = nn.Parameter(1.0 + torch.randn(u, self.hidden) * 0.02)  # [U, H]
+            self.user_slot_bias = nn.Parameter(torch.randn(u, self.hidden) * 0.02)  # [U, H]
         self.video = VideoProjector(
             token_dim, self.hidden, slots_per_step, projector_hidden, projector_layers, projector_heads
         )
@@ -252,7 +265,7 @@ class DuplexLM(nn.Module):
         return [name for name, _ in self.named_parameters() if not name.startswith("backbone.")]
 
     def _token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
-        """``[B, S]`` ids -> ``[B, S, H]``: the LM's input embeddings, PAD / EPAD from their own rows."""
+        """``[B, S, ...]`` ids -> ``[B, S, ..., H]``: the LM's input embeddings, PAD / EPAD from their own rows."""
         table = self.backbone.get_input_embeddings()
         is_pad, is_epad = ids == self.pad_id, ids == self.epad_id
         special = is_pad | is_epad
@@ -280,12 +293,29 @@ class DuplexLM(nn.Module):
             )
         embeds = self._token_embedding(text_ids) + self.video(video_slots, video_mask)  # [B, S, H]
         if user_ids is not None:
-            if user_ids.shape != text_ids.shape:
-                raise InputError("user_ids", f"expected {tuple(text_ids.shape)}, got {tuple(user_ids.shape)}")
-            speaking = (user_ids != self.pad_id).unsqueeze(-1)  # [B, S, 1]; silence embeds to zero
-            user = self._token_embedding(user_ids) + self.user_stream
-            embeds = embeds + torch.where(speaking, user, torch.zeros_like(user))
+            embeds = embeds + self.embed_user(user_ids, text_ids.shape)
         return embeds
+
+    def embed_user(self, user_ids: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """The user stream's per-step embedding ``[B, S, H]``; PAD (an empty slot, silence) embeds to zero.
+
+        Args:
+            user_ids: ``[B, S]`` (``U = 1``) or ``[B, S, U]``.
+            shape: ``(B, S)`` of the text stream.
+        """
+        u = self.user_slots_per_step
+        if user_ids.dim() == 3 and user_ids.shape[2] == 1 == u:
+            user_ids = user_ids[..., 0]  # [B, S]
+        expected = tuple(shape) if u == 1 else (*shape, u)
+        if tuple(user_ids.shape) != expected:
+            raise InputError("user_ids", f"expected {expected} ({u} user slots per step), got {tuple(user_ids.shape)}")
+        speaking = (user_ids != self.pad_id).unsqueeze(-1)  # [B, S, (U,) 1]
+        tokens = self._token_embedding(user_ids)  # [B, S, (U,) H]
+        if u == 1:
+            user = tokens + self.user_stream  # [B, S, H]
+            return torch.where(speaking, user, torch.zeros_like(user))
+        user = tokens * self.user_slot_scale + self.user_slot_bias + self.user_stream  # [B, S, U, H]
+        return torch.where(speaking, user, torch.zeros_like(user)).sum(dim=2)  # [B, S, H]
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final hidden states ``[B, S, H]`` -> text logits ``[B, S, V]`` (float32)."""
@@ -318,7 +348,8 @@ class DuplexLM(nn.Module):
             text_ids: ``[B, S]`` the model's text stream (teacher-forced, or the tokens it emitted).
             video_slots: ``[B, S, K, Dv]`` video tokens per step and slot.
             video_mask: ``[B, S, K]`` bool, which slots hold a token.
-            user_ids: ``[B, S]`` user stream (PAD = silence) or ``None``.
+            user_ids: ``[B, S]`` user stream (PAD = silence), ``[B, S, U]`` with ``U`` user slots per step
+                (``[B, S, 1]`` is the same as ``[B, S]``), or ``None``.
             past_key_values: a KV cache from an earlier call (streaming), or ``None``.
             position_ids: ``[B, S]`` positions; ``None`` continues after the cache (``0..S-1`` without one).
             use_cache: return the updated cache.

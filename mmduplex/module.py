@@ -68,6 +68,7 @@ class DuplexModule(LightningModule):
         decay_steps: cosine decay steps after warm-up (``None``: constant after warm-up).
         min_lr_ratio: final learning rate of the cosine as a fraction of ``lr``.
         memo_videos: at most this many videos' tokens are memoised (``None``: all).
+        user_slots_per_step: U, user-stream (question) tokens per step (1: one token per step).
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class DuplexModule(LightningModule):
         decay_steps: int | None = None,
         min_lr_ratio: float = 0.0,
         memo_videos: int | None = None,
+        user_slots_per_step: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -106,9 +108,11 @@ class DuplexModule(LightningModule):
             raise InputError("finetune", f"expected one of {FINETUNE_MODES}, got {finetune!r}")
         if finetune == "lora" and lora is None:
             raise InputError("lora", "finetune: lora needs LoRA settings (r, alpha)")
-        if not step_hz > 0 or delay_steps < 0 or slots_per_step < 1:
+        if not step_hz > 0 or delay_steps < 0 or slots_per_step < 1 or user_slots_per_step < 1:
             raise InputError(
-                "model", f"need step_hz > 0, delay_steps >= 0, K >= 1; got {step_hz}, {delay_steps}, {slots_per_step}"
+                "model",
+                "need step_hz > 0, delay_steps >= 0, K >= 1, U >= 1; got "
+                f"{step_hz}, {delay_steps}, {slots_per_step}, {user_slots_per_step}",
             )
         if text_tokenizer is None:
             if not isinstance(backbone, str):
@@ -136,6 +140,7 @@ class DuplexModule(LightningModule):
             projector_hidden=projector_hidden,
             projector_layers=projector_layers,
             projector_heads=projector_heads,
+            user_slots_per_step=user_slots_per_step,
         )
         self._set_trainable(finetune)
         if gradient_checkpointing:
@@ -198,8 +203,8 @@ class DuplexModule(LightningModule):
         return frames
 
     def window_tensors(self, sample: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """One window of a clip on the step grid: ``text_ids [S]``, ``user_ids [S]``, ``video_slots [S, K, Dv]``,
-        ``video_mask [S, K]``.
+        """One window of a clip on the step grid: ``text_ids [S]``, ``user_ids [S]`` (``[S, U]`` with ``U > 1`` user
+        slots per step), ``video_slots [S, K, Dv]``, ``video_mask [S, K]``.
 
         The streams are built from the clip's start (so text spill and video FIFO state match a stream that
         started there) and then cut to the window.
@@ -211,7 +216,7 @@ class DuplexModule(LightningModule):
         words = [Word(float(s), float(e), str(w)) for s, e, w in sample["words"]]
         text = align_text(words, end, hz, tok, self.hparams.delay_steps)[start:end]  # [S]
         questions = [(float(t), str(q)) for t, q in sample.get("questions", [])]
-        user = align_user(questions, end, hz, tok)[start:end]  # [S]
+        user = align_user(questions, end, hz, tok, self.model.user_slots_per_step)[start:end]  # [S] or [S, U]
         clip_start, clip_end = float(sample["clip_start_s"]), sample.get("clip_end_s")
         frames = [
             f
@@ -283,6 +288,7 @@ class DuplexModule(LightningModule):
             "step_hz": float(hp.step_hz),
             "delay_steps": int(hp.delay_steps),
             "slots_per_step": int(hp.slots_per_step),
+            "user_slots_per_step": int(self.model.user_slots_per_step),
             "token_dim": int(self.model.token_dim),
             "projector_hidden": hp.projector_hidden,
             "projector_layers": int(hp.get("projector_layers", 0)),

@@ -5,8 +5,9 @@ The clock: step ``k`` covers stream time ``[k / step_hz, (k + 1) / step_hz)``. P
 1. takes the video tokens that arrived for this step (frames go through the bundle's frozen encoder and the video
    tokenizer's streaming ``step`` as they are pushed, then into the same :class:`~mmduplex.alignment.VideoSlotPacker`
    training uses),
-2. takes the next user-stream token (a question asked with :meth:`DuplexSession.ask`, one token per step, PAD =
-   silence, the same rule as :func:`~mmduplex.alignment.align_user`),
+2. takes the next user-stream tokens (a question asked with :meth:`DuplexSession.ask`, up to the bundle's
+   ``user_slots_per_step`` tokens per step, PAD = an empty slot or silence; each question starts in slot 0 of a step
+   after the previous one's tokens, the same rule as :func:`~mmduplex.alignment.align_user`),
 3. runs :class:`~mmduplex.model.DuplexLM` on that one position (``S = 1``), its own previous text token as the text
    input, on a :class:`~mmduplex.kvcache.SinkWindowCache`,
 4. samples the next text token (greedy at temperature 0; temperature, top-k and a PAD bias otherwise). It becomes
@@ -62,7 +63,7 @@ DEFAULT_WINDOW_S = 30.0
 MAX_VIDEO_BACKLOG_S = 10.0
 """Video tokens waiting for free slots are capped at this many seconds of slots; a frame beyond it is dropped."""
 MAX_PENDING_USER_TOKENS = 4096
-"""User-stream tokens that may wait to be fed (one per step); asking more is an error."""
+"""User-stream tokens that may wait to be fed (``user_slots_per_step`` per step); asking more is an error."""
 FLUSH_MAX_LINE_S = 3.0
 """A bound, not a tuned value: after the steps still owed at the end of input, :meth:`DuplexSession.flush` lets the
 line being spoken finish (until the first PAD) for at most this many seconds of steps."""
@@ -180,7 +181,7 @@ class DuplexSession:
         self.cache = SinkWindowCache(self.model, self.sink, self.window)
         self._packer = VideoSlotPacker(self.model.slots_per_step, self.step_hz, self.model.token_dim)
         self._video_state = self.video_tokenizer.init_state(1)
-        self._user: deque[tuple[int, int]] = deque()  # (first step it may go out, token id)
+        self._user: deque[tuple[int, tuple[int, ...]]] = deque()  # per question: (first step it may go out, tokens)
         self._text_in = self.pad_id  # the text stream starts silent
         self._last_frame_t = -math.inf
         self._generator = torch.Generator().manual_seed(self.seed)
@@ -215,7 +216,7 @@ class DuplexSession:
     @property
     def pending_user_tokens(self) -> int:
         """User-stream tokens queued but not yet fed to the model."""
-        return len(self._user)
+        return sum(len(tokens) for _, tokens in self._user)
 
     # ------------------------------------------------------------------ inputs
 
@@ -285,12 +286,13 @@ class DuplexSession:
         return tokens
 
     def ask(self, text: str, t: float | None = None) -> int:
-        """Queue a user question on the user stream, one token per step from step ``floor(t * step_hz)``.
+        """Queue a user question on the user stream, ``user_slots_per_step`` tokens per step from step
+        ``floor(t * step_hz)``.
 
         Args:
             text: the question (whitespace-separated words).
             t: stream time (s) it is typed at; ``None`` or a time already past: from the next step. Questions go
-                out in the order they are asked, each after the previous one's tokens.
+                out in the order they are asked, each from slot 0 of the step after the previous one's last token.
 
         Returns:
             The number of tokens queued.
@@ -298,18 +300,29 @@ class DuplexSession:
         tokens = self.text_tokenizer.encode_text(text)
         if not tokens:
             raise InputError("question", "empty question")
-        if len(self._user) + len(tokens) > MAX_PENDING_USER_TOKENS:
+        if self.pending_user_tokens + len(tokens) > MAX_PENDING_USER_TOKENS:
             raise InputError("question", f"more than {MAX_PENDING_USER_TOKENS} user tokens would be waiting")
         ready = self.step_index if t is None else max(self.step_index, time_to_step(float(t), self.step_hz))
-        self._user.extend((ready, token) for token in tokens)
+        self._user.append((ready, tuple(tokens)))
         return len(tokens)
 
     # ------------------------------------------------------------------ stepping
 
-    def _user_token(self) -> int:
+    @property
+    def user_slots_per_step(self) -> int:
+        """``U``, user-stream tokens fed per step (the model's setting)."""
+        return self.model.user_slots_per_step
+
+    def _user_tokens(self) -> torch.Tensor:
+        """This step's user slots ``[U]``: the due question's next tokens (at most ``U``), PAD in the rest."""
+        u = self.user_slots_per_step
+        slots = torch.full((u,), self.pad_id, dtype=torch.long)  # [U]
         if self._user and self._user[0][0] <= self.step_index:
-            return self._user.popleft()[1]
-        return self.pad_id
+            ready, tokens = self._user.popleft()
+            slots[: min(u, len(tokens))] = torch.tensor(tokens[:u], dtype=torch.long)
+            if len(tokens) > u:
+                self._user.appendleft((ready, tokens[u:]))
+        return slots
 
     def _sample(self, logits: torch.Tensor) -> int:
         scores = logits.detach().float().cpu().clone()  # [V]
@@ -325,10 +338,10 @@ class DuplexSession:
 
     @torch.inference_mode()
     def step(self) -> StepOutput:
-        """Run one tick: this step's video slots + user token + the previous text token -> the next text token."""
+        """Run one tick: this step's video slots + user tokens + the previous text token -> the next text token."""
         start = time.perf_counter()
         slots, mask = self._packer.pop_step()  # [K, Dv], [K]
-        user = torch.tensor([[self._user_token()]], device=self.device)  # [1, 1]
+        user = self._user_tokens().to(self.device)[None, None]  # [1, 1, U]
         text = torch.tensor([[self._text_in]], device=self.device)  # [1, 1]
         out = self.model(
             text,
@@ -408,10 +421,12 @@ class DuplexSession:
         """Steps the model still owes at the end of the input (no new video coming).
 
         The video tokens and the user tokens already due still wait for their steps, and the text stream lags by
-        ``delay_steps`` (tau): ``max(steps to feed the video backlog, user tokens due) + tau``.
+        ``delay_steps`` (tau): ``max(steps to feed the video backlog, steps to feed the due questions) + tau``, a
+        question of ``n`` tokens needing ``ceil(n / user_slots_per_step)`` steps.
         """
         video = math.ceil(self._packer.pending / self.model.slots_per_step)
-        user = sum(1 for ready, _ in self._user if ready <= self.step_index)
+        u = self.user_slots_per_step
+        user = sum(math.ceil(len(tokens) / u) for ready, tokens in self._user if ready <= self.step_index)
         return max(video, user) + int(self.bundle.delay_steps)
 
     def flush(

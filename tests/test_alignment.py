@@ -7,6 +7,7 @@ import torch
 
 from mmduplex.alignment import VideoSlotPacker, align_text, align_user, pack_video, text_to_words
 from mmduplex.data.transcripts import Word
+from mmduplex.errors import InputError
 from mmduplex.text import build_word_tokenizer
 from tokenizer.base import FrameTokens
 
@@ -74,6 +75,30 @@ def test_user_stream(tok):
     assert ids == [P, P, *ids_of(tok, "red", "square", "enters"), P]
     assert align_user([(0.8, "red square")], 6, 5.0, tok).tolist()[-1] == ids_of(tok, "square")[0]
     assert align_user([(1.1, "red square")], 6, 5.0, tok).tolist() == [P] * 5 + ids_of(tok, "red")
+
+
+def test_user_stream_with_several_slots_per_step(tok):
+    """U tokens per step in order, spilling into the next steps; a later question starts in slot 0 of the step after
+    the earlier one's last token; a question timed before step 0 starts at step 0 (as with one token per step);
+    tokens past the end are dropped; U = 1 is the one-token stream."""
+    P = tok.pad_id
+    r, s, e, b, c, lv = ids_of(tok, *WORDS)
+    questions = [(0.4, "red square enters blue"), (0.5, "circle leaves")]
+    ids = align_user(questions, 6, 5.0, tok, slots_per_step=3)
+    assert ids.shape == (6, 3) and ids.dtype == torch.long
+    assert ids.tolist() == [[P, P, P], [P, P, P], [r, s, e], [b, P, P], [c, lv, P], [P, P, P]]
+    late = align_user([(1.2, "circle leaves")], 6, 5.0, tok, slots_per_step=3).tolist()
+    assert late == [[P] * 3] * 6  # 1.2 s is step 6: past the end
+    early = align_user([(-0.2, "red square enters blue circle")], 4, 5.0, tok, slots_per_step=2).tolist()
+    assert early == [[r, s], [e, b], [c, P], [P, P]]
+    assert align_user([(-0.2, "red square")], 3, 5.0, tok).tolist() == [r, s, P]
+    spill = align_user([(0.8, "red square enters blue circle")], 5, 5.0, tok, slots_per_step=2).tolist()
+    assert spill == [[P, P]] * 4 + [[r, s]]  # the rest falls past the window's end
+    for text in ("red square enters blue circle", "red"):
+        one = align_user([(0.2, text)], 8, 5.0, tok, slots_per_step=1)
+        assert one.shape == (8,) and torch.equal(one, align_user([(0.2, text)], 8, 5.0, tok))
+    with pytest.raises(InputError, match="slots_per_step"):
+        align_user(questions, 6, 5.0, tok, slots_per_step=0)
 
 
 def frame(t, n, dim=4, base=0.0):

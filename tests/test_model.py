@@ -116,6 +116,61 @@ def test_absent_streams_embed_to_zero(projector_layers):
     torch.testing.assert_close(a, b)
 
 
+def test_user_slots_one_slot_is_the_one_token_stream():
+    """U = 1 (the default): no per-slot parameters (old state dicts load strictly), ``[B, S, 1]`` == ``[B, S]``, and
+    the embedding is the token's plus the user-stream vector where the user speaks, zero elsewhere."""
+    model = make_model()
+    assert model.user_slots_per_step == 1 and not [n for n in model.state_dict() if "user_slot" in n]
+    with torch.no_grad():
+        model.user_stream.normal_()
+    text, slots, mask, user = make_inputs()
+    with torch.no_grad():
+        flat = model(text, slots, mask, user).logits
+        slotted = model(text, slots, mask, user[..., None]).logits
+        user_embeds = model.embed_user(user, text.shape)
+        tokens = model.backbone.get_input_embeddings()(user.clamp(max=V - 3))
+    assert torch.equal(flat, slotted)
+    speaking = (user != PAD)[..., None]
+    torch.testing.assert_close(user_embeds, torch.where(speaking, tokens + model.user_stream, 0.0), rtol=0, atol=0)
+    with pytest.raises(InputError, match="user_ids"):
+        model.embed_user(torch.full((2, 9, 2), PAD), text.shape)
+
+
+def make_slotted_model(slots: int = 3) -> DuplexLM:
+    torch.manual_seed(0)
+    backbone = build_backbone(TINY_LLAMA, vocab_size=V, attn_implementation="sdpa")
+    return DuplexLM(backbone, V, PAD, EPAD, DV, K, projector_hidden=32, user_slots_per_step=slots).eval()
+
+
+def test_user_slots_keep_the_order_and_empty_slots_embed_to_zero():
+    model = make_slotted_model(3)
+    assert {n for n in model.state_dict() if "user_slot" in n} == {"user_slot_scale", "user_slot_bias"}
+    text, slots, mask, _ = make_inputs(batch=1, steps=6)
+    user = torch.full((1, 6, 3), PAD)
+    user[0, 2] = torch.tensor([1, 2, PAD])
+    swapped = user.clone()
+    swapped[0, 2, :2] = torch.tensor([2, 1])
+    with torch.no_grad():
+        a, b = model.embed_user(user, text.shape), model.embed_user(swapped, text.shape)
+        silent = model.embed_user(torch.full((1, 6, 3), PAD), text.shape)
+        one = model.embed_user(user[..., :1].expand(-1, -1, 3).masked_fill(torch.arange(3) > 0, PAD), text.shape)
+        token = model.backbone.get_input_embeddings()(torch.tensor(1))
+        logits_a = model(text, slots, mask, user).logits
+        logits_b = model(text, slots, mask, swapped).logits
+        logits_none = model(text, slots, mask, None).logits
+    assert torch.equal(silent, torch.zeros_like(silent))  # all-PAD steps: no user input at all
+    assert torch.equal(a[0, :2], silent[0, :2]) and torch.equal(a[0, 3:], silent[0, 3:])
+    assert (a[0, 2] - b[0, 2]).abs().max() > 1e-4, "swapping two tokens within a step must change the embedding"
+    expected = token * model.user_slot_scale[0] + model.user_slot_bias[0] + model.user_stream  # slots 1, 2 empty
+    torch.testing.assert_close(one[0, 2], expected)
+    assert torch.equal(logits_a[:, :2], logits_none[:, :2]) and torch.equal(logits_a[:, :2], logits_b[:, :2])
+    assert (logits_a[:, 2:] - logits_b[:, 2:]).abs().max() > 1e-4
+    with pytest.raises(InputError, match="3 user slots"):
+        model.embed_user(user[..., 0], text.shape)  # [B, S] for a U = 3 model
+    with pytest.raises(InputError, match="user_slots_per_step"):
+        make_slotted_model(0)
+
+
 def _one_step(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """``tokens`` (each ``[DV]``) in the first slots of one step: slots ``[1, 1, K, DV]`` and mask ``[1, 1, K]``."""
     slots = torch.zeros(1, 1, K, DV)

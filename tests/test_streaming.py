@@ -3,15 +3,18 @@ cache, the end-of-input flush, questions, causality, copy/reset, sampling."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
 from bounded_reference import bounded_reference
 from delayed_echo import DelayedEcho
+from safetensors.torch import load_file, save_model
 
 from mmduplex.alignment import align_user, pack_video, time_to_step
-from mmduplex.bundle import load_bundle
+from mmduplex.bundle import CONFIG_FILE, MODEL_FILE, build_duplex_model, load_bundle
 from mmduplex.errors import InputError
 from mmduplex.streaming import FLUSH_MAX_LINE_S, DuplexSession, StepOutput
 from mmduplex.video import read_video
@@ -47,7 +50,7 @@ def offline_inputs(session: DuplexSession, clip, outs: list[StepOutput], questio
         video = bundle.video_tokenizer.tokenize(patches, torch.tensor(times, dtype=torch.float64))
     slots, mask = pack_video(video.frames, steps, bundle.slots_per_step, bundle.step_hz, bundle.model.token_dim)
     text = torch.tensor([tok.pad_id, *[o.token_id for o in outs[:-1]]])[None]  # [1, S]: step s sees step s-1's token
-    user = align_user(list(questions), steps, bundle.step_hz, tok)[None]  # [1, S]
+    user = align_user(list(questions), steps, bundle.step_hz, tok, session.user_slots_per_step)[None]  # [1, S(, U)]
     return text, slots[None], mask[None], user, video
 
 
@@ -231,3 +234,71 @@ def test_run_clock_and_wait_order(bundle, clip):
         session.push_frame(1.0, frames[0])
     with pytest.raises(InputError, match="empty question"):
         session.ask("   ")
+
+
+# ---------------------------------------------------------------------- several user tokens per step
+
+USER_SLOTS = 3
+QUESTIONS = [(3.0, "which entered first A. red B. green"), (3.2, "red circle")]  # 7 + 2 tokens; the second waits
+
+
+@pytest.fixture(scope="module")
+def slotted_bundle(tiny_bundle, tmp_path_factory):
+    """The tiny bundle turned into a ``USER_SLOTS``-slot one: the same weights plus random per-slot vectors."""
+    folder = tmp_path_factory.mktemp("slotted") / "bundle"
+    shutil.copytree(tiny_bundle, folder)
+    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    config["user_slots_per_step"] = USER_SLOTS
+    model = build_duplex_model(config, attn_implementation="sdpa")
+    missing, unexpected = model.load_state_dict(load_file(str(tiny_bundle / MODEL_FILE)), strict=False)
+    assert sorted(missing) == ["user_slot_bias", "user_slot_scale"] and not unexpected
+    save_model(model, str(folder / MODEL_FILE))
+    (folder / CONFIG_FILE).write_text(json.dumps(config), encoding="utf-8")
+    return load_bundle(folder)
+
+
+def test_bundle_without_the_user_slots_key_loads_with_one_slot(tiny_bundle, tmp_path):
+    folder = tmp_path / "old"
+    shutil.copytree(tiny_bundle, folder)
+    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    assert config.pop("user_slots_per_step") == 1  # new bundles record it
+    (folder / CONFIG_FILE).write_text(json.dumps(config), encoding="utf-8")
+    old = load_bundle(folder)  # strict weight loading: a U = 1 model has no per-slot parameters
+    assert old.user_slots_per_step == old.model.user_slots_per_step == DuplexSession(old).user_slots_per_step == 1
+
+
+def test_session_with_user_slots_equals_offline_forward(slotted_bundle, clip):
+    bundle = slotted_bundle
+    assert bundle.user_slots_per_step == bundle.model.user_slots_per_step == USER_SLOTS
+    session = DuplexSession(bundle, sink=4, window=200, pad_bias=-2.0)
+    sizes = [session.ask(text, t=t) for t, text in QUESTIONS]
+    assert session.pending_user_tokens == sum(sizes) == 9
+    outs = stream(session, clip)
+    assert session.pending_user_tokens == 0
+    text, slots, mask, user, _ = offline_inputs(session, clip, outs, QUESTIONS)
+    assert user.shape == (1, len(outs), USER_SLOTS)
+    first = time_to_step(QUESTIONS[0][0], bundle.step_hz)
+    fed = (user[0] != bundle.text_tokenizer.pad_id).sum(dim=1).tolist()  # tokens per step
+    assert fed[first : first + 4] == [3, 3, 1, 2] and sum(fed) == 9  # 7 tokens = 3 + 3 + 1, then the second question
+    with torch.inference_mode():
+        offline = bundle.model(text, slots, mask, user).logits[0]  # [S, V]
+    torch.testing.assert_close(torch.stack([o.logits for o in outs]), offline, rtol=1e-4, atol=1e-4)
+
+
+def test_question_with_user_slots_changes_only_the_following_output(slotted_bundle, clip):
+    bundle, tau = slotted_bundle, slotted_bundle.delay_steps
+    plain = stream(DuplexSession(slotted_bundle, sink=4, window=60), clip, flush=False)
+    asking = DuplexSession(slotted_bundle, sink=4, window=60)
+    asking.ask(QUESTIONS[0][1], t=4.0)
+    asked = stream(asking, clip, flush=False)
+    at = time_to_step(4.0, bundle.step_hz)
+    for a, b in zip(plain[:at], asked[:at], strict=True):
+        assert torch.equal(a.logits, b.logits) and a.token_id == b.token_id
+    assert not torch.equal(plain[at].logits, asked[at].logits), "the step feeding the first tokens sees them"
+    late = DuplexSession(slotted_bundle, pad_bias=1e4)
+    stream(late, clip, flush=False)
+    asked_tokens = late.ask(QUESTIONS[0][1], t=0.0)  # 7 tokens due now: ceil(7 / 3) = 3 steps
+    video = math.ceil(late.pending_video_tokens / bundle.slots_per_step)
+    assert late.owed_steps() == max(video, math.ceil(asked_tokens / USER_SLOTS)) + tau
+    late.step()
+    assert late.pending_user_tokens == asked_tokens - USER_SLOTS
