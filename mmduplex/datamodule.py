@@ -1,7 +1,9 @@
 """``DuplexDataModule``: windows of timed transcripts (LiveCC JSONL) over a feature cache, for duplex training.
 
 A sample is one window of one clip: the video's cache key, the clip's start in the video, the window's offset and
-length (seconds) and the clip's words and user questions. :class:`mmduplex.module.DuplexModule` puts samples on
+length (seconds) and the clip's words and user questions: ``[time s from the clip start, text]`` pairs, a LiveCC
+``query`` at 0 and each question a user asks mid-clip (the user text item's ``"questions"``) at its own time, so a
+window cut from the middle of the clip gets it at its real offset. :class:`mmduplex.module.DuplexModule` puts samples on
 its step grid (so the stream settings live in the model only) and tokenizes the cached features with its frozen
 video tokenizer.
 
@@ -184,6 +186,7 @@ class DuplexDataModule(LightningDataModule):
             words = [[w.start, w.end, w.text] for w in clip.words]
             query = clip.meta.get("query")
             questions = [[0.0, str(query)]] if isinstance(query, str) and query.strip() else []
+            questions += [[float(q["time"]) - clip.start_s, str(q["text"])] for q in clip.meta.get("questions", [])]
             for offset in clip_windows(end - clip.start_s, self.window_s, self.window_stride_s):
                 samples.append(
                     {

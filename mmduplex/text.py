@@ -8,7 +8,7 @@ Two kinds of tokenizer are wrapped, both as a ``tokenizers.Tokenizer`` (saved an
 pickled):
 
 - a word-level vocabulary built offline (:func:`build_word_tokenizer`), for small LMs trained from scratch
-  (the synthetic commentary set has a 12-word vocabulary);
+  (the synthetic commentary set: 12 world words, then the question words: 62 in all);
 - the fast tokenizer of a Hugging Face model (:meth:`TextTokenizer.from_pretrained`: a hub id or a local folder),
   whose words are encoded with the leading-space convention (``" word"``), as they appear inside running text.
 """

@@ -82,6 +82,20 @@ def test_livecc_record_round_trip(tmp_path):
     assert clip.words == words and clip.end_s == 5.0 and clip.meta["title"] == "t"
 
 
+def test_livecc_record_carries_questions_in_its_text_item(tmp_path):
+    words = [Word(3.0, 3.25, "red")]
+    record = livecc_record("v.mp4", words, 0.0, 5.0, questions=[(2.5, "what colour is the square ?")])
+    user = record[0]["content"]
+    assert len(user) == 2  # LiveCC's reader unpacks exactly (video item, text item)
+    video_item, text_item = user
+    assert video_item["type"] == "video" and text_item["type"] == "text" and text_item["text"] == ""
+    assert text_item["questions"] == [{"time": 2.5, "text": "what colour is the square ?"}]
+    assert "questions" not in livecc_record("v.mp4", words, 0.0, 5.0)[0]["content"][1]  # none: no key at all
+    clip = load_livecc_jsonl(_write_jsonl(tmp_path / "q.jsonl", [record]))[0]
+    assert clip.meta["questions"] == [{"time": 2.5, "text": "what colour is the square ?"}]
+    assert "query" not in clip.meta  # the empty prompt is no query
+
+
 def test_small_overlap_is_clipped(tmp_path):
     record = copy.deepcopy(GOOD)
     _stream(record)[0][1] = 12.52 + OVERLAP_TOLERANCE_S / 2  # "the" runs into "ball"
@@ -106,6 +120,13 @@ def _edit_video(key: str, value):
     return edit
 
 
+def _ask(questions):
+    def edit(record):
+        record[0]["content"][1]["questions"] = questions
+
+    return edit
+
+
 BROKEN = {
     "missing assistant turn": (lambda r: r.pop(1), "missing the 'assistant' turn"),
     "no video item": (lambda r: r[0]["content"].pop(0), "has no {'type': 'video'} item"),
@@ -123,6 +144,12 @@ BROKEN = {
     "after video_end": (_set(1, 1, 20.5), "out of range [12.0, 20.0]"),
     "video_end before start": (_edit_video("video_end", 5.0), "bad clip range"),
     "turn not an object": (lambda r: r.__setitem__(1, "assistant"), "expected a list of conversation turns"),
+    "questions not a list": (_ask({"time": 13.0, "text": "why ?"}), "'questions' must be a list"),
+    "question not an object": (_ask(["13.0", "why ?"]), "questions[0]: expected an object"),
+    "question time missing": (_ask([{"text": "why ?"}]), "questions[0] time: expected a finite number"),
+    "question time infinite": (_ask([{"time": float("inf"), "text": "why ?"}]), "expected a finite number"),
+    "question before the clip": (_ask([{"time": 11.0, "text": "why ?"}]), "before video_start 12.0"),
+    "question without text": (_ask([{"time": 13.0, "text": " "}]), "questions[0]: 'text' must be a non-empty"),
 }
 
 

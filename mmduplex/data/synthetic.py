@@ -10,8 +10,14 @@ Layout written by :func:`generate_dataset` (atomically: a temporary folder renam
     DIR/manifest.json        config + generator version (its presence marks a complete data set)
     DIR/videos/<id>.mp4      the rendered videos
     DIR/transcripts.jsonl    LiveCC format, one line per video, video paths relative to DIR
-    DIR/events.jsonl         {"video", "duration", "events": [{"t", "colour", "shape", "action", "shape_id"}]}
+    DIR/events.jsonl         {"video", "duration", "events": [{"t", "colour", "shape", "action", "shape_id"}],
+                              "questions": [{"t", "text", "kind", "category", "answer", "choices", "end_t",
+                              "answer_t"}]}  (the "questions" key only when the video has questions)
     DIR/split.json           {"train": [...], "heldout": [...]} video ids
+
+Questions (``question_interval_s > 0``) are stored as LiveCC would carry them: the user text item of a record gets
+``"questions": [{"time", "text"}]`` (video time) and the answers are words of the assistant's ``text_stream``; their
+kind, answer and options are in ``events.jsonl`` (:meth:`SyntheticDataset.questions`).
 
 Everything is a pure function of the config: the same seed gives identical frames and byte-identical JSON.
 """
@@ -42,6 +48,7 @@ from mmduplex.data.synthetic_plan import (
     video_id,
     vocabulary,
 )
+from mmduplex.data.synthetic_questions import KINDS
 from mmduplex.data.synthetic_render import make_motion_video, render_video
 from mmduplex.data.transcripts import TimedClip, livecc_record, load_livecc_jsonl
 from mmduplex.errors import AnnotationError, InputError
@@ -64,6 +71,7 @@ __all__ = [
     "generate_dataset",
     "load_events",
     "make_motion_video",
+    "load_questions",
     "make_question",
     "plan_video",
     "render_video",
@@ -115,11 +123,13 @@ def _write_dataset(folder: Path, config: SyntheticConfig, processes: int = 1) ->
         spec = plan_video(config, index)
         relpath = f"videos/{spec.video_id}.mp4"
         duration = round(spec.duration_s, 6)
-        record = livecc_record(relpath, list(spec.words), 0.0, duration, title=spec.video_id)
+        asked = [(q.t, q.text) for q in spec.questions]
+        record = livecc_record(relpath, list(spec.words), 0.0, duration, title=spec.video_id, questions=asked)
         transcripts.append(json.dumps(record))
-        events.append(
-            json.dumps({"video": spec.video_id, "duration": duration, "events": [asdict(e) for e in spec.events]})
-        )
+        entry = {"video": spec.video_id, "duration": duration, "events": [asdict(e) for e in spec.events]}
+        if spec.questions:
+            entry["questions"] = [q.to_json() for q in spec.questions]
+        events.append(json.dumps(entry))
     (folder / "transcripts.jsonl").write_text("\n".join(transcripts) + "\n", encoding="utf-8")
     (folder / "events.jsonl").write_text("\n".join(events) + "\n", encoding="utf-8")
     (folder / "split.json").write_text(json.dumps(_split(config), indent=2) + "\n", encoding="utf-8")
@@ -193,10 +203,37 @@ def load_events(path: str | os.PathLike) -> dict[str, list[Event]]:
     Raises:
         AnnotationError: the file is missing or a line is malformed (the message names the line).
     """
+    return _load_events_and_questions(path)[0]
+
+
+def load_questions(path: str | os.PathLike) -> dict[str, list[SyntheticQuestion]]:
+    """Read the questions of ``events.jsonl``: video id -> its questions in time order (empty lists without).
+
+    Raises:
+        AnnotationError: the file is missing or a line is malformed (the message names the line).
+    """
+    return _load_events_and_questions(path)[1]
+
+
+def _question(q: dict[str, Any]) -> SyntheticQuestion:
+    choices = tuple(str(c) for c in q["choices"])
+    question = SyntheticQuestion(
+        float(q["t"]), str(q["text"]), str(q["kind"]), str(q["category"]), str(q["answer"]), choices,
+        float(q["end_t"]), float(q["answer_t"]),
+    )  # fmt: skip
+    if question.kind not in KINDS or (choices and question.answer not in choices):
+        raise ValueError(f"bad question {q!r} (kind must be one of {KINDS}, the answer one of the choices)")
+    return question
+
+
+def _load_events_and_questions(
+    path: str | os.PathLike,
+) -> tuple[dict[str, list[Event]], dict[str, list[SyntheticQuestion]]]:
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(path, "file not found")
     out: dict[str, list[Event]] = {}
+    asked: dict[str, list[SyntheticQuestion]] = {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -207,6 +244,7 @@ def load_events(path: str | os.PathLike) -> dict[str, list[Event]]:
                 for e in record["events"]
             ]
             out[str(record["video"])] = events
+            asked[str(record["video"])] = [_question(q) for q in record.get("questions", [])]
         except json.JSONDecodeError as exc:
             raise AnnotationError(path, f"line {lineno}: malformed JSON ({exc.msg})") from exc
         except (KeyError, TypeError, ValueError) as exc:
@@ -214,7 +252,7 @@ def load_events(path: str | os.PathLike) -> dict[str, list[Event]]:
         for event in events:
             if event.colour not in COLOURS or event.shape not in SHAPES or event.action not in ACTIONS:
                 raise AnnotationError(path, f"line {lineno}: unknown event words {event.words}")
-    return out
+    return out, asked
 
 
 class SyntheticDataset:
@@ -241,6 +279,7 @@ class SyntheticDataset:
         except (OSError, json.JSONDecodeError) as exc:
             raise AnnotationError(split_path, f"cannot read the split ({exc})") from exc
         self._events: dict[str, list[Event]] | None = None
+        self._questions: dict[str, list[SyntheticQuestion]] | None = None
 
     @property
     def transcripts_path(self) -> Path:
@@ -275,6 +314,14 @@ class SyntheticDataset:
         if video_id not in self._events:
             raise InputError(video_id, f"no such video in {self.events_path}")
         return self._events[video_id]
+
+    def questions(self, video_id: str) -> list[SyntheticQuestion]:
+        """The questions asked in one video (kind, answer, options, times), in time order; ``[]`` without."""
+        if self._questions is None:
+            self._events, self._questions = _load_events_and_questions(self.events_path)
+        if video_id not in self._questions:
+            raise InputError(video_id, f"no such video in {self.events_path}")
+        return self._questions[video_id]
 
     def clips(self, split: str | None = None) -> list[TimedClip]:
         """The transcripts of ``split`` as :class:`TimedClip` (video paths absolute under ``root``)."""

@@ -29,6 +29,7 @@ SHAPES: tuple[str, ...] = ("square", "circle", "triangle")
 ACTIONS: tuple[str, ...] = ("enters", "stops", "moves", "turns", "leaves")
 DEFAULT_SHADING = 0.6  # shading depth of circles / triangles (see ``synthetic_render._draw``)
 
+
 @dataclass
 class SyntheticConfig:
     """Settings of the synthetic commentary data set; the whole data set is a pure function of them."""
@@ -174,4 +175,3 @@ class VideoSpec:
     def duration_s(self) -> float:
         """Video duration: ``num_frames / fps``."""
         return self.num_frames / self.fps
-

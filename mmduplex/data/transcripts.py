@@ -26,6 +26,8 @@ Validation rules for the words kept (the same for both formats):
 - a word may overlap the previous one by at most ``OVERLAP_TOLERANCE_S``: WhisperX word ends often run a little into
   the next word, so such small overlaps are clipped (the earlier word ends where the next starts); larger overlaps
   mean broken timestamps and are an error;
+- questions a user asks mid-clip (the user text item's ``"questions": [{"time", "text"}]``, times in video time,
+  kept in ``TimedClip.meta["questions"]`` as they are) need a finite ``time >= video_start`` and a non-empty text;
 - words must lie inside the clip (``[video_start, video_end]`` for LiveCC, ``[0, duration]`` for a moshi manifest),
   up to ``TIME_EPSILON_S`` of rounding.
 """
@@ -82,16 +84,29 @@ class TimedClip:
 
 
 def livecc_record(
-    video: str, words: list[Word], video_start: float, video_end: float, title: str = "", previous: str = ""
+    video: str,
+    words: list[Word],
+    video_start: float,
+    video_end: float,
+    title: str = "",
+    previous: str = "",
+    questions: list[tuple[float, str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Build one LiveCC JSONL record (a two-turn conversation) from words given in video time."""
+    """Build one LiveCC JSONL record (a two-turn conversation) from words given in video time.
+
+    ``questions`` (``(time s in video time, text)`` pairs, questions a user asks mid-clip) go in the user text item
+    under ``"questions": [{"time", "text"}, ...]``; the key is left out when there are none.
+    """
     stream = [[w.start, w.end, w.text] for w in words]
+    text_item: dict[str, Any] = {"type": "text", "text": "", "previous": previous, "title": title}
+    if questions:
+        text_item["questions"] = [{"time": float(t), "text": str(text)} for t, text in questions]
     return [
         {
             "role": "user",
             "content": [
                 {"type": "video", "video": video, "video_start": video_start, "video_end": video_end},
-                {"type": "text", "text": "", "previous": previous, "title": title},
+                text_item,
             ],
         },
         {"role": "assistant", "content": [{"type": "text_stream", "text_stream": stream}]},
@@ -174,6 +189,21 @@ def _content_items(turn: Any, role: str, at: str, path: Path) -> list[dict]:
     return content
 
 
+def _check_questions(questions: Any, at: str, path: Path, start_s: float) -> None:
+    """Questions asked mid-clip: a list of ``{"time": s in video time >= video_start, "text": non-empty}``."""
+    if not isinstance(questions, list):
+        raise AnnotationError(path, f"{at}: 'questions' must be a list of {{'time', 'text'}} objects")
+    for k, question in enumerate(questions):
+        q_at = f"{at}: questions[{k}]"
+        if not isinstance(question, dict):
+            raise AnnotationError(path, f"{q_at}: expected an object with 'time' and 'text', got {question!r}")
+        time = _number(question.get("time"), f"{q_at} time", path)
+        if time < start_s - TIME_EPSILON_S:
+            raise AnnotationError(path, f"{q_at}: time {time} is before video_start {start_s}")
+        if not isinstance(question.get("text"), str) or not question["text"].strip():
+            raise AnnotationError(path, f"{q_at}: 'text' must be a non-empty string, got {question.get('text')!r}")
+
+
 def parse_livecc(record: Any, at: str, path: Path, base: Path, empty: _Dropped) -> TimedClip:
     if not isinstance(record, list) or not all(isinstance(t, dict) for t in record):
         raise AnnotationError(path, f"{at}: expected a list of conversation turns (objects with 'role', 'content')")
@@ -200,6 +230,8 @@ def parse_livecc(record: Any, at: str, path: Path, base: Path, empty: _Dropped) 
     for key, value in turns["user"].items():
         if key not in ("role", "content"):
             meta[key] = value
+    if "questions" in meta:
+        _check_questions(meta["questions"], at, path, start_s)
     streams = [c for c in _content_items(turns["assistant"], "assistant", at, path) if c.get("type") == "text_stream"]
     if not streams:
         raise AnnotationError(path, f"{at}: the assistant turn has no {{'type': 'text_stream'}} item")
