@@ -211,7 +211,8 @@ class DuplexLM(nn.Module):
         projector_heads: their attention heads.
         user_slots_per_step: ``U``, user-stream tokens per step. With ``U = 1`` the model has no per-slot
             parameters (its state dict is the one-token-per-step model's); with ``U > 1`` slot ``u`` embeds as
-            ``token_embedding(id) * user_slot_scale[u] + user_slot_bias[u] + user_stream``.
+            ``token_embedding(id) * (1 + user_slot_gain[u]) + user_slot_bias[u] + user_stream`` (the gain is kept
+            as a deviation from 1, so weight decay pulls it towards the plain embedding).
     """
 
     def __init__(
@@ -244,7 +245,7 @@ class DuplexLM(nn.Module):
         self.user_slots_per_step = int(user_slots_per_step)
         if self.user_slots_per_step > 1:  # distinct per-slot transforms keep the order of a step's user tokens
             u = self.user_slots_per_step
-            self.user_slot_scale = nn.Parameter(1.0 + torch.randn(u, self.hidden) * 0.02)  # [U, H]
+            self.user_slot_gain = nn.Parameter(torch.randn(u, self.hidden) * 0.02)  # [U, H]; scale = 1 + gain
             self.user_slot_bias = nn.Parameter(torch.randn(u, self.hidden) * 0.02)  # [U, H]
         self.video = VideoProjector(
             token_dim, self.hidden, slots_per_step, projector_hidden, projector_layers, projector_heads
@@ -314,7 +315,7 @@ class DuplexLM(nn.Module):
         if u == 1:
             user = tokens + self.user_stream  # [B, S, H]
             return torch.where(speaking, user, torch.zeros_like(user))
-        user = tokens * self.user_slot_scale + self.user_slot_bias + self.user_stream  # [B, S, U, H]
+        user = tokens * (1.0 + self.user_slot_gain) + self.user_slot_bias + self.user_stream  # [B, S, U, H]
         return torch.where(speaking, user, torch.zeros_like(user)).sum(dim=2)  # [B, S, H]
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -144,7 +144,7 @@ def make_slotted_model(slots: int = 3) -> DuplexLM:
 
 def test_user_slots_keep_the_order_and_empty_slots_embed_to_zero():
     model = make_slotted_model(3)
-    assert {n for n in model.state_dict() if "user_slot" in n} == {"user_slot_scale", "user_slot_bias"}
+    assert {n for n in model.state_dict() if "user_slot" in n} == {"user_slot_gain", "user_slot_bias"}
     text, slots, mask, _ = make_inputs(batch=1, steps=6)
     user = torch.full((1, 6, 3), PAD)
     user[0, 2] = torch.tensor([1, 2, PAD])
@@ -161,7 +161,7 @@ def test_user_slots_keep_the_order_and_empty_slots_embed_to_zero():
     assert torch.equal(silent, torch.zeros_like(silent))  # all-PAD steps: no user input at all
     assert torch.equal(a[0, :2], silent[0, :2]) and torch.equal(a[0, 3:], silent[0, 3:])
     assert (a[0, 2] - b[0, 2]).abs().max() > 1e-4, "swapping two tokens within a step must change the embedding"
-    expected = token * model.user_slot_scale[0] + model.user_slot_bias[0] + model.user_stream  # slots 1, 2 empty
+    expected = token * (1 + model.user_slot_gain[0]) + model.user_slot_bias[0] + model.user_stream  # 1, 2 empty
     torch.testing.assert_close(one[0, 2], expected)
     assert torch.equal(logits_a[:, :2], logits_none[:, :2]) and torch.equal(logits_a[:, :2], logits_b[:, :2])
     assert (logits_a[:, 2:] - logits_b[:, 2:]).abs().max() > 1e-4

@@ -251,7 +251,7 @@ def slotted_bundle(tiny_bundle, tmp_path_factory):
     config["user_slots_per_step"] = USER_SLOTS
     model = build_duplex_model(config, attn_implementation="sdpa")
     missing, unexpected = model.load_state_dict(load_file(str(tiny_bundle / MODEL_FILE)), strict=False)
-    assert sorted(missing) == ["user_slot_bias", "user_slot_scale"] and not unexpected
+    assert sorted(missing) == ["user_slot_bias", "user_slot_gain"] and not unexpected
     save_model(model, str(folder / MODEL_FILE))
     (folder / CONFIG_FILE).write_text(json.dumps(config), encoding="utf-8")
     return load_bundle(folder)
