@@ -157,6 +157,7 @@ def _run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
     timings.update(model_timings)
     main = figures.pop("bflow")
     ablation = main.pop("video_ablation", None)
+    qa = main.pop("qa", None)
     report = {
         **{key: main[key] for key in REPORT_FIGURES},
         "wall_s": None,
@@ -174,6 +175,7 @@ def _run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
             "stage_seconds": timings,
         },
         "video_ablation": ablation,
+        "qa": qa,
         "details": {"bflow": main},
         "baselines": figures,
     }

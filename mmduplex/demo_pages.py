@@ -83,6 +83,24 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"video ablation (another video's features): event accuracy {_fmt(ablation)} (target <= 0.1)",
         f"median latency {_fmt(main['median_latency_s'], 2)} s (target <= 1.0 s); "
         f"video tokens/s {main['video_tokens_per_second']:.1f}",
+        *qa_lines(report.get("qa")),
+    ]
+
+
+def qa_lines(qa: dict[str, Any] | None) -> list[str]:
+    """Closing lines of the questions-while-watching figures (none when the demo asked no questions)."""
+    if not qa:
+        return []
+    lvb = qa.get("lvb") or {}
+    with_q, without_q = qa["event_accuracy_with_questions"], qa["event_accuracy_without_questions"]
+    drop = None if with_q is None or without_q is None else without_q - with_q
+    return [
+        f"questions: LongVideoBench split (model mode) accuracy {_fmt(lvb.get('overall'))} on {lvb.get('n', 0)} "
+        f"questions, {lvb.get('no_letter', 0)} without a letter (target >= 0.9, chance 0.25)",
+        f"open-question accuracy {_fmt(qa['open_accuracy'])} (target >= 0.85), median answer latency "
+        f"{_fmt(qa['median_answer_latency_s'], 2)} s (target <= 2 s)",
+        f"event accuracy with questions {_fmt(with_q)} vs without {_fmt(without_q)} "
+        f"(drop {_fmt(drop)}, target <= 0.02)",
     ]
 
 

@@ -83,6 +83,10 @@ class DemoConfig:
     """Talk ratio the PAD bias is tuned to (``None``: the reference's own words shown as the demo's lines)."""
     ablation_videos: int | None = None
     """Held-out videos the video ablation streams (the first ones; ``None``: all, ``0``: no ablation)."""
+    question_interval_s: float = 0.0
+    """Mean time between the user's questions in the synthetic videos (``0``: no questions, no ``qa`` figures)."""
+    choice_fraction: float = 0.5
+    """Share of the questions asked as multiple choice (LongVideoBench's prompt) rather than open."""
 
     def __post_init__(self) -> None:
         self.duration_s = tuple(float(v) for v in self.duration_s)
@@ -150,6 +154,8 @@ def make_data(config: DemoConfig, paths: DemoPaths):
         duration_s=config.duration_s,
         heldout_fraction=config.heldout_fraction,
         word_delay_s=config.word_delay_s,
+        question_interval_s=config.question_interval_s,
+        choice_fraction=config.choice_fraction,
         seed=config.seed,
     )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -330,6 +336,22 @@ def run_video_ablation(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: 
     return {**figures, "pad_bias": pad_bias}
 
 
+def run_questions(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: float) -> dict[str, Any]:
+    """The main model (at its PAD bias) asked the held-out videos' questions while they stream, and the synthetic
+    LongVideoBench split through the eval command's defaults (:func:`~mmduplex.demo_qa.run_qa`)."""
+    from mmduplex.demo_qa import run_qa
+    from mmduplex.feature_cache import FeatureCache
+    from mmduplex.streaming import DuplexSession
+
+    bundle = paths.model_bundle("bflow")
+    session = DuplexSession.from_bundle(bundle, pad_bias=pad_bias)
+    cache = FeatureCache(paths.features)
+    figures, _ = run_qa(
+        session, dataset, cache, bundle, paths.root, config.tolerance_s, config.pause_steps, config.seed
+    )
+    return {**figures, "pad_bias": pad_bias}
+
+
 # ----------------------------------------------------------------------------------------------- per model
 
 
@@ -388,6 +410,10 @@ def model_job(config: DemoConfig, root: str, name: str, tokens_per_frame: int) -
         t1 = time.perf_counter()
         figures["video_ablation"] = run_video_ablation(config, paths, dataset, figures["pad_bias"])
         timings["video_ablation"] = round(time.perf_counter() - t1, 2)
+    if name == "bflow" and config.question_interval_s > 0:
+        t1 = time.perf_counter()
+        figures["qa"] = run_questions(config, paths, dataset, figures["pad_bias"])
+        timings["questions"] = round(time.perf_counter() - t1, 2)
     log.info("demo: %s trained and streamed in %.1f s", name, time.perf_counter() - t0)
     return figures, scores if name == "bflow" else None, timings
 

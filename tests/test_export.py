@@ -27,7 +27,10 @@ def random_inputs(model, steps=12, seed=0):
     text = torch.randint(0, model.vocab_size, (2, steps), generator=g)
     slots = torch.randn(2, steps, model.slots_per_step, model.token_dim, generator=g)
     mask = torch.rand(2, steps, model.slots_per_step, generator=g) > 0.5
-    return text, slots, mask, torch.full_like(text, model.pad_id)
+    u = model.user_slots_per_step
+    asked = torch.randint(0, model.pad_id, (2, steps, u), generator=g)  # some user tokens in some slots
+    user = torch.where(torch.rand(2, steps, u, generator=g) > 0.7, asked, model.pad_id)
+    return text, slots, mask, user[..., 0] if u == 1 else user
 
 
 def test_export_load_round_trip(tiny_duplex_run, tmp_path):

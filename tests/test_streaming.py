@@ -153,8 +153,9 @@ def test_flush_runs_the_owed_steps_and_finishes_the_line_within_a_cap(bundle, cl
     assert len(list(talker.flush(max_line_steps=0))) == talker.owed_steps() == tau  # nothing left but tau
     asking = DuplexSession(bundle, pad_bias=1e4)
     stream(asking, clip, flush=False)
-    asked = asking.ask("red circle moves left", t=0.0)  # due at once: each token needs its step
-    assert asking.owed_steps() == max(math.ceil(asking.pending_video_tokens / bundle.slots_per_step), asked) + tau
+    asked = asking.ask("red circle moves left", t=0.0)  # due at once: U tokens a step
+    user_steps = math.ceil(asked / bundle.user_slots_per_step)
+    assert asking.owed_steps() == max(math.ceil(asking.pending_video_tokens / bundle.slots_per_step), user_steps) + tau
     with pytest.raises(InputError, match="max_line_steps"):
         list(asking.flush(max_line_steps=-1))
 

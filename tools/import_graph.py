@@ -47,6 +47,7 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "applications",
         (
             *("eval.*", "mmduplex.demo", "mmduplex.demo_stages", "mmduplex.demo_stream", "mmduplex.demo_pages"),
+            "mmduplex.demo_qa",
             *("mmduplex.cli", "mmduplex.__main__", "mmduplex.commands.*"),
         ),
     ),

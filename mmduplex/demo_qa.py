@@ -1,0 +1,282 @@
+"""Questions while watching, in ``mmduplex demo``: the held-out videos streamed with their questions, and a
+synthetic LongVideoBench split asked through ``mmduplex eval longvideobench`` in model mode.
+
+- :func:`stream_asking` streams a video's cached features through a session and types each of its questions on the
+  user stream at the question's time (:meth:`~mmduplex.streaming.DuplexSession.ask`), while the video goes on. It
+  records when each question's last token was fed: the end of the step that fed it.
+- :func:`score_answers`: an open question is answered when the model's words within ``tolerance_s`` after its last
+  token name the right value (every word of it: ``"red"``, ``"two"``, ``"red square"``); a multiple-choice question
+  asked mid-stream, when the right letter is said in that time. Answer latency: from the last token to the first
+  word of the right answer.
+- :func:`write_lvb_split`: for each held-out video, a multiple-choice question about what is on screen (or just
+  happened) at a cut time, and the video up to that time re-rendered at the model's frame rate, in LongVideoBench's
+  published layout (``lvb_val.json`` with all its fields, ``videos/``, ``subtitles/`` with empty lists: subtitles
+  never hold answers). :func:`run_lvb` runs the evaluation exactly as ``mmduplex eval longvideobench --data-root
+  DIR/lvb --checkpoint DIR/bundle`` does with its defaults: the prompt is typed after the last frame.
+- :func:`run_qa` puts these together into the report's ``qa`` figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mmduplex.alignment import time_to_step
+from mmduplex.fileio import write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
+
+    from mmduplex.data.synthetic import SyntheticDataset
+    from mmduplex.data.synthetic_plan import VideoSpec
+    from mmduplex.data.synthetic_questions import SyntheticQuestion
+    from mmduplex.feature_cache import FeatureCache
+    from mmduplex.streaming import DuplexSession, StepOutput
+
+LVB_MIN_DURATION_S = 8.0
+"""LongVideoBench's shortest duration group is (8, 15] s: no cut before this."""
+LVB_QUIET_S = 2.0
+"""No event in the last seconds before a cut: its commentary line would still be spoken while the prompt is typed."""
+LVB_KINDS = ("colour", "shape", "count", "action", "order")
+"""Question kinds of the split, tried in turn from a different one per video (so every kind is asked)."""
+LVB_TOPIC = "SYN-Synthetic-Shapes"
+"""``topic_category`` of the synthetic split's records."""
+L1_CATEGORIES = ("S2E", "S2O", "S2A", "E2O", "O2E", "T2E", "T2O", "T2A")
+
+
+@dataclass
+class AskedQuestion:
+    """One question typed while a video streamed, and what the model said after it."""
+
+    question: SyntheticQuestion
+    fed_s: float | None = None
+    """End of the step that fed the question's last token (stream time, s); ``None`` if it was never fed."""
+    words: list[tuple[float, str]] = field(default_factory=list)
+    """The model's words ``(t, word)`` within the tolerance after ``fed_s``."""
+    correct: bool = False
+    latency_s: float | None = None
+
+
+def stream_asking(
+    session: DuplexSession,
+    times: Sequence[float],
+    patches: torch.Tensor,
+    questions: Sequence[SyntheticQuestion],
+) -> tuple[list[StepOutput], list[AskedQuestion]]:
+    """Stream cached features ``[T, P, D]`` at ``times`` (reset first) and ask ``questions`` at their times.
+
+    Returns:
+        Every step's output (flush included) and one :class:`AskedQuestion` per question (``fed_s`` set).
+    """
+    from mmduplex.demo_stream import feature_steps
+
+    session.reset()
+    asked = [AskedQuestion(q) for q in sorted(questions, key=lambda q: q.t)]
+    upcoming = list(asked)
+    typing: list[AskedQuestion] = []  # asked, last token not fed yet
+    outputs: list[StepOutput] = []
+    steps: Iterator[StepOutput] = feature_steps(session, times, patches)
+    while True:
+        while upcoming and time_to_step(upcoming[0].question.t, session.step_hz) <= session.step_index:
+            item = upcoming.pop(0)
+            session.ask(item.question.text, item.question.t)
+            typing.append(item)
+        out = next(steps, None)
+        if out is None:
+            break
+        outputs.append(out)
+        if typing and session.pending_user_tokens == 0:  # every question asked so far has been fed
+            for item in typing:
+                item.fed_s = session.step_index / session.step_hz
+            typing.clear()
+    return outputs, asked
+
+
+def _spoken_words(outputs: Sequence[StepOutput]) -> list[tuple[float, str]]:
+    """``(t, word)`` of the model's words (pieces glued to the word they continue)."""
+    words: list[tuple[float, str]] = []
+    for out in outputs:
+        if out.word is None:
+            continue
+        if words and not out.word_start:
+            words[-1] = (words[-1][0], words[-1][1] + out.word)
+        else:
+            words.append((out.t, out.word))
+    return words
+
+
+def score_answers(asked: Sequence[AskedQuestion], outputs: Sequence[StepOutput], tolerance_s: float) -> None:
+    """Fill each question's ``words``, ``correct`` and ``latency_s`` (see the module docstring)."""
+    spoken = _spoken_words(outputs)
+    for item in asked:
+        if item.fed_s is None:
+            continue
+        item.words = [(t, w) for t, w in spoken if item.fed_s <= t <= item.fed_s + tolerance_s]
+        said = [w.lower() for _, w in item.words]
+        wanted = [w.lower() for w in item.question.answer_words]
+        item.correct = all(w in said for w in wanted)
+        if item.correct:
+            first = min(t for t, w in item.words if w.lower() in wanted)
+            item.latency_s = round(first - item.fed_s, 4)
+
+
+# ----------------------------------------------------------------------------------------------- LVB split
+
+
+def _cut_question(spec: VideoSpec, rng: np.random.Generator, fps: float, first_kind: int, choice: bool = True):
+    """A cut time and a question at it (``(None, None)`` if none is answerable): the cut is a frame time in
+    ``(8 s, duration]`` with no event in the ``LVB_QUIET_S`` before it; kinds tried from ``first_kind`` on."""
+    from mmduplex.data.synthetic_questions import make_question
+
+    duration = spec.num_frames / spec.fps
+    event_times = [e.t for e in spec.events]
+    cuts = [
+        k / fps
+        for k in range(math.floor(LVB_MIN_DURATION_S * fps) + 1, math.floor(duration * fps + 1e-6) + 1)
+        if not any(k / fps - LVB_QUIET_S < t <= k / fps for t in event_times)
+    ]
+    for cut in rng.permutation(cuts).tolist() if cuts else []:
+        for j in range(len(LVB_KINDS)):
+            kind = LVB_KINDS[(first_kind + j) % len(LVB_KINDS)]
+            question = make_question(spec, float(cut), rng, kind=kind, choice=choice)
+            if question is not None:
+                return float(cut), question
+    return None, None
+
+
+def _render_prefix(spec: VideoSpec, cut_s: float, fps: float) -> np.ndarray:
+    """The video's frames at ``k / fps`` for ``k / fps < cut_s``: ``[T, H, W, 3]`` uint8."""
+    from mmduplex.data.synthetic_render import render_video
+
+    frames = render_video(spec)  # [N, H, W, 3] at spec.fps
+    count = max(1, math.floor(cut_s * fps + 1e-6))
+    index = [min(round(k * spec.fps / fps), frames.shape[0] - 1) for k in range(count)]
+    return frames[index]
+
+
+def lvb_record(video_id: str, question: SyntheticQuestion, cut_s: float, fps: float) -> dict[str, Any]:
+    """One ``lvb_val.json`` record (every published field) for ``question`` asked at the end of a ``cut_s`` clip."""
+    question_line = question.text.split("\n")[0]
+    return {
+        "video_id": video_id,
+        "question": question_line,
+        "question_wo_referring_query": question_line,
+        "candidates": list(question.choices),
+        "correct_choice": list(question.choices).index(question.answer),
+        "position": [max(0, math.floor(cut_s * fps + 1e-6) - 1)],
+        "topic_category": LVB_TOPIC,
+        "question_category": question.category,
+        "level": "L1-Perception" if question.category in L1_CATEGORIES else "L2-Relation",
+        "id": f"{video_id}_0",
+        "video_path": f"{video_id}.mp4",
+        "subtitle_path": f"{video_id}_en.json",
+        "duration_group": 15 if cut_s <= 15 else 60,
+        "starting_timestamp_for_subtitles": 0,
+        "duration": round(cut_s, 3),
+        "view_count": 0,
+    }
+
+
+def write_lvb_split(dataset: SyntheticDataset, ids: Sequence[str], root: Path, fps: float, seed: int) -> int:
+    """Write the synthetic LongVideoBench split of videos ``ids`` to ``root``; returns the number of questions."""
+    from mmduplex.video import write_video
+
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    (root / "subtitles").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, vid in enumerate(ids):
+        spec = dataset.spec(vid)
+        cut, question = _cut_question(spec, np.random.default_rng([seed, i, 12]), fps, i % len(LVB_KINDS))
+        if question is None:
+            continue
+        record = lvb_record(vid, question, cut, fps)
+        write_video(root / "videos" / record["video_path"], _render_prefix(spec, cut, fps), fps=fps)
+        write_json_atomic(root / "subtitles" / record["subtitle_path"], [])
+        records.append(record)
+    write_json_atomic(root / "lvb_val.json", records)
+    return len(records)
+
+
+def run_lvb(root: Path, bundle: Path, out: Path) -> dict[str, Any]:
+    """``mmduplex eval longvideobench --data-root root --checkpoint bundle --out out`` (its defaults, no progress
+    bar): the results it writes."""
+    from eval.longvideobench import LongVideoBenchEval
+
+    settings = {**LongVideoBenchEval.defaults, "data_root": str(root), "checkpoint": str(bundle)}
+    task = LongVideoBenchEval.from_settings(settings)
+    task.progress = False
+    results = task.run()
+    task.write(results, out)
+    return json.loads(Path(out).read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+
+
+def run_qa(
+    session: DuplexSession,
+    dataset: SyntheticDataset,
+    cache: FeatureCache,
+    bundle: Path,
+    out_dir: Path,
+    tolerance_s: float,
+    pause_steps: int,
+    seed: int,
+) -> tuple[dict[str, Any], list[AskedQuestion]]:
+    """The report's ``qa`` figures: the held-out videos streamed with and without their questions, and the LVB split.
+
+    Event accuracy with and without questions comes from the same cached-feature streaming, so the two differ only by
+    the questions.
+    """
+    from mmduplex.demo_stream import StreamResult, _lines_of, score_videos, stream_features
+    from mmduplex.feature_cache import video_key
+
+    ids = dataset.video_ids("heldout")
+    with_q, without_q, asked_all = [], [], []
+    for vid in ids:
+        record = cache.load(video_key(dataset.video_path(vid)))
+        times = record.timestamps.tolist()
+        without_q.append(stream_features(session, vid, times, record.patches, pause_steps))
+        outputs, asked = stream_asking(session, times, record.patches, dataset.questions(vid))
+        score_answers(asked, outputs, tolerance_s)
+        asked_all += asked
+        lines, steps = _lines_of(iter(outputs), pause_steps)
+        with_q.append(StreamResult(vid, lines, steps, 0.0, steps / session.step_hz, session.video_tokens))
+    figures_with, _ = score_videos(with_q, dataset, tolerance_s)
+    figures_without, _ = score_videos(without_q, dataset, tolerance_s)
+    open_q = [a for a in asked_all if not a.question.choices]
+    choice_q = [a for a in asked_all if a.question.choices]
+    latencies = [a.latency_s for a in asked_all if a.latency_s is not None]
+    by_kind: dict[str, list[bool]] = {}
+    for a in open_q:
+        by_kind.setdefault(a.question.kind, []).append(a.correct)
+    lvb_root = out_dir / "lvb"
+    lvb_questions = write_lvb_split(dataset, ids, lvb_root, session.fps, seed)
+    lvb = run_lvb(lvb_root, bundle, out_dir / "lvb_results.json") if lvb_questions else None
+    figures = {
+        "lvb": lvb,
+        "open_accuracy": _share([a.correct for a in open_q]),
+        "median_answer_latency_s": statistics.median(latencies) if latencies else None,
+        "event_accuracy_with_questions": figures_with["event_accuracy"],
+        "event_accuracy_without_questions": figures_without["event_accuracy"],
+        "open_questions": len(open_q),
+        "open_accuracy_by_kind": {kind: _share(ok) for kind, ok in sorted(by_kind.items())},
+        "choice_accuracy_mid_stream": _share([a.correct for a in choice_q]),
+        "choice_questions_mid_stream": len(choice_q),
+        "unfed_questions": sum(a.fed_s is None for a in asked_all),
+        "event_precision_with_questions": figures_with["event_precision"],
+        "rule": f"an answer counts when its words are said within {tolerance_s:g} s after the question's last token; "
+        "latency runs from that token to the first answer word",
+    }
+    return figures, asked_all
+
+
+def _share(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
