@@ -233,22 +233,30 @@ def run_qa(
     """The report's ``qa`` figures: the held-out videos streamed with and without their questions, and the LVB split.
 
     Event accuracy with and without questions comes from the same cached-feature streaming, so the two differ only by
-    the questions.
+    the questions. ``open_accuracy_not_asked`` scores the same answer windows on the stream without questions: how
+    often the commentary alone happens to name the answer (the open-question figure's floor).
     """
-    from mmduplex.demo_stream import StreamResult, _lines_of, score_videos, stream_features
+    from mmduplex.demo_stream import StreamResult, _lines_of, score_videos
     from mmduplex.feature_cache import video_key
 
     ids = dataset.video_ids("heldout")
-    with_q, without_q, asked_all = [], [], []
+    with_q, without_q, asked_all, control_all = [], [], [], []
     for vid in ids:
         record = cache.load(video_key(dataset.video_path(vid)))
         times = record.timestamps.tolist()
-        without_q.append(stream_features(session, vid, times, record.patches, pause_steps))
-        outputs, asked = stream_asking(session, times, record.patches, dataset.questions(vid))
+        runs = []
+        for questions in ([], dataset.questions(vid)):
+            outputs, asked = stream_asking(session, times, record.patches, questions)
+            lines, steps = _lines_of(iter(outputs), pause_steps)
+            runs.append((outputs, asked, StreamResult(vid, lines, steps, 0.0, steps / session.step_hz, 0)))
+        (plain, _, result_without), (outputs, asked, result_with) = runs
         score_answers(asked, outputs, tolerance_s)
+        control = [AskedQuestion(a.question, fed_s=a.fed_s) for a in asked]  # the same windows, nothing asked
+        score_answers(control, plain, tolerance_s)
         asked_all += asked
-        lines, steps = _lines_of(iter(outputs), pause_steps)
-        with_q.append(StreamResult(vid, lines, steps, 0.0, steps / session.step_hz, session.video_tokens))
+        control_all += control
+        with_q.append(result_with)
+        without_q.append(result_without)
     figures_with, _ = score_videos(with_q, dataset, tolerance_s)
     figures_without, _ = score_videos(without_q, dataset, tolerance_s)
     open_q = [a for a in asked_all if not a.question.choices]
@@ -266,6 +274,7 @@ def run_qa(
         "median_answer_latency_s": statistics.median(latencies) if latencies else None,
         "event_accuracy_with_questions": figures_with["event_accuracy"],
         "event_accuracy_without_questions": figures_without["event_accuracy"],
+        "open_accuracy_not_asked": _share([c.correct for c in control_all if not c.question.choices]),
         "open_questions": len(open_q),
         "open_accuracy_by_kind": {kind: _share(ok) for kind, ok in sorted(by_kind.items())},
         "choice_accuracy_mid_stream": _share([a.correct for a in choice_q]),
