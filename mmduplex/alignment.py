@@ -19,8 +19,10 @@ User stream (input): a question ``(t, text)`` puts its tokens ``U`` per step (``
 default) in order from step ``floor(t * step_hz)`` on, filling a step's slots before spilling into the next step. A
 question always starts in slot 0 of a step: one asked while an earlier one is still going out starts at the step after
 the earlier one's last token (so every step carries tokens of one question at most, and a step that starts a question
-is recognisable by its slot 0). Every other step or slot is user silence, written as ``PAD`` and embedded as zero by
-the model. With ``U = 1`` the stream is ``[S]`` (one token per step), otherwise ``[S, U]``.
+is recognisable by its slot 0), and each line of a question (split at ``\n``) starts a new step too: a
+multiple-choice option ``A. red`` then has a step to itself, so its letter and its text are summed into one step
+embedding and no other option's are. Every other step or slot is user silence, written as ``PAD`` and embedded as
+zero by the model. With ``U = 1`` the stream is ``[S]`` (one token per step), otherwise ``[S, U]``.
 
 Video stream (input): :class:`VideoSlotPacker` puts each frame's tokens into ``K`` slots of the step holding the
 frame's time; tokens beyond ``K`` wait in a FIFO for the following steps. Training (:func:`pack_video`) and
@@ -141,7 +143,8 @@ def align_user(
     """The user stream: each question's tokens ``U`` per step from its time on; ``PAD`` (silence) elsewhere.
 
     A question starts in slot 0 of step ``max(floor(t * step_hz), the step after the previous question's last
-    token)`` and fills its steps' slots in order (see the module docstring).
+    token)`` and fills its steps' slots in order (see the module docstring); each line of a question starts a new
+    step (so a multiple-choice option ``A. red`` shares its step with no other option when it fits in ``U`` slots).
 
     Args:
         questions: ``(time s, text)`` pairs relative to the window start (sorted by time here); a question timed
@@ -160,13 +163,14 @@ def align_user(
     ids = torch.full((num_steps, slots_per_step), tokenizer.pad_id, dtype=torch.long)  # [S, U]
     cursor = 0  # first step no earlier question holds
     for t, text in sorted(questions, key=lambda q: q[0]):
-        at = max(time_to_step(t, step_hz), cursor)
-        tokens = tokenizer.encode_text(text)
-        for i, token in enumerate(tokens):
-            step = at + i // slots_per_step
-            if 0 <= step < num_steps:
-                ids[step, i % slots_per_step] = token
-        cursor = max(cursor, at + math.ceil(len(tokens) / slots_per_step))
+        for line in text.split("\n"):
+            tokens = tokenizer.encode_text(line)
+            at = max(time_to_step(t, step_hz), cursor)
+            for i, token in enumerate(tokens):
+                step = at + i // slots_per_step
+                if 0 <= step < num_steps:
+                    ids[step, i % slots_per_step] = token
+            cursor = max(cursor, at + math.ceil(len(tokens) / slots_per_step))
     return ids[:, 0] if slots_per_step == 1 else ids
 
 

@@ -290,21 +290,23 @@ class DuplexSession:
         ``floor(t * step_hz)``.
 
         Args:
-            text: the question (whitespace-separated words).
+            text: the question (whitespace-separated words; each line starts a new step, as in
+                :func:`~mmduplex.alignment.align_user`).
             t: stream time (s) it is typed at; ``None`` or a time already past: from the next step. Questions go
                 out in the order they are asked, each from slot 0 of the step after the previous one's last token.
 
         Returns:
             The number of tokens queued.
         """
-        tokens = self.text_tokenizer.encode_text(text)
-        if not tokens:
+        lines = [tokens for tokens in map(self.text_tokenizer.encode_text, text.split("\n")) if tokens]
+        count = sum(len(tokens) for tokens in lines)
+        if not count:
             raise InputError("question", "empty question")
-        if self.pending_user_tokens + len(tokens) > MAX_PENDING_USER_TOKENS:
+        if self.pending_user_tokens + count > MAX_PENDING_USER_TOKENS:
             raise InputError("question", f"more than {MAX_PENDING_USER_TOKENS} user tokens would be waiting")
         ready = self.step_index if t is None else max(self.step_index, time_to_step(float(t), self.step_hz))
-        self._user.append((ready, tuple(tokens)))
-        return len(tokens)
+        self._user.extend((ready, tuple(tokens)) for tokens in lines)
+        return count
 
     # ------------------------------------------------------------------ stepping
 

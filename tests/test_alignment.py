@@ -99,6 +99,10 @@ def test_user_stream_with_several_slots_per_step(tok):
         assert one.shape == (8,) and torch.equal(one, align_user([(0.2, text)], 8, 5.0, tok))
     with pytest.raises(InputError, match="slots_per_step"):
         align_user(questions, 6, 5.0, tok, slots_per_step=0)
+    # each line starts a new step: an option line never shares its step with another line
+    lines = align_user([(0.2, "red square enters\nblue circle\nleaves")], 5, 5.0, tok, slots_per_step=3).tolist()
+    assert lines == [[P, P, P], [r, s, e], [b, c, P], [lv, P, P], [P, P, P]]
+    assert align_user([(0.2, "red\nsquare")], 4, 5.0, tok).tolist() == [P, r, s, P]  # U = 1: unchanged
 
 
 def frame(t, n, dim=4, base=0.0):

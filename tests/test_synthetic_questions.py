@@ -11,6 +11,7 @@ import pytest
 
 from eval.longvideobench_data import PROMPT_SUFFIX as LVB_SUFFIX
 from eval.longvideobench_data import QUESTION_CATEGORIES, Question, build_prompt
+from mmduplex.alignment import align_user, time_to_step
 from mmduplex.data.synthetic import (
     SyntheticConfig,
     generate_dataset,
@@ -127,7 +128,12 @@ def test_every_word_is_in_the_vocabulary_and_one_token_each(asked):
             ids = tokenizer.encode_text(q.text)
             assert len(ids) == len(q.text.split()) == num_tokens(q.kind, bool(q.choices))
             assert 0 not in ids  # id 0 is UNK
-            assert q.end_t == pytest.approx(q.t + len(ids) / ASKING.question_tokens_per_s, abs=1e-3)
+            # end_t: where the model's user stream (4 slots a step at 5 Hz, each line from a new step) has fed the
+            # last token, give or take the step grid: the answer never comes before the question has arrived
+            hz, slots = ASKING.question_step_hz, ASKING.question_tokens_per_step
+            user = align_user([(q.t, q.text)], time_to_step(q.end_t, hz) + 2, hz, tokenizer, slots)  # [S, U]
+            fed_end = (int((user != tokenizer.pad_id).any(-1).nonzero().max()) + 1) / hz
+            assert fed_end - 1e-6 <= q.end_t < fed_end + 1 / hz
 
 
 def test_timeline_follows_the_collision_rule(asked):
@@ -178,7 +184,7 @@ def test_make_question_on_any_spec_and_time():
 
 
 def test_questions_config_is_validated():
-    for name, value in (("question_interval_s", -1.0), ("choice_fraction", 1.5), ("question_tokens_per_s", 0.0)):
+    for name, value in (("question_interval_s", -1.0), ("choice_fraction", 1.5), ("question_tokens_per_step", 0)):
         with pytest.raises(InputError, match=name):
             SyntheticConfig(**{name: value})
     with pytest.raises(InputError, match="answer_delay_s"):

@@ -1,8 +1,9 @@
 """Questions while watching: what a user asks about the synthetic world, and the timeline of commentary and answers.
 
 A question is asked at time ``t`` about what is on screen then or happened shortly before (the model remembers about
-9 s); it arrives on the user stream at ``question_tokens_per_s`` (one token per word with the synthetic tokenizer)
-and ends at ``end_t``. Five kinds, each mapped to a LongVideoBench ``question_category``:
+9 s); it arrives on the user stream ``question_tokens_per_step`` tokens a step at ``question_step_hz`` (one token
+per word with the synthetic tokenizer; each line starts a new step, as the model's user stream does) and ends at
+``end_t``. Five kinds, each mapped to a LongVideoBench ``question_category``:
 
 ========  =====================================================  ===============  ========================
 kind      text (open form)                                       answer           category
@@ -98,7 +99,7 @@ class SyntheticQuestion:
         category: its LongVideoBench ``question_category`` (:data:`CATEGORIES`).
         answer: the right value as words (``"red"``, ``"two"``, ``"red square"``).
         choices: the option texts in letter order (one equals ``answer``); ``()`` for an open question.
-        end_t: when its last token has arrived: ``t + tokens / question_tokens_per_s``.
+        end_t: when its last token has arrived: ``t`` plus :func:`typing_s` of its text.
         answer_t: start of the first answer word in the transcript.
     """
 
@@ -248,6 +249,22 @@ def num_tokens(kind: str, choice: bool) -> int:
     return count
 
 
+def typing_s(text: str, config: SyntheticConfig) -> float:
+    """How long ``text`` takes to arrive on the user stream: each line ``ceil(words / tokens per step)`` steps."""
+    steps = sum(math.ceil(len(line.split()) / config.question_tokens_per_step) for line in text.split("\n"))
+    return steps / config.question_step_hz
+
+
+def _typing_bound_s(kind: str, choice: bool, config: SyntheticConfig) -> float:
+    """:func:`typing_s` of any question of ``kind`` (the templates and option counts fix its line lengths)."""
+    fill = {"colour": ["x"], "shape": ["x"], "count": [], "action": ["x y"], "order": ["x y", "x y"]}[kind]
+    lines = [_TEMPLATES[kind].format(*fill)]
+    if choice:
+        options, width = _OPTIONS[kind]
+        lines += [" ".join(["X."] + ["x"] * width)] * options + [PROMPT_SUFFIX]
+    return typing_s("\n".join(lines), config)
+
+
 def prompt_text(question: str, choices: tuple[str, ...]) -> str:
     """The LongVideoBench multiple-choice prompt: the question, ``A. option`` lines, the instruction."""
     return "\n".join([question, *(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)), PROMPT_SUFFIX])
@@ -269,7 +286,7 @@ def make_question(
         rng: draws the kind (when ``None``), the shape asked about and the option order.
         kind: one of :data:`KINDS`; ``None`` tries them in a random order and returns the first answerable.
         choice: ask it as multiple choice (LongVideoBench prompt, answered by the letter).
-        config: gives ``question_tokens_per_s`` and ``answer_delay_s`` (default: :class:`SyntheticConfig`'s).
+        config: gives the typing rate and ``answer_delay_s`` (default: :class:`SyntheticConfig`'s).
 
     Returns:
         The question with ``end_t`` from its token count and ``answer_t = end_t + answer_delay_s`` (the earliest
@@ -283,14 +300,14 @@ def make_question(
     for name in kinds:
         if name not in KINDS:
             raise InputError("kind", f"must be one of {KINDS} or None, got {name!r}")
-        due = t + num_tokens(name, choice) / config.question_tokens_per_s + config.answer_delay_s
+        due = t + _typing_bound_s(name, choice, config) + config.answer_delay_s
         found = _open_question(spec.events, t, due, name, rng)
         if found is None:
             continue
         line, answer, pool = found
         choices = _options(answer, pool, rng) if choice else ()
         text = prompt_text(line, choices) if choice else line
-        end_t = round(t + len(text.split()) / config.question_tokens_per_s, 3)
+        end_t = round(t + typing_s(text, config), 3)
         answer_t = round(end_t + config.answer_delay_s, 3)
         return SyntheticQuestion(t, text, name, CATEGORIES[name], answer, choices, end_t, answer_t)
     return None

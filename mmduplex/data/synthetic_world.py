@@ -69,9 +69,11 @@ class SyntheticConfig:
     what it was before questions existed)."""
     choice_fraction: float = 0.5
     """Share of the questions asked as multiple choice (LongVideoBench prompt, answered by the option's letter)."""
-    question_tokens_per_s: float = 20.0
-    """How fast a typed question arrives (tokens/s, one token per word with the synthetic tokenizer): the model's
-    user slots per step times its step rate (4 x 5 Hz = 20); the model trained on the set must match it."""
+    question_tokens_per_step: int = 4
+    """How fast a typed question arrives: tokens per step (one token per word with the synthetic tokenizer), each
+    line of a question starting a new step. The model trained on the set must match it (its ``user_slots_per_step``)."""
+    question_step_hz: float = 5.0
+    """The step rate questions are typed at (the model's ``step_hz``)."""
     answer_delay_s: float = 0.2
     """Time from a question's last token to its answer's first word (s), when no line is being spoken then."""
 
@@ -97,7 +99,8 @@ class SyntheticConfig:
             "heldout_fraction": (0 <= self.heldout_fraction < 1, "must be in [0, 1)"),
             "question_interval_s": (0 <= self.question_interval_s < math.inf, "must be >= 0 (0: no questions)"),
             "choice_fraction": (0 <= self.choice_fraction <= 1, "must be in [0, 1]"),
-            "question_tokens_per_s": (0 < self.question_tokens_per_s < math.inf, "must be > 0"),
+            "question_tokens_per_step": (self.question_tokens_per_step >= 1, "must be >= 1"),
+            "question_step_hz": (0 < self.question_step_hz < math.inf, "must be > 0"),
             "answer_delay_s": (0 <= self.answer_delay_s < math.inf, "must be >= 0"),
         }
         for name, (ok, problem) in checks.items():
