@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from mmduplex.data.synthetic import SyntheticDataset
     from mmduplex.data.synthetic_plan import VideoSpec
     from mmduplex.data.synthetic_questions import SyntheticQuestion
+    from mmduplex.demo_stream import StreamResult
     from mmduplex.feature_cache import FeatureCache
     from mmduplex.streaming import DuplexSession, StepOutput
 
@@ -99,22 +100,8 @@ def stream_asking(
     return outputs, asked
 
 
-def _spoken_words(outputs: Sequence[StepOutput]) -> list[tuple[float, str]]:
-    """``(t, word)`` of the model's words (pieces glued to the word they continue)."""
-    words: list[tuple[float, str]] = []
-    for out in outputs:
-        if out.word is None:
-            continue
-        if words and not out.word_start:
-            words[-1] = (words[-1][0], words[-1][1] + out.word)
-        else:
-            words.append((out.t, out.word))
-    return words
-
-
-def score_answers(asked: Sequence[AskedQuestion], outputs: Sequence[StepOutput], tolerance_s: float) -> None:
-    """Fill each question's ``words``, ``correct`` and ``latency_s`` (see the module docstring)."""
-    spoken = _spoken_words(outputs)
+def score_answers(asked: Sequence[AskedQuestion], spoken: Sequence[tuple[float, str]], tolerance_s: float) -> None:
+    """Fill each question's ``words``, ``correct`` and ``latency_s`` from the model's ``(t, word)`` said."""
     for item in asked:
         if item.fed_s is None:
             continue
@@ -224,41 +211,47 @@ def run_qa(
     session: DuplexSession,
     dataset: SyntheticDataset,
     cache: FeatureCache,
+    plain: Sequence[StreamResult],
     bundle: Path,
     out_dir: Path,
     tolerance_s: float,
     pause_steps: int,
     seed: int,
 ) -> tuple[dict[str, Any], list[AskedQuestion]]:
-    """The report's ``qa`` figures: the held-out videos streamed with and without their questions, and the LVB split.
+    """The report's ``qa`` figures: the held-out videos streamed with their questions, and the LVB split.
 
-    Event accuracy with and without questions comes from the same cached-feature streaming, so the two differ only by
-    the questions. ``open_accuracy_not_asked`` scores the same answer windows on the stream without questions: how
-    often the commentary alone happens to name the answer (the open-question figure's floor).
+    Args:
+        session: the main model's session (at its PAD bias).
+        dataset: the synthetic set (held-out videos with questions).
+        cache: its feature cache.
+        plain: the same model's streams of the held-out videos without questions (the demo's own, whose event
+            accuracy is the report's top-level figure): ``event_accuracy_without_questions`` and the control
+            ``open_accuracy_not_asked`` (the same answer windows on these streams: how often the commentary alone
+            happens to name the answer, the open-question figure's floor).
+        bundle: the model's inference bundle (the LVB split is asked through it, as the eval command does).
+        out_dir: the demo folder (``lvb/`` and ``lvb_results.json`` are written there).
+        tolerance_s: the answer window after a question's last token (s).
+        pause_steps: silent steps that end a commentary line.
+        seed: seed of the LVB split's cut times and options.
     """
-    from mmduplex.demo_stream import StreamResult, _lines_of, score_videos
+    from mmduplex.demo_stream import StreamResult, lines_of, score_videos
     from mmduplex.feature_cache import video_key
 
     ids = dataset.video_ids("heldout")
-    with_q, without_q, asked_all, control_all = [], [], [], []
+    words_without = {result.video_id: result.words for result in plain}
+    with_q, asked_all, control_all = [], [], []
     for vid in ids:
         record = cache.load(video_key(dataset.video_path(vid)))
-        times = record.timestamps.tolist()
-        runs = []
-        for questions in ([], dataset.questions(vid)):
-            outputs, asked = stream_asking(session, times, record.patches, questions)
-            lines, steps = _lines_of(iter(outputs), pause_steps)
-            runs.append((outputs, asked, StreamResult(vid, lines, steps, 0.0, steps / session.step_hz, 0)))
-        (plain, _, result_without), (outputs, asked, result_with) = runs
-        score_answers(asked, outputs, tolerance_s)
+        outputs, asked = stream_asking(session, record.timestamps.tolist(), record.patches, dataset.questions(vid))
+        lines, steps, words = lines_of(outputs, pause_steps)
+        with_q.append(StreamResult(vid, lines, steps, 0.0, steps / session.step_hz, 0, words=words))
+        score_answers(asked, words, tolerance_s)
         control = [AskedQuestion(a.question, fed_s=a.fed_s) for a in asked]  # the same windows, nothing asked
-        score_answers(control, plain, tolerance_s)
+        score_answers(control, words_without.get(vid, []), tolerance_s)
         asked_all += asked
         control_all += control
-        with_q.append(result_with)
-        without_q.append(result_without)
     figures_with, _ = score_videos(with_q, dataset, tolerance_s)
-    figures_without, _ = score_videos(without_q, dataset, tolerance_s)
+    figures_without, _ = score_videos(plain, dataset, tolerance_s)
     open_q = [a for a in asked_all if not a.question.choices]
     choice_q = [a for a in asked_all if a.question.choices]
     latencies = [a.latency_s for a in asked_all if a.latency_s is not None]

@@ -278,12 +278,15 @@ def train_duplex(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_fra
 # ----------------------------------------------------------------------------------------------- streaming
 
 
-def stream_and_score(name: str, config: DemoConfig, paths: DemoPaths, dataset) -> tuple[dict[str, Any], list, dict]:
+def stream_and_score(
+    name: str, config: DemoConfig, paths: DemoPaths, dataset
+) -> tuple[dict[str, Any], list, dict, list]:
     """Stage 5 for one model: its PAD bias (:func:`~mmduplex.demo_stream.tune_pad_bias` on training videos, the same
     rule for every model), then every held-out video streamed through it and scored.
 
     Returns:
-        The model's figures, each held-out video's :class:`~mmduplex.demo_stream.VideoScore` and the stage timings.
+        The model's figures, each held-out video's :class:`~mmduplex.demo_stream.VideoScore`, the stage timings and
+        the streams (:class:`~mmduplex.demo_stream.StreamResult`).
     """
     from mmduplex.demo_stream import rate_figures, score_videos, stream_video, tune_pad_bias
     from mmduplex.feature_cache import FeatureCache
@@ -306,7 +309,7 @@ def stream_and_score(name: str, config: DemoConfig, paths: DemoPaths, dataset) -
     figures["pad_bias"] = session.pad_bias
     figures["pad_bias_search"] = tuning
     timings[f"stream_{name}"] = round(time.perf_counter() - t0, 2)
-    return figures, scores, timings
+    return figures, scores, timings, results
 
 
 def evaluate_model(
@@ -316,7 +319,7 @@ def evaluate_model(
     video's ``<video>.vtt`` and page in ``paths.root``."""
     from mmduplex.demo_pages import write_pages
 
-    figures, scores, _ = stream_and_score(name, config, paths, dataset)
+    figures, scores, _, _ = stream_and_score(name, config, paths, dataset)
     if write_outputs:
         write_pages(paths.root, dataset, scores)
     return figures
@@ -336,9 +339,10 @@ def run_video_ablation(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: 
     return {**figures, "pad_bias": pad_bias}
 
 
-def run_questions(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: float) -> dict[str, Any]:
+def run_questions(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: float, plain: list) -> dict[str, Any]:
     """The main model (at its PAD bias) asked the held-out videos' questions while they stream, and the synthetic
-    LongVideoBench split through the eval command's defaults (:func:`~mmduplex.demo_qa.run_qa`)."""
+    LongVideoBench split through the eval command's defaults (:func:`~mmduplex.demo_qa.run_qa`; ``plain``: the
+    model's streams of the same videos without questions)."""
     from mmduplex.demo_qa import run_qa
     from mmduplex.feature_cache import FeatureCache
     from mmduplex.streaming import DuplexSession
@@ -347,7 +351,7 @@ def run_questions(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: float
     session = DuplexSession.from_bundle(bundle, pad_bias=pad_bias)
     cache = FeatureCache(paths.features)
     figures, _ = run_qa(
-        session, dataset, cache, bundle, paths.root, config.tolerance_s, config.pause_steps, config.seed
+        session, dataset, cache, plain, bundle, paths.root, config.tolerance_s, config.pause_steps, config.seed
     )
     return {**figures, "pad_bias": pad_bias}
 
@@ -387,13 +391,16 @@ def restore_frameworks(previous: dict[str, Any]) -> None:
     logging.captureWarnings(False)
 
 
-def model_job(config: DemoConfig, root: str, name: str, tokens_per_frame: int) -> tuple[dict[str, Any], list, dict]:
+def model_job(
+    config: DemoConfig, root: str, name: str, tokens_per_frame: int
+) -> tuple[dict[str, Any], list | None, dict, list | None]:
     """Stages 4-5 for one model (``bflow`` = the main one, or a baseline): train and export it, tune its PAD bias,
     stream every held-out video through it and score the commentary. Runs in this process or in a worker process
     (picklable arguments).
 
     Returns:
-        The model's figures, the held-out videos' scores (main model only, else ``None``) and its stage timings.
+        The model's figures, the held-out videos' scores and streams (main model only, else ``None``) and its stage
+        timings.
     """
     from mmduplex.data.synthetic import SyntheticDataset
 
@@ -404,18 +411,39 @@ def model_job(config: DemoConfig, root: str, name: str, tokens_per_frame: int) -
     train_duplex(config, paths, name, tokens_per_frame)
     timings = {"duplex" if name == "bflow" else f"duplex_{name}": round(time.perf_counter() - t0, 2)}
     dataset = SyntheticDataset(paths.data)
-    figures, scores, stream_timings = stream_and_score(name, config, paths, dataset)
+    figures, scores, stream_timings, results = stream_and_score(name, config, paths, dataset)
     timings.update(stream_timings)
-    if name == "bflow" and config.ablation_videos != 0:
-        t1 = time.perf_counter()
-        figures["video_ablation"] = run_video_ablation(config, paths, dataset, figures["pad_bias"])
-        timings["video_ablation"] = round(time.perf_counter() - t1, 2)
-    if name == "bflow" and config.question_interval_s > 0:
-        t1 = time.perf_counter()
-        figures["qa"] = run_questions(config, paths, dataset, figures["pad_bias"])
-        timings["questions"] = round(time.perf_counter() - t1, 2)
     log.info("demo: %s trained and streamed in %.1f s", name, time.perf_counter() - t0)
-    return figures, scores if name == "bflow" else None, timings
+    main = name == "bflow"
+    return figures, scores if main else None, timings, results if main else None
+
+
+MAIN_EXTRAS = ("video_ablation", "qa")
+"""What the main model does after its own stream (each its own job, both at once when workers allow)."""
+
+
+def extra_job(config: DemoConfig, root: str, kind: str, pad_bias: float, plain: list) -> tuple[dict[str, Any], dict]:
+    """One of :data:`MAIN_EXTRAS` for the trained main model at its PAD bias: the video ablation
+    (:func:`run_video_ablation`) or the questions (:func:`run_questions`). Returns its figures and timing."""
+    from mmduplex.data.synthetic import SyntheticDataset
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    paths = DemoPaths(Path(root))
+    dataset = SyntheticDataset(paths.data)
+    t0 = time.perf_counter()
+    if kind == "video_ablation":
+        figures = run_video_ablation(config, paths, dataset, pad_bias)
+    elif kind == "qa":
+        figures = run_questions(config, paths, dataset, pad_bias, plain)
+    else:
+        raise InputError("extra_job", f"unknown kind {kind!r}; known: {list(MAIN_EXTRAS)}")
+    return figures, {"questions" if kind == "qa" else kind: round(time.perf_counter() - t0, 2)}
+
+
+def _extras(config: DemoConfig) -> list[str]:
+    wanted = {"video_ablation": config.ablation_videos != 0, "qa": config.question_interval_s > 0}
+    return [kind for kind in MAIN_EXTRAS if wanted[kind]]
 
 
 def _worker_init(verbose: bool) -> None:
@@ -424,14 +452,19 @@ def _worker_init(verbose: bool) -> None:
 
 def run_models(config: DemoConfig, paths: DemoPaths, tokens_per_frame: int) -> tuple[dict[str, dict], list, dict]:
     """Train and stream the main model and every baseline: ``config.workers`` at a time, each in its own process
-    (spawned, so no thread pool or lock is inherited), or one after the other here when ``workers`` is 1.
+    (spawned, so no thread pool or lock is inherited), or one after the other here when ``workers`` is 1. Once the
+    main model has streamed, its extras (:data:`MAIN_EXTRAS`) run as jobs of their own, in parallel with each other
+    and with baselines still running.
 
     Returns:
-        Figures by model name, the main model's per-video scores, the stage timings.
+        Figures by model name (the main model's with its extras), the main model's per-video scores, the timings.
     """
     names = ["bflow", *config.baselines]
+    root = str(paths.root)
     if config.workers == 1 or len(names) == 1:
-        done = [model_job(config, str(paths.root), name, tokens_per_frame) for name in names]
+        done = [model_job(config, root, name, tokens_per_frame) for name in names]
+        main = done[0]
+        extras = {kind: extra_job(config, root, kind, main[0]["pad_bias"], main[3]) for kind in _extras(config)}
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -440,8 +473,17 @@ def run_models(config: DemoConfig, paths: DemoPaths, tokens_per_frame: int) -> t
         workers = min(config.workers, len(names))
         verbose = logging.getLogger().level <= logging.DEBUG
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(verbose,)) as pool:
-            futures = [pool.submit(model_job, config, str(paths.root), name, tokens_per_frame) for name in names]
-            done = [future.result() for future in futures]
+            futures = [pool.submit(model_job, config, root, name, tokens_per_frame) for name in names]
+            main = futures[0].result()
+            pending = {
+                kind: pool.submit(extra_job, config, root, kind, main[0]["pad_bias"], main[3])
+                for kind in _extras(config)
+            }
+            done = [main, *(future.result() for future in futures[1:])]
+            extras = {kind: future.result() for kind, future in pending.items()}
     figures = {name: result[0] for name, result in zip(names, done, strict=True)}
-    timings = {stage: seconds for _, _, stage_times in done for stage, seconds in stage_times.items()}
+    timings = {stage: seconds for _, _, stage_times, _ in done for stage, seconds in stage_times.items()}
+    for kind, (extra, extra_timings) in extras.items():
+        figures["bflow"][kind] = extra
+        timings.update(extra_timings)
     return figures, done[0][1], timings

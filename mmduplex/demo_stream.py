@@ -69,16 +69,27 @@ class StreamResult:
     """Tokens the video tokenizer emitted for this video (all of them, also any the slot packer had to drop)."""
     frame_tokens: list[tuple[float, int]] = field(default_factory=list)
     """``(t, tokens)`` of every frame pushed, in time order."""
+    words: list[tuple[float, str]] = field(default_factory=list)
+    """``(t, word)`` of every word the model said (pieces glued to the word they continue)."""
 
 
-def _lines_of(outputs: Iterable[StepOutput], pause_steps: int) -> tuple[list[CommentaryLine], int]:
+def lines_of(
+    outputs: Iterable[StepOutput], pause_steps: int
+) -> tuple[list[CommentaryLine], int, list[tuple[float, str]]]:
+    """The commentary lines of a stream's step outputs, the number of steps, and every ``(t, word)`` said."""
     builder = LineBuilder(pause_steps=pause_steps, max_words=MAX_WORDS_PER_LINE, min_display_s=MIN_DISPLAY_S)
     steps = 0
+    words: list[tuple[float, str]] = []
     for out in outputs:
         builder.push_piece(out.t, out.word, out.word_start)
         steps += 1
+        if out.word is not None:
+            if words and not out.word_start:
+                words[-1] = (words[-1][0], words[-1][1] + out.word)
+            else:
+                words.append((out.t, out.word))
     builder.flush()
-    return builder.lines, steps
+    return builder.lines, steps, words
 
 
 def _counting(session: DuplexSession, frames: Iterable[tuple[float, Any]], counts: list[tuple[float, int]]):
@@ -101,10 +112,10 @@ def stream_video(session: DuplexSession, video: Path, pause_steps: int) -> Strea
     counts: list[tuple[float, int]] = []
     start = time.perf_counter()
     frames = iter_video(video, fps=session.fps, size=session.encoder.image_size)  # as the feature cache was made
-    lines, steps = _lines_of(session.run(_counting(session, frames, counts)), pause_steps)
+    lines, steps, words = lines_of(session.run(_counting(session, frames, counts)), pause_steps)
     compute = time.perf_counter() - start
     tokens = session.video_tokens + session.dropped_video_tokens
-    return StreamResult(video.stem, lines, steps, compute, steps / session.step_hz, tokens, counts)
+    return StreamResult(video.stem, lines, steps, compute, steps / session.step_hz, tokens, counts, words)
 
 
 def feature_steps(session: DuplexSession, times: Sequence[float], patches: torch.Tensor) -> Iterator[StepOutput]:
@@ -130,9 +141,10 @@ def stream_features(
     """Stream cached patch features ``[T, P, D]`` shown at ``times`` through ``session`` (reset first)."""
     session.reset()
     start = time.perf_counter()
-    lines, steps = _lines_of(feature_steps(session, times, patches), pause_steps)
+    lines, steps, words = lines_of(feature_steps(session, times, patches), pause_steps)
     tokens = session.video_tokens + session.dropped_video_tokens
-    return StreamResult(video_id, lines, steps, time.perf_counter() - start, steps / session.step_hz, tokens)
+    compute = time.perf_counter() - start
+    return StreamResult(video_id, lines, steps, compute, steps / session.step_hz, tokens, words=words)
 
 
 # ----------------------------------------------------------------------------------------------- scoring

@@ -217,7 +217,9 @@ class DuplexLM(nn.Module):
             LM's input embeddings), so the video stream enters at the scale of the text and user streams it is
             summed with. Without it the projector's sum of up to ``K`` MLP outputs is tens of times larger than a
             token embedding (measured: step norm ~38 vs ~1 after training) and drowns the model's own previous word
-            and the user's question in the summed input.
+            and the user's question in the summed input. Off by default: at that scale the demo's from-scratch model
+            did not learn to use the video within its training budget (held-out event accuracy 0.034, chance, vs
+            0.58 without; notebooks/LOG.md, 2026-11-29 night).
     """
 
     def __init__(

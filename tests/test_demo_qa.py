@@ -10,6 +10,7 @@ import torch
 
 from mmduplex.data.synthetic_questions import SyntheticQuestion
 from mmduplex.demo_qa import LVB_QUIET_S, AskedQuestion, run_lvb, score_answers, stream_asking, write_lvb_split
+from mmduplex.demo_stream import lines_of
 from mmduplex.streaming import StepOutput
 
 
@@ -33,7 +34,7 @@ def _question(answer: str, choices: tuple[str, ...] = ()) -> SyntheticQuestion:
 def test_answers_count_only_within_the_tolerance_after_the_last_token():
     said = [None] * 30
     said[6], said[12], said[13], said[25] = "red", "blue", "square", "A"  # shown at 1.4, 2.6, 2.8, 5.2 s
-    outputs = [_out(k, w) for k, w in enumerate(said)]
+    words = lines_of([_out(k, w) for k, w in enumerate(said)], pause_steps=3)[2]
     asked = [
         AskedQuestion(_question("blue"), fed_s=2.0),  # said 0.6 s after its last token
         AskedQuestion(_question("red"), fed_s=2.0),  # "red" came before the question ended: not an answer
@@ -42,7 +43,7 @@ def test_answers_count_only_within_the_tolerance_after_the_last_token():
         AskedQuestion(_question("red", choices=("red", "blue")), fed_s=3.0),  # A at 5.2 s: within 3 s
         AskedQuestion(_question("blue"), fed_s=None),  # never fed: not answered
     ]
-    score_answers(asked, outputs, tolerance_s=3.0)
+    score_answers(asked, words, tolerance_s=3.0)
     assert [a.correct for a in asked] == [True, False, True, False, True, False]
     assert asked[0].latency_s == pytest.approx(0.6) and asked[2].latency_s == pytest.approx(0.6)
     assert asked[4].latency_s == pytest.approx(2.2) and asked[1].latency_s is None
