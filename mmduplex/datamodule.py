@@ -99,6 +99,8 @@ class DuplexDataModule(LightningDataModule):
         seed: seed of the window order.
         synthetic_dir: where the synthetic set lives / is generated when ``transcripts`` is ``None``.
         synthetic_videos: number of synthetic videos to generate (``None``: the generator's default).
+        synthetic_question_interval_s: mean time between the user's questions in the generated synthetic videos
+            (0: none).
         encoder: encoder spec used when building the synthetic set's cache.
         fps: frame rate used when building the synthetic set's cache.
     """
@@ -116,6 +118,7 @@ class DuplexDataModule(LightningDataModule):
         seed: int = 0,
         synthetic_dir: str | None = None,
         synthetic_videos: int | None = None,
+        synthetic_question_interval_s: float = 0.0,
         encoder: str = "mmduplex-tiny",
         fps: float = 2.0,
     ) -> None:
@@ -138,6 +141,7 @@ class DuplexDataModule(LightningDataModule):
         self.seed = seed
         self.synthetic_dir = synthetic_dir
         self.synthetic_videos = synthetic_videos
+        self.synthetic_question_interval_s = float(synthetic_question_interval_s)
         self.encoder = encoder
         self.fps = fps
         self.cache = None
@@ -152,7 +156,8 @@ class DuplexDataModule(LightningDataModule):
         from mmduplex.data.synthetic import SyntheticConfig
         from mmduplex.data.synthetic_cache import prepare_synthetic_cache
 
-        config = None if self.synthetic_videos is None else SyntheticConfig(num_videos=self.synthetic_videos)
+        sizes = {} if self.synthetic_videos is None else {"num_videos": self.synthetic_videos}
+        config = SyntheticConfig(**sizes, question_interval_s=self.synthetic_question_interval_s)
         prepare_synthetic_cache(
             self.synthetic_dir, self.features, config, encoder=self.encoder, fps=self.fps, reuse_existing=True
         )

@@ -13,7 +13,7 @@ synthetic LongVideoBench split asked through ``mmduplex eval longvideobench`` in
   published layout (``lvb_val.json`` with all its fields, ``videos/``, ``subtitles/`` with empty lists: subtitles
   never hold answers). :func:`run_lvb` runs the evaluation exactly as ``mmduplex eval longvideobench --data-root
   DIR/lvb --checkpoint DIR/bundle`` does with its defaults: the prompt is typed after the last frame.
-- :func:`run_qa` puts these together into the report's ``qa`` figures.
+- :func:`ask_heldout` and :func:`lvb_results` give the report's ``qa`` figures (two jobs the demo runs at once).
 """
 
 from __future__ import annotations
@@ -207,18 +207,15 @@ def run_lvb(root: Path, bundle: Path, out: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- the stage
 
 
-def run_qa(
+def ask_heldout(
     session: DuplexSession,
     dataset: SyntheticDataset,
     cache: FeatureCache,
     plain: Sequence[StreamResult],
-    bundle: Path,
-    out_dir: Path,
     tolerance_s: float,
     pause_steps: int,
-    seed: int,
-) -> tuple[dict[str, Any], list[AskedQuestion]]:
-    """The report's ``qa`` figures: the held-out videos streamed with their questions, and the LVB split.
+) -> dict[str, Any]:
+    """The report's ``qa`` figures but ``lvb``: every held-out video streamed with its questions typed at their times.
 
     Args:
         session: the main model's session (at its PAD bias).
@@ -228,19 +225,15 @@ def run_qa(
             accuracy is the report's top-level figure): ``event_accuracy_without_questions`` and the control
             ``open_accuracy_not_asked`` (the same answer windows on these streams: how often the commentary alone
             happens to name the answer, the open-question figure's floor).
-        bundle: the model's inference bundle (the LVB split is asked through it, as the eval command does).
-        out_dir: the demo folder (``lvb/`` and ``lvb_results.json`` are written there).
         tolerance_s: the answer window after a question's last token (s).
         pause_steps: silent steps that end a commentary line.
-        seed: seed of the LVB split's cut times and options.
     """
     from mmduplex.demo_stream import StreamResult, lines_of, score_videos
     from mmduplex.feature_cache import video_key
 
-    ids = dataset.video_ids("heldout")
     words_without = {result.video_id: result.words for result in plain}
     with_q, asked_all, control_all = [], [], []
-    for vid in ids:
+    for vid in dataset.video_ids("heldout"):
         record = cache.load(video_key(dataset.video_path(vid)))
         outputs, asked = stream_asking(session, record.timestamps.tolist(), record.patches, dataset.questions(vid))
         lines, steps, words = lines_of(outputs, pause_steps)
@@ -258,11 +251,7 @@ def run_qa(
     by_kind: dict[str, list[bool]] = {}
     for a in open_q:
         by_kind.setdefault(a.question.kind, []).append(a.correct)
-    lvb_root = out_dir / "lvb"
-    lvb_questions = write_lvb_split(dataset, ids, lvb_root, session.fps, seed)
-    lvb = run_lvb(lvb_root, bundle, out_dir / "lvb_results.json") if lvb_questions else None
-    figures = {
-        "lvb": lvb,
+    return {
         "open_accuracy": _share([a.correct for a in open_q]),
         "median_answer_latency_s": statistics.median(latencies) if latencies else None,
         "event_accuracy_with_questions": figures_with["event_accuracy"],
@@ -277,7 +266,16 @@ def run_qa(
         "rule": f"an answer counts when its words are said within {tolerance_s:g} s after the question's last token; "
         "latency runs from that token to the first answer word",
     }
-    return figures, asked_all
+
+
+def lvb_results(dataset: SyntheticDataset, bundle: Path, out_dir: Path, fps: float, seed: int) -> dict[str, Any] | None:
+    """The report's ``qa.lvb``: ``out_dir/lvb`` written from the held-out videos (:func:`write_lvb_split`) and asked
+    through ``bundle`` as ``eval longvideobench`` does with its defaults (``out_dir/lvb_results.json``); ``None``
+    when no held-out video has an answerable cut."""
+    root = out_dir / "lvb"
+    if not write_lvb_split(dataset, dataset.video_ids("heldout"), root, fps, seed):
+        return None
+    return run_lvb(root, bundle, out_dir / "lvb_results.json")
 
 
 def _share(flags: Sequence[bool]) -> float | None:

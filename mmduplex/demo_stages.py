@@ -340,20 +340,23 @@ def run_video_ablation(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: 
 
 
 def run_questions(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: float, plain: list) -> dict[str, Any]:
-    """The main model (at its PAD bias) asked the held-out videos' questions while they stream, and the synthetic
-    LongVideoBench split through the eval command's defaults (:func:`~mmduplex.demo_qa.run_qa`; ``plain``: the
-    model's streams of the same videos without questions)."""
-    from mmduplex.demo_qa import run_qa
+    """The main model (at its PAD bias) asked the held-out videos' questions while they stream
+    (:func:`~mmduplex.demo_qa.ask_heldout`; ``plain``: the model's streams of the same videos without questions)."""
+    from mmduplex.demo_qa import ask_heldout
     from mmduplex.feature_cache import FeatureCache
     from mmduplex.streaming import DuplexSession
 
-    bundle = paths.model_bundle("bflow")
-    session = DuplexSession.from_bundle(bundle, pad_bias=pad_bias)
-    cache = FeatureCache(paths.features)
-    figures, _ = run_qa(
-        session, dataset, cache, plain, bundle, paths.root, config.tolerance_s, config.pause_steps, config.seed
-    )
+    session = DuplexSession.from_bundle(paths.model_bundle("bflow"), pad_bias=pad_bias)
+    figures = ask_heldout(session, dataset, FeatureCache(paths.features), plain, config.tolerance_s, config.pause_steps)
     return {**figures, "pad_bias": pad_bias}
+
+
+def run_lvb_split(config: DemoConfig, paths: DemoPaths, dataset) -> dict[str, Any] | None:
+    """``DIR/lvb`` from the held-out videos, asked through the main bundle with ``eval longvideobench``'s defaults
+    (:func:`~mmduplex.demo_qa.lvb_results`)."""
+    from mmduplex.demo_qa import lvb_results
+
+    return lvb_results(dataset, paths.model_bundle("bflow"), paths.root, config.fps, config.seed)
 
 
 # ----------------------------------------------------------------------------------------------- per model
@@ -418,13 +421,14 @@ def model_job(
     return figures, scores if main else None, timings, results if main else None
 
 
-MAIN_EXTRAS = ("video_ablation", "qa")
+MAIN_EXTRAS = ("video_ablation", "qa", "lvb")
 """What the main model does after its own stream (each its own job, both at once when workers allow)."""
 
 
 def extra_job(config: DemoConfig, root: str, kind: str, pad_bias: float, plain: list) -> tuple[dict[str, Any], dict]:
     """One of :data:`MAIN_EXTRAS` for the trained main model at its PAD bias: the video ablation
-    (:func:`run_video_ablation`) or the questions (:func:`run_questions`). Returns its figures and timing."""
+    (:func:`run_video_ablation`), the held-out questions (:func:`run_questions`) or the LongVideoBench split
+    (:func:`run_lvb_split`). Returns its figures and timing."""
     from mmduplex.data.synthetic import SyntheticDataset
 
     if config.threads is not None:
@@ -436,13 +440,16 @@ def extra_job(config: DemoConfig, root: str, kind: str, pad_bias: float, plain: 
         figures = run_video_ablation(config, paths, dataset, pad_bias)
     elif kind == "qa":
         figures = run_questions(config, paths, dataset, pad_bias, plain)
+    elif kind == "lvb":
+        figures = run_lvb_split(config, paths, dataset)
     else:
         raise InputError("extra_job", f"unknown kind {kind!r}; known: {list(MAIN_EXTRAS)}")
-    return figures, {"questions" if kind == "qa" else kind: round(time.perf_counter() - t0, 2)}
+    return figures, {{"qa": "questions", "lvb": "longvideobench"}.get(kind, kind): round(time.perf_counter() - t0, 2)}
 
 
 def _extras(config: DemoConfig) -> list[str]:
-    wanted = {"video_ablation": config.ablation_videos != 0, "qa": config.question_interval_s > 0}
+    asking = config.question_interval_s > 0
+    wanted = {"video_ablation": config.ablation_videos != 0, "qa": asking, "lvb": asking}
     return [kind for kind in MAIN_EXTRAS if wanted[kind]]
 
 
@@ -486,4 +493,6 @@ def run_models(config: DemoConfig, paths: DemoPaths, tokens_per_frame: int) -> t
     for kind, (extra, extra_timings) in extras.items():
         figures["bflow"][kind] = extra
         timings.update(extra_timings)
+    if "lvb" in extras:  # the report's qa holds the LongVideoBench results first
+        figures["bflow"]["qa"] = {"lvb": figures["bflow"].pop("lvb"), **figures["bflow"]["qa"]}
     return figures, done[0][1], timings
