@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eval.longvideobench_data import QUESTION_CATEGORIES
 from mmduplex.alignment import time_to_step
 from mmduplex.fileio import write_json_atomic
 
@@ -49,7 +50,6 @@ LVB_KINDS = ("colour", "shape", "count", "action", "order")
 """Question kinds of the split, tried in turn from a different one per video (so every kind is asked)."""
 LVB_TOPIC = "SYN-Synthetic-Shapes"
 """``topic_category`` of the synthetic split's records."""
-L1_CATEGORIES = ("S2E", "S2O", "S2A", "E2O", "O2E", "T2E", "T2O", "T2A")
 
 
 @dataclass
@@ -160,7 +160,7 @@ def lvb_record(video_id: str, question: SyntheticQuestion, cut_s: float, fps: fl
         "position": [max(0, math.floor(cut_s * fps + 1e-6) - 1)],
         "topic_category": LVB_TOPIC,
         "question_category": question.category,
-        "level": "L1-Perception" if question.category in L1_CATEGORIES else "L2-Relation",
+        "level": "L1-Perception" if question.category in QUESTION_CATEGORIES[:8] else "L2-Relation",  # 8 L1 codes
         "id": f"{video_id}_0",
         "video_path": f"{video_id}.mp4",
         "subtitle_path": f"{video_id}_en.json",

@@ -92,6 +92,7 @@ def test_lvb_split_is_published_layout_and_runs_in_model_mode(tiny_bundle, duple
     for record, question in zip(records, questions, strict=True):
         assert 8.0 < record["duration"] <= 60.0 and record["duration_group"] == (15 if record["duration"] <= 15 else 60)
         assert json.loads((root / "subtitles" / record["subtitle_path"]).read_text()) == []
+        assert record["level"] == ("L2-Relation" if record["question_category"] == "E3E" else "L1-Perception")
         info = probe_video(root / "videos" / record["video_path"])
         assert info.num_frames == int(record["duration"] * 2.0 + 1e-6)  # every frame before the cut, at 2 fps
         events = dataset.events(record["video_id"])
