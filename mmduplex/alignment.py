@@ -133,6 +133,11 @@ def text_to_words(
     return words
 
 
+def question_lines(text: str, tokenizer: TextTokenizer) -> list[list[int]]:
+    """A question's token ids line by line (each line starts a new user-stream step); empty lines dropped."""
+    return [ids for ids in map(tokenizer.encode_text, text.split("\n")) if ids]
+
+
 def align_user(
     questions: Sequence[tuple[float, str]],
     num_steps: int,
@@ -163,8 +168,7 @@ def align_user(
     ids = torch.full((num_steps, slots_per_step), tokenizer.pad_id, dtype=torch.long)  # [S, U]
     cursor = 0  # first step no earlier question holds
     for t, text in sorted(questions, key=lambda q: q[0]):
-        for line in text.split("\n"):
-            tokens = tokenizer.encode_text(line)
+        for tokens in question_lines(text, tokenizer):
             at = max(time_to_step(t, step_hz), cursor)
             for i, token in enumerate(tokens):
                 step = at + i // slots_per_step

@@ -173,7 +173,6 @@ def build_duplex_model(config: dict[str, Any], attn_implementation: str | None =
         projector_layers=int(config.get("projector_layers", 0)),
         projector_heads=int(config.get("projector_heads", 4)),
         user_slots_per_step=int(config.get("user_slots_per_step", 1)),
-        video_norm=bool(config.get("video_norm", False)),
     )
 
 

@@ -213,13 +213,6 @@ class DuplexLM(nn.Module):
             parameters (its state dict is the one-token-per-step model's); with ``U > 1`` slot ``u`` embeds as
             ``token_embedding(id) * (1 + user_slot_gain[u]) + user_slot_bias[u] + user_stream`` (the gain is kept
             as a deviation from 1, so weight decay pulls it towards the plain embedding).
-        video_norm: RMS-normalise each step's video embedding (an ``nn.RMSNorm`` whose gain starts at the RMS of the
-            LM's input embeddings), so the video stream enters at the scale of the text and user streams it is
-            summed with. Without it the projector's sum of up to ``K`` MLP outputs is tens of times larger than a
-            token embedding (measured: step norm ~38 vs ~1 after training) and drowns the model's own previous word
-            and the user's question in the summed input. Off by default: at that scale the demo's from-scratch model
-            did not learn to use the video within its training budget (held-out event accuracy 0.034, chance, vs
-            0.58 without; notebooks/LOG.md, 2026-11-29 night).
     """
 
     def __init__(
@@ -234,7 +227,6 @@ class DuplexLM(nn.Module):
         projector_layers: int = 0,
         projector_heads: int = 4,
         user_slots_per_step: int = 1,
-        video_norm: bool = False,
     ) -> None:
         super().__init__()
         if user_slots_per_step < 1:
@@ -258,12 +250,6 @@ class DuplexLM(nn.Module):
         self.video = VideoProjector(
             token_dim, self.hidden, slots_per_step, projector_hidden, projector_layers, projector_heads
         )
-        self.video_norm = None
-        if video_norm:  # an empty step stays zero: RMSNorm maps the zero vector to zero
-            self.video_norm = nn.RMSNorm(self.hidden, eps=1e-6)
-            with torch.no_grad():
-                table = backbone.get_input_embeddings().weight
-                self.video_norm.weight.fill_(float(table.detach().float().pow(2).mean().sqrt()))
         decoder_params = inspect.signature(backbone.get_decoder().forward).parameters
         self._cache_kw = "cache" if "cache" in decoder_params else "past_key_values"
 
@@ -306,10 +292,7 @@ class DuplexLM(nn.Module):
             raise InputError(
                 "text_ids", f"ids must be in [0, {self.vocab_size}), got [{int(text_ids.min())}, {int(text_ids.max())}]"
             )
-        video = self.video(video_slots, video_mask)  # [B, S, H]
-        if self.video_norm is not None:
-            video = self.video_norm(video)
-        embeds = self._token_embedding(text_ids) + video  # [B, S, H]
+        embeds = self._token_embedding(text_ids) + self.video(video_slots, video_mask)  # [B, S, H]
         if user_ids is not None:
             embeds = embeds + self.embed_user(user_ids, text_ids.shape)
         return embeds

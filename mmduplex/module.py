@@ -69,8 +69,6 @@ class DuplexModule(LightningModule):
         min_lr_ratio: final learning rate of the cosine as a fraction of ``lr``.
         memo_videos: at most this many videos' tokens are memoised (``None``: all).
         user_slots_per_step: U, user-stream (question) tokens per step (1: one token per step).
-        video_norm: RMS-normalise each step's video embedding to the LM's token-embedding scale
-            (:class:`~mmduplex.model.DuplexLM`).
     """
 
     def __init__(
@@ -100,7 +98,6 @@ class DuplexModule(LightningModule):
         min_lr_ratio: float = 0.0,
         memo_videos: int | None = None,
         user_slots_per_step: int = 1,
-        video_norm: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -144,7 +141,6 @@ class DuplexModule(LightningModule):
             projector_layers=projector_layers,
             projector_heads=projector_heads,
             user_slots_per_step=user_slots_per_step,
-            video_norm=video_norm,
         )
         self._set_trainable(finetune)
         if gradient_checkpointing:
@@ -297,7 +293,6 @@ class DuplexModule(LightningModule):
             "projector_hidden": hp.projector_hidden,
             "projector_layers": int(hp.get("projector_layers", 0)),
             "projector_heads": int(hp.get("projector_heads", 4)),
-            "video_norm": bool(hp.get("video_norm", False)),
             "vocab_size": int(self.text_tokenizer.vocab_size),
             "pad_id": int(self.text_tokenizer.pad_id),
             "epad_id": int(self.text_tokenizer.epad_id),

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mmduplex.alignment import VideoSlotPacker, time_to_step
+from mmduplex.alignment import VideoSlotPacker, question_lines, time_to_step
 from mmduplex.bundle import DuplexBundle, load_bundle
 from mmduplex.errors import CheckpointError, InputError
 from mmduplex.kvcache import SinkWindowCache
@@ -298,7 +298,7 @@ class DuplexSession:
         Returns:
             The number of tokens queued.
         """
-        lines = [tokens for tokens in map(self.text_tokenizer.encode_text, text.split("\n")) if tokens]
+        lines = question_lines(text, self.text_tokenizer)
         count = sum(len(tokens) for tokens in lines)
         if not count:
             raise InputError("question", "empty question")

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import one_torch_thread
 
 from mmduplex.data.synthetic_questions import SyntheticQuestion
 from mmduplex.demo_qa import LVB_QUIET_S, AskedQuestion, run_lvb, score_answers, stream_asking, write_lvb_split
@@ -16,10 +17,8 @@ from mmduplex.streaming import StepOutput
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def _out(index: int, word: str | None, hz: float = 5.0) -> StepOutput:

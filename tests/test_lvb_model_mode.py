@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from conftest import one_torch_thread
 from test_longvideobench import _record, _subtitle_files
 
 from eval.duplex_responder import DuplexResponder
@@ -23,10 +24,8 @@ PROMPT = "What happens?\nA. red\nB. blue\nAnswer with the option's letter from t
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture

@@ -116,30 +116,6 @@ def test_absent_streams_embed_to_zero(projector_layers):
     torch.testing.assert_close(a, b)
 
 
-def test_video_norm_puts_video_steps_at_the_token_embedding_scale():
-    """``video_norm``: a non-empty step's video embedding has the RMS of the LM's input embeddings at init (without
-    it, the sum of the slots' projections is much larger); an empty step stays zero; streaming == teacher forcing."""
-    torch.manual_seed(0)
-    backbone = build_backbone(TINY_LLAMA, vocab_size=V, attn_implementation="sdpa")
-    model = DuplexLM(backbone, V, PAD, EPAD, DV, K, projector_hidden=32, video_norm=True).eval()
-    plain = make_model()
-    text, slots, mask, user = make_inputs()
-    table_rms = float(backbone.get_input_embeddings().weight.detach().pow(2).mean().sqrt())
-    with torch.no_grad():
-        video = model.embed(text, slots, mask) - model.embed(text, slots, torch.zeros_like(mask))  # [B, S, H]
-        raw = plain.video(slots, mask)
-    rms = video.pow(2).mean(-1).sqrt()  # [B, S]
-    present = mask.any(-1)
-    assert present.any() and (~present).any()
-    torch.testing.assert_close(rms[present], torch.full_like(rms[present], table_rms), rtol=1e-3, atol=0)
-    assert float(rms[~present].abs().max()) == 0.0
-    assert float(raw.pow(2).mean(-1).sqrt()[present].min()) > 5 * table_rms  # what the norm corrects
-    cache = SinkWindowCache(model, sink=2, window=text.shape[1])
-    with torch.no_grad():
-        full = model(text, slots, mask, user).logits
-    torch.testing.assert_close(stream_steps(model, cache, text, slots, mask, user), full, rtol=1e-4, atol=1e-5)
-
-
 def test_user_slots_one_slot_is_the_one_token_stream():
     """U = 1 (the default): no per-slot parameters (old state dicts load strictly), ``[B, S, 1]`` == ``[B, S]``, and
     the embedding is the token's plus the user-stream vector where the user speaks, zero elsewhere."""

@@ -180,24 +180,17 @@ def _open_question(events: tuple[Event, ...], t: float, hi: float, kind: str, rn
     live = _live(events, t)
     lo = t - STEADY_BEFORE_S
     found = []
-    if kind == "colour":
-        for shape in sorted({s for _, s in live.values()}):
+    if kind in ("colour", "shape"):  # the attribute asked about, of the one shape on screen with the other one
+        known, asked, pool = (1, 0, list(COLOURS)) if kind == "colour" else (0, 1, list(SHAPES))
+        for name in sorted({pair[known] for pair in live.values()}):
 
-            def colour(tau: float, shape: str = shape) -> str | None:
-                ids = _unique(_live(events, tau), 1, shape)
-                return _live(events, tau)[ids[0]][0] if len(ids) == 1 else None
+            def value(tau: float, name: str = name) -> str | None:
+                now = _live(events, tau)
+                ids = _unique(now, known, name)
+                return now[ids[0]][asked] if len(ids) == 1 else None
 
-            if (answer := _steady(events, colour, lo, hi)) is not None:
-                found.append((_TEMPLATES[kind].format(shape), answer, list(COLOURS)))
-    elif kind == "shape":
-        for name in sorted({c for c, _ in live.values()}):
-
-            def shape(tau: float, name: str = name) -> str | None:
-                ids = _unique(_live(events, tau), 0, name)
-                return _live(events, tau)[ids[0]][1] if len(ids) == 1 else None
-
-            if (answer := _steady(events, shape, lo, hi)) is not None:
-                found.append((_TEMPLATES[kind].format(name), answer, list(SHAPES)))
+            if (answer := _steady(events, value, lo, hi)) is not None:
+                found.append((_TEMPLATES[kind].format(name), answer, pool))
     elif kind == "count":
         count = _steady(events, lambda tau: len(_live(events, tau)), lo, hi)
         if count is not None and count < len(NUMBERS):
