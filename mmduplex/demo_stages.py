@@ -242,16 +242,10 @@ def _video_tokenizer_arg(name: str, paths: DemoPaths, tokens_per_frame: int) -> 
     raise InputError("demo.baselines", f"unknown model {name!r}")
 
 
-def train_duplex(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_frame: int) -> Path:
-    """Stage 4: one duplex model (``bflow`` = the main one, or a baseline) trained and exported to its bundle."""
-    from mmduplex.bundle import export_bundle
-
-    bundle = paths.model_bundle(name)
-    if (bundle / "config.json").is_file():
-        log.info("duplex %s: reusing %s", name, bundle)
-        return bundle
+def duplex_fit_args(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_frame: int) -> list[str]:
+    """The ``mmduplex fit`` arguments that train one duplex model (``bflow`` = the main one, or a baseline) on the
+    demo's data, run folder ``paths.runs / f"duplex-{name}"``."""
     root = paths.runs / f"duplex-{name}"
-    shutil.rmtree(root, ignore_errors=True)
     epochs = config.duplex_epochs if name == "bflow" else (config.baseline_epochs or config.duplex_epochs)
     args = [
         "--config", str(recipes.recipe_path(config.duplex_recipe)),
@@ -268,7 +262,20 @@ def train_duplex(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_fra
     ]  # fmt: skip
     if config.batch_size is not None:
         args += ["--data.init_args.batch_size", str(config.batch_size)]
-    cli = _fit(args)
+    return args
+
+
+def train_duplex(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_frame: int) -> Path:
+    """Stage 4: one duplex model (``bflow`` = the main one, or a baseline) trained and exported to its bundle."""
+    from mmduplex.bundle import export_bundle
+
+    bundle = paths.model_bundle(name)
+    if (bundle / "config.json").is_file():
+        log.info("duplex %s: reusing %s", name, bundle)
+        return bundle
+    root = paths.runs / f"duplex-{name}"
+    shutil.rmtree(root, ignore_errors=True)
+    cli = _fit(duplex_fit_args(config, paths, name, tokens_per_frame))
     checkpoint = root / "final.ckpt"
     cli.trainer.save_checkpoint(checkpoint)
     export_bundle(checkpoint, bundle)
@@ -279,10 +286,11 @@ def train_duplex(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_fra
 
 
 def stream_and_score(
-    name: str, config: DemoConfig, paths: DemoPaths, dataset
+    name: str, config: DemoConfig, paths: DemoPaths, dataset, device: str = "cpu", limit: int | None = None
 ) -> tuple[dict[str, Any], list, dict, list]:
     """Stage 5 for one model: its PAD bias (:func:`~mmduplex.demo_stream.tune_pad_bias` on training videos, the same
-    rule for every model), then every held-out video streamed through it and scored.
+    rule for every model), then every held-out video (the first ``limit`` ones, when given) streamed through it and
+    scored, on ``device`` (the video encoder, B-Flow and the LM step).
 
     Returns:
         The model's figures, each held-out video's :class:`~mmduplex.demo_stream.VideoScore`, the stage timings and
@@ -292,7 +300,7 @@ def stream_and_score(
     from mmduplex.feature_cache import FeatureCache
     from mmduplex.streaming import DuplexSession
 
-    session = DuplexSession.from_bundle(paths.model_bundle(name))
+    session = DuplexSession.from_bundle(paths.model_bundle(name), device=device)
     timings = {}
     tuning = None
     if config.talk_tuning_videos > 0:
@@ -302,10 +310,11 @@ def stream_and_score(
         tuning = tune_pad_bias(session, dataset, cache, ids, config.talk_ratio_target, config.pause_steps)
         timings[f"pad_bias_{name}"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    heldout = dataset.video_ids("heldout")
+    heldout = dataset.video_ids("heldout")[:limit]
     results = [stream_video(session, dataset.video_path(vid), config.pause_steps) for vid in heldout]
     figures, scores = score_videos(results, dataset, config.tolerance_s)
-    figures.update(rate_figures(results, sum(clip.end_s - clip.start_s for clip in dataset.clips("heldout"))))
+    streamed = {Path(clip.video).stem: clip.end_s - clip.start_s for clip in dataset.clips("heldout")}
+    figures.update(rate_figures(results, sum(streamed[vid] for vid in heldout)))
     figures["pad_bias"] = session.pad_bias
     figures["pad_bias_search"] = tuning
     timings[f"stream_{name}"] = round(time.perf_counter() - t0, 2)

@@ -194,7 +194,8 @@ class DuplexModule(LightningModule):
             return self._memo[key]
         record = self.trainer.datamodule.load_features(key)
         device = next(self.video_tokenizer.parameters(), torch.empty(0)).device
-        with torch.no_grad():
+        # The frozen tokenizer runs in its own precision, as it streams, also inside bf16-mixed training's autocast
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             video = self.video_tokenizer.tokenize(record.patches.to(device), record.timestamps)
         frames = [type(f)(f.t, f.kind, f.tokens.detach().float().cpu(), f.positions.cpu()) for f in video.frames]
         self._memo[key] = frames

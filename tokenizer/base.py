@@ -138,7 +138,7 @@ class VideoTokenizer(nn.Module):
         Raises:
             InputError: wrong shape or dimension, non-finite values, or times not increasing.
         """
-        t = check_frames(patches, t, self.grid, self.feature_dim)
+        t = check_frames(patches, t, self.grid, self.feature_dim).to(state.last_t.device)  # times live with the state
         if t.shape[0] != state.last_t.shape[0]:
             raise InputError("patches", f"batch of {t.shape[0]} frames for a state of {state.last_t.shape[0]} videos")
         if bool((t <= state.last_t).any()):

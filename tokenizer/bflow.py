@@ -455,7 +455,7 @@ class BFlowTokenizer(VideoTokenizer):
         state = self.init_state(patches.shape[0])
         recons, counts = [], []
         for i in range(patches.shape[1]):
-            t = check_frames(patches[:, i], timestamps[:, i], self.grid, self.feature_dim)
+            t = check_frames(patches[:, i], timestamps[:, i], self.grid, self.feature_dim).to(state.last_t.device)
             if bool((t <= state.last_t).any()):
                 raise InputError("timestamps", f"not increasing at frame {i}")
             decisions, state = self._advance(patches[:, i], t, state)
