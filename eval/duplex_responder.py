@@ -14,8 +14,9 @@ and subtitle backlogs are empty.
 
 Asking (:meth:`DuplexResponder.answer`): the prompt is typed on the user stream from the next step, as many tokens
 per step as the bundle has user slots (``user_slots_per_step``, one by default); the token sampled by the step that
-feeds the prompt's last token is the model's first reply token. Stepping goes on (no video) until the model has said
-at least one word and then samples a silent token (PAD / EPAD), or ``max_answer_steps`` reply steps have run.
+feeds the prompt's last token is the model's first reply token. Stepping goes on (no video) for ``max_answer_steps``
+reply steps, and the reply is every word said in them, silences skipped: a duplex model may finish a commentary line
+before it answers, so its first line is not always the answer (the reference parser then reads the first letter).
 Word pieces are joined (a piece that does not start a word is glued to the previous one).
 
 Likelihood (:meth:`DuplexResponder.letter_logprobs`): the log-softmax of the raw logits (no PAD bias, no
@@ -46,7 +47,7 @@ class DuplexResponder:
 
     Args:
         bundle_path: the inference bundle folder (``mmduplex export``).
-        max_answer_steps: most steps a generated answer may take after the prompt has been typed (>= 1).
+        max_answer_steps: reply steps run after the prompt has been typed (>= 1); the reply is every word in them.
         max_gap_steps: most empty steps run between consecutive frames / subtitles (>= 1); ``None``: the video's
             real timing, every step runs.
         temperature: sampling temperature of answers; 0 is greedy.
@@ -160,15 +161,14 @@ class DuplexResponder:
         return session, out
 
     def answer(self, state: DuplexSession, prompt: str) -> str:
-        """The model's spoken reply to ``prompt`` typed after the video (``""`` if it stays silent)."""
+        """The model's spoken reply to ``prompt`` typed after the video: every word of its ``max_answer_steps`` reply
+        steps (``""`` if it stays silent)."""
         session, out = self._ask(state, prompt)
         words: list[str] = []
         for step in range(self.max_answer_steps):
             if step > 0:
                 out = session.step()
             if out.word is None:
-                if words:
-                    break
                 continue
             if words and not out.word_start:
                 words[-1] += out.word

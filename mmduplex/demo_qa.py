@@ -6,8 +6,9 @@ synthetic LongVideoBench split asked through ``mmduplex eval longvideobench`` in
   records when each question's last token was fed: the end of the step that fed it.
 - :func:`score_answers`: an open question is answered when the model's words within ``tolerance_s`` after its last
   token name the right value (every word of it: ``"red"``, ``"two"``, ``"red square"``); a multiple-choice question
-  asked mid-stream, when the right letter is said in that time. Answer latency: from the last token to the first
-  word of the right answer.
+  asked mid-stream, when the first option letter said in that time is the right one (as the reference parser reads
+  a reply). Answer latency: from the last token to the first word of the right answer (the letter for multiple
+  choice).
 - :func:`write_lvb_split`: for each held-out video, a multiple-choice question about what is on screen (or just
   happened) at a cut time, and the video up to that time re-rendered at the model's frame rate, in LongVideoBench's
   published layout (``lvb_val.json`` with all its fields, ``videos/``, ``subtitles/`` with empty lists: subtitles
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eval.answer_parser import LETTERS
 from eval.longvideobench_data import QUESTION_CATEGORIES
 from mmduplex.alignment import time_to_step
 from mmduplex.fileio import write_json_atomic
@@ -106,11 +108,17 @@ def score_answers(asked: Sequence[AskedQuestion], spoken: Sequence[tuple[float, 
         if item.fed_s is None:
             continue
         item.words = [(t, w) for t, w in spoken if item.fed_s <= t <= item.fed_s + tolerance_s]
-        said = [w.lower() for _, w in item.words]
-        wanted = [w.lower() for w in item.question.answer_words]
-        item.correct = all(w in said for w in wanted)
-        if item.correct:
-            first = min(t for t, w in item.words if w.lower() in wanted)
+        question = item.question
+        if question.choices:
+            letters = [(t, w) for t, w in item.words if len(w) == 1 and w in LETTERS]
+            item.correct = bool(letters) and letters[0][1] == question.letter
+            first = letters[0][0] if item.correct else None
+        else:
+            said = [w.lower() for _, w in item.words]
+            wanted = [w.lower() for w in question.answer_words]
+            item.correct = all(w in said for w in wanted)
+            first = min((t for t, w in item.words if w.lower() in wanted), default=None) if item.correct else None
+        if first is not None:
             item.latency_s = round(first - item.fed_s, 4)
 
 

@@ -32,21 +32,22 @@ def _question(answer: str, choices: tuple[str, ...] = ()) -> SyntheticQuestion:
 
 def test_answers_count_only_within_the_tolerance_after_the_last_token():
     said = [None] * 30
-    said[6], said[12], said[13], said[25] = "red", "blue", "square", "A"  # shown at 1.4, 2.6, 2.8, 5.2 s
+    said[6], said[12], said[13], said[20], said[25] = "red", "blue", "square", "B", "A"  # at 1.4, 2.6, 2.8, 4.2, 5.2 s
     words = lines_of([_out(k, w) for k, w in enumerate(said)], pause_steps=3)[2]
     asked = [
         AskedQuestion(_question("blue"), fed_s=2.0),  # said 0.6 s after its last token
         AskedQuestion(_question("red"), fed_s=2.0),  # "red" came before the question ended: not an answer
         AskedQuestion(_question("blue square"), fed_s=2.0),  # every answer word must be said
-        AskedQuestion(_question("red", choices=("red", "blue")), fed_s=2.0),  # choice: the letter A, said too late
-        AskedQuestion(_question("red", choices=("red", "blue")), fed_s=3.0),  # A at 5.2 s: within 3 s
+        AskedQuestion(_question("red", choices=("red", "blue")), fed_s=2.0),  # choice A: only B said in time
+        AskedQuestion(_question("red", choices=("red", "blue")), fed_s=3.0),  # A at 5.2 s, but B came first
         AskedQuestion(_question("blue"), fed_s=None),  # never fed: not answered
+        AskedQuestion(_question("red", choices=("blue", "red")), fed_s=3.0),  # choice B: the first letter said
     ]
     score_answers(asked, words, tolerance_s=3.0)
-    assert [a.correct for a in asked] == [True, False, True, False, True, False]
+    assert [a.correct for a in asked] == [True, False, True, False, False, False, True]
     assert asked[0].latency_s == pytest.approx(0.6) and asked[2].latency_s == pytest.approx(0.6)
-    assert asked[4].latency_s == pytest.approx(2.2) and asked[1].latency_s is None
-    assert [w for _, w in asked[0].words] == ["blue", "square"]
+    assert asked[6].latency_s == pytest.approx(1.2) and asked[1].latency_s is None and asked[4].latency_s is None
+    assert [w for _, w in asked[0].words] == ["blue", "square", "B"]
 
 
 def test_a_question_changes_only_what_comes_after_it(tiny_bundle, duplex_data):

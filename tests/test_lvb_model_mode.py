@@ -133,6 +133,27 @@ def test_questions_leave_the_prepared_state_unchanged(tiny_bundle):
     assert letters["red"] == pytest.approx(float(torch.log_softmax(out.logits.double(), -1)[red]))
 
 
+def test_answer_is_every_word_of_the_reply_window(tiny_bundle):
+    """The reply is the whole ``max_answer_steps`` window, silences skipped: not only its first line."""
+    responder = DuplexResponder(tiny_bundle, max_answer_steps=24)
+    frames, times = _video()
+    state = responder.prepare_video(frames, times, [])
+    session = state.copy()
+    session.ask(PROMPT)
+    outs = [session.step()]
+    while session.pending_user_tokens:
+        outs = [session.step()]
+    outs += [session.step() for _ in range(23)]
+    words: list[str] = []
+    for out in outs:
+        if out.word is not None:
+            if words and not out.word_start:
+                words[-1] += out.word
+            else:
+                words.append(out.word)
+    assert responder.answer(state, PROMPT) == " ".join(words)
+
+
 def test_gap_skipping_shortens_the_stream(tiny_bundle):
     frames, times = _video()
     times = [0.0, 10.0, 20.0, 30.0]  # sparse frames: 50 steps apart at 5 Hz

@@ -112,7 +112,7 @@ def test_choice_text_is_the_longvideobench_prompt(asked):
     for q in choices:
         lvb = Question("x", q.question, q.choices, q.choices.index(q.answer), q.category, "L1", 15, None, None, 9.0, 0)
         assert q.text == build_prompt(lvb)
-        assert q.letter == lvb.answer and q.answer_words == [q.letter]
+        assert q.letter == lvb.answer and q.answer_words == [*q.answer.split(), q.letter]
         assert len(q.choices) == len(set(q.choices)) == (3 if q.kind == "shape" else 4)
         letters[q.letter] += 1
     assert len(letters) == 4  # the right option is shuffled

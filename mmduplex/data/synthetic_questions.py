@@ -19,7 +19,10 @@ order     ``which came in first , the red square or the blue     ``red square`` 
 Punctuation is written as separate words (``?``, ``,``) so the word-level vocabulary holds it. A multiple-choice
 question is the LongVideoBench prompt exactly (``eval.longvideobench_data.build_prompt``): the question line, one
 ``A. option`` line per option, then ``Answer with the option's letter from the given choices directly.``; its answer
-is the letter. "On screen" follows the events: a shape is on screen from its ``enters`` to its ``leaves`` event.
+is the right option's words, then its letter (``red A``; the reference parser reads the letter). Naming what was
+seen first turns the choice into a look-up the model can learn: the option whose line holds the word it has just
+said (given the letter alone, models stayed at chance: notebooks/LOG.md, 2026-11-29 night).
+"On screen" follows the events: a shape is on screen from its ``enters`` to its ``leaves`` event.
 A question is only asked when its answer is *steady*: the same from ``STEADY_BEFORE_S`` before ``t`` until its
 answer is due (``end_t + answer_delay_s``), so the scene cannot change while the user types.
 
@@ -119,8 +122,8 @@ class SyntheticQuestion:
 
     @property
     def answer_words(self) -> list[str]:
-        """The words the model says: the answer's words (open) or the letter (multiple choice)."""
-        return [self.letter] if self.choices else self.answer.split()
+        """The words the model says: the answer's words, then the right option's letter (multiple choice)."""
+        return [*self.answer.split(), self.letter] if self.choices else self.answer.split()
 
     @property
     def question(self) -> str:
