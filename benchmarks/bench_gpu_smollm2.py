@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from mmduplex.demo_stages import (
         DemoConfig,
         DemoPaths,
-        _fit,
         duplex_fit_args,
+        fit_quietly,
         make_data,
         stream_and_score,
         train_tokenizer,
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fit_args += ["--model.init_args.torch_dtype", args.dtype]
     reset_peak(args.device)
     start = time.perf_counter()
-    cli = stage("train", _fit, fit_args)
+    cli = stage("train", fit_quietly, fit_args)
     timer = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "StepTimes")
     train = training_figures(timer, start, cli.datamodule.batch_size)
     train["peak_gpu_memory_gib"] = peak_memory_gib(args.device)

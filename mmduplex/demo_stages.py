@@ -164,7 +164,7 @@ def make_data(config: DemoConfig, paths: DemoPaths):
     )
 
 
-def _fit(args: list[str]):
+def fit_quietly(args: list[str]):
     """Run ``mmduplex fit`` in-process on ``args`` (no progress bar, no model summary); return the LightningCLI."""
     from mmduplex.lightning_cli import run_cli
 
@@ -179,7 +179,7 @@ def train_tokenizer(config: DemoConfig, paths: DemoPaths) -> None:
         return
     root = paths.runs / "tokenizer"
     shutil.rmtree(root, ignore_errors=True)
-    cli = _fit(
+    cli = fit_quietly(
         [
             "--config", str(recipes.recipe_path(config.tokenizer_recipe)),
             "--seed_everything", str(config.seed),
@@ -275,7 +275,7 @@ def train_duplex(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_fra
         return bundle
     root = paths.runs / f"duplex-{name}"
     shutil.rmtree(root, ignore_errors=True)
-    cli = _fit(duplex_fit_args(config, paths, name, tokens_per_frame))
+    cli = fit_quietly(duplex_fit_args(config, paths, name, tokens_per_frame))
     checkpoint = root / "final.ckpt"
     cli.trainer.save_checkpoint(checkpoint)
     export_bundle(checkpoint, bundle)
