@@ -213,6 +213,9 @@ class DuplexLM(nn.Module):
             parameters (its state dict is the one-token-per-step model's); with ``U > 1`` slot ``u`` embeds as
             ``token_embedding(id) * (1 + user_slot_gain[u]) + user_slot_bias[u] + user_stream`` (the gain is kept
             as a deviation from 1, so weight decay pulls it towards the plain embedding).
+        user_scale: fixed factor on the user stream's step embedding. A from-scratch LM's token embeddings are small
+            next to a step's summed video slots (norm ~1.4 for a 4-token question step against ~38 in the demo), so
+            the question drowns in the step's sum; 1 keeps the LM's own embedding scale (pretrained LMs).
     """
 
     def __init__(
@@ -227,10 +230,14 @@ class DuplexLM(nn.Module):
         projector_layers: int = 0,
         projector_heads: int = 4,
         user_slots_per_step: int = 1,
+        user_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if user_slots_per_step < 1:
             raise InputError("user_slots_per_step", f"must be >= 1, got {user_slots_per_step}")
+        if not user_scale > 0:
+            raise InputError("user_scale", f"must be > 0, got {user_scale}")
+        self.user_scale = float(user_scale)
         self.backbone = backbone
         self.vocab_size = int(vocab_size)
         self.pad_id = int(pad_id)
@@ -314,9 +321,9 @@ class DuplexLM(nn.Module):
         tokens = self._token_embedding(user_ids)  # [B, S, (U,) H]
         if u == 1:
             user = tokens + self.user_stream  # [B, S, H]
-            return torch.where(speaking, user, torch.zeros_like(user))
+            return torch.where(speaking, user, torch.zeros_like(user)) * self.user_scale
         user = tokens * (1.0 + self.user_slot_gain) + self.user_slot_bias + self.user_stream  # [B, S, U, H]
-        return torch.where(speaking, user, torch.zeros_like(user)).sum(dim=2)  # [B, S, H]
+        return torch.where(speaking, user, torch.zeros_like(user)).sum(dim=2) * self.user_scale  # [B, S, H]
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final hidden states ``[B, S, H]`` -> text logits ``[B, S, V]`` (float32)."""

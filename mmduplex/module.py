@@ -69,6 +69,7 @@ class DuplexModule(LightningModule):
         min_lr_ratio: final learning rate of the cosine as a fraction of ``lr``.
         memo_videos: at most this many videos' tokens are memoised (``None``: all).
         user_slots_per_step: U, user-stream (question) tokens per step (1: one token per step).
+        user_scale: fixed factor on the user stream's step embedding (:class:`~mmduplex.model.DuplexLM`).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class DuplexModule(LightningModule):
         min_lr_ratio: float = 0.0,
         memo_videos: int | None = None,
         user_slots_per_step: int = 1,
+        user_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -141,6 +143,7 @@ class DuplexModule(LightningModule):
             projector_layers=projector_layers,
             projector_heads=projector_heads,
             user_slots_per_step=user_slots_per_step,
+            user_scale=user_scale,
         )
         self._set_trainable(finetune)
         if gradient_checkpointing:
@@ -290,6 +293,7 @@ class DuplexModule(LightningModule):
             "delay_steps": int(hp.delay_steps),
             "slots_per_step": int(hp.slots_per_step),
             "user_slots_per_step": int(self.model.user_slots_per_step),
+            "user_scale": float(self.model.user_scale),
             "token_dim": int(self.model.token_dim),
             "projector_hidden": hp.projector_hidden,
             "projector_layers": int(hp.get("projector_layers", 0)),

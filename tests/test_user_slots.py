@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from mmduplex.alignment import align_user
+from mmduplex.bundle import build_duplex_model
 from mmduplex.module import DuplexModule
 from tokenizer.bflow import BFlowConfig, BFlowTokenizer
 
@@ -19,12 +20,27 @@ TINY_LLAMA = {
 }
 
 
-def make_module(user_slots: int) -> DuplexModule:
+def make_module(user_slots: int, user_scale: float = 1.0) -> DuplexModule:
     tokenizer = BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2))
     return DuplexModule(
         tokenizer, TINY_LLAMA, step_hz=5.0, delay_steps=1, slots_per_step=4, lr=1e-3, text_tokenizer="synthetic",
-        attn_implementation="sdpa", user_slots_per_step=user_slots,
+        attn_implementation="sdpa", user_slots_per_step=user_slots, user_scale=user_scale,
     )  # fmt: skip
+
+
+def test_user_scale_multiplies_the_user_stream_and_reaches_the_bundle():
+    for user_slots in (1, 3):
+        plain, scaled = make_module(user_slots), make_module(user_slots, user_scale=3.0)
+        scaled.model.load_state_dict(plain.model.state_dict())  # the same weights: only the scale differs
+        pad = plain.text_tokenizer.pad_id
+        user = torch.tensor([[[5, 7, pad][:user_slots], [pad] * user_slots]])  # [1, 2, U]: a question, then silence
+        user = user[..., 0] if user_slots == 1 else user
+        with torch.no_grad():
+            one, three = plain.model.embed_user(user, (1, 2)), scaled.model.embed_user(user, (1, 2))
+        assert torch.allclose(three, 3.0 * one) and one[0, 0].abs().sum() > 0 and not three[0, 1].any()
+        config = scaled.duplex_config()
+        assert config["user_scale"] == 3.0 and build_duplex_model(config).user_scale == 3.0
+        assert build_duplex_model({k: v for k, v in config.items() if k != "user_scale"}).user_scale == 1.0
 
 
 def test_window_tensors_and_config_carry_the_user_slots(monkeypatch):
