@@ -40,10 +40,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DURATION_GROUPS: tuple[int, ...] = (15, 60, 600, 3600)
-QUESTION_CATEGORIES: tuple[str, ...] = (
-    *("S2E", "S2O", "S2A", "E2O", "O2E", "T2E", "T2O", "T2A"),  # L1-Perception
-    *("E3E", "O3O", "SSS", "SOS", "SAA", "T3E", "T3O", "TOS", "TAA"),  # L2-Relation
-)
+L1_CATEGORIES: tuple[str, ...] = ("S2E", "S2O", "S2A", "E2O", "O2E", "T2E", "T2O", "T2A")
+"""The ``question_category`` codes of level L1-Perception."""
+L2_CATEGORIES: tuple[str, ...] = ("E3E", "O3O", "SSS", "SOS", "SAA", "T3E", "T3O", "TOS", "TAA")
+"""The ``question_category`` codes of level L2-Relation."""
+QUESTION_CATEGORIES: tuple[str, ...] = (*L1_CATEGORIES, *L2_CATEGORIES)
 PROMPT_SUFFIX = "Answer with the option's letter from the given choices directly."
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eval.answer_parser import LETTERS
-from eval.longvideobench_data import QUESTION_CATEGORIES
+from eval.longvideobench_data import L1_CATEGORIES
 from mmduplex.alignment import time_to_step
 from mmduplex.fileio import write_json_atomic
 
@@ -168,7 +168,7 @@ def lvb_record(video_id: str, question: SyntheticQuestion, cut_s: float, fps: fl
         "position": [max(0, math.floor(cut_s * fps + 1e-6) - 1)],
         "topic_category": LVB_TOPIC,
         "question_category": question.category,
-        "level": "L1-Perception" if question.category in QUESTION_CATEGORIES[:8] else "L2-Relation",  # 8 L1 codes
+        "level": "L1-Perception" if question.category in L1_CATEGORIES else "L2-Relation",
         "id": f"{video_id}_0",
         "video_path": f"{video_id}.mp4",
         "subtitle_path": f"{video_id}_en.json",
