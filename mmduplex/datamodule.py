@@ -9,6 +9,10 @@ video tokenizer.
 
 By default (no ``transcripts``) it uses the synthetic commentary set, built on first use together with its feature
 cache by :func:`mmduplex.data.synthetic_cache.prepare_synthetic_cache`; its ``split.json`` gives train / held-out.
+With ``synthetic_end_questions`` some training videos end with one more question, typed after the last frame: the
+video's last window moves to end after its answer, so its last steps carry no video
+(:func:`mmduplex.data.synthetic_plan.plan_stream_end`). That is how LongVideoBench asks, and how a stream ends in
+``mmduplex stream``; questions while watching never show the model steps without video.
 
 Training order: :class:`WindowSampler` shuffles with a generator seeded by ``(seed, epoch)`` and shards over
 ranks; the number of batches already trained in the current epoch is checkpointed (:meth:`state_dict`), and a
@@ -30,6 +34,9 @@ from mmduplex.data.transcripts import TimedClip, load_livecc_jsonl
 from mmduplex.errors import CacheError, InputError
 
 log = logging.getLogger(__name__)
+
+END_TAIL_S = 1.5
+"""A video's last window ends this long (s) after the answer to its stream-end question (the text delay fits in it)."""
 
 
 class WindowDataset(Dataset):
@@ -101,6 +108,9 @@ class DuplexDataModule(LightningDataModule):
         synthetic_videos: number of synthetic videos to generate (``None``: the generator's default).
         synthetic_question_interval_s: mean time between the user's questions in the generated synthetic videos
             (0: none).
+        synthetic_end_questions: fraction of the synthetic training videos whose last window ends with a question
+            typed after the last frame (module docstring), multiple choice or open by the data set's
+            ``choice_fraction`` (0: none).
         encoder: encoder spec used when building the synthetic set's cache.
         fps: frame rate used when building the synthetic set's cache.
     """
@@ -119,6 +129,7 @@ class DuplexDataModule(LightningDataModule):
         synthetic_dir: str | None = None,
         synthetic_videos: int | None = None,
         synthetic_question_interval_s: float = 0.0,
+        synthetic_end_questions: float = 0.0,
         encoder: str = "mmduplex-tiny",
         fps: float = 2.0,
     ) -> None:
@@ -128,6 +139,8 @@ class DuplexDataModule(LightningDataModule):
                 "data",
                 f"need window_s > 0, batch_size >= 1, num_workers >= 0; got {window_s}, {batch_size}, {num_workers}",
             )
+        if not 0.0 <= synthetic_end_questions <= 1.0:
+            raise InputError("synthetic_end_questions", f"must be a fraction in [0, 1], got {synthetic_end_questions}")
         if transcripts is None and synthetic_dir is None:
             raise InputError("data", "give `transcripts` (LiveCC JSONL) or `synthetic_dir` (the synthetic set)")
         self.window_s = float(window_s)
@@ -142,6 +155,7 @@ class DuplexDataModule(LightningDataModule):
         self.synthetic_dir = synthetic_dir
         self.synthetic_videos = synthetic_videos
         self.synthetic_question_interval_s = float(synthetic_question_interval_s)
+        self.synthetic_end_questions = float(synthetic_end_questions)
         self.encoder = encoder
         self.fps = fps
         self.cache = None
@@ -206,6 +220,51 @@ class DuplexDataModule(LightningDataModule):
                 )
         return samples
 
+    def _with_stream_ends(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``samples`` with the last window of a ``synthetic_end_questions`` fraction of the synthetic videos moved to
+        end ``END_TAIL_S`` after the answer to a question typed after the video's last frame (module docstring).
+
+        The window keeps its length, so training costs the same; the windows before it still cover the video's
+        commentary. Whether a video gets one and the question are drawn from ``[data seed, video index, 3]``.
+        """
+        if self.transcripts is not None or self.synthetic_end_questions <= 0:
+            return samples
+        import numpy as np
+
+        from mmduplex.data.synthetic import SyntheticDataset
+        from mmduplex.data.synthetic_plan import plan_stream_end
+
+        dataset = SyntheticDataset(self.synthetic_dir)
+        config, index = dataset.config, {vid: i for i, vid in enumerate(dataset.video_ids())}
+        entries = self.cache.entries()
+        last = {s["key"]: i for i, s in enumerate(samples)}  # each clip's last window
+        out = list(samples)
+        for key, i in last.items():
+            vid = index.get(Path(str(entries[key]["source"])).stem)
+            if vid is None:
+                continue
+            rng = np.random.default_rng([config.seed, vid, 3])
+            if rng.random() >= self.synthetic_end_questions:
+                continue
+            found = plan_stream_end(
+                config, vid, self.cache.fps, rng, choice=bool(rng.random() < config.choice_fraction)
+            )
+            if found is None:
+                continue
+            cut, question, words = found
+            sample = samples[i]
+            spoken = question.answer_t + len(question.answer_words) * config.word_duration_s
+            start = float(sample["clip_start_s"])
+            out[i] = {
+                **sample,
+                "offset_s": max(0.0, round(spoken + END_TAIL_S - start - self.window_s, 6)),
+                "words": [[w.start - start, w.end - start, w.text] for w in words],
+                "questions": [*sample["questions"], [cut - start, question.text]],
+            }
+        moved = sum(a is not b for a, b in zip(out, samples, strict=True))
+        log.info("stream-end questions: %d of %d training videos", moved, len(last))
+        return out
+
     def setup(self, stage: str | None = None) -> None:
         from mmduplex.features import FeatureCache
 
@@ -214,6 +273,7 @@ class DuplexDataModule(LightningDataModule):
         self.cache = FeatureCache(self.features)
         train, val = self._clips()
         self.train_samples, self.val_samples = self._samples(train), self._samples(val)
+        self.train_samples = self._with_stream_ends(self.train_samples)
         if not self.train_samples:
             raise InputError(self.transcripts or self.synthetic_dir, "no training clips")
         log.info("duplex windows: %d train / %d val", len(self.train_samples), len(self.val_samples))

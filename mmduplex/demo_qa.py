@@ -32,6 +32,7 @@ import numpy as np
 from eval.answer_parser import LETTERS
 from eval.longvideobench_data import L1_CATEGORIES
 from mmduplex.alignment import time_to_step
+from mmduplex.data.synthetic_questions import END_QUIET_S, KINDS, cut_question
 from mmduplex.fileio import write_json_atomic
 
 if TYPE_CHECKING:
@@ -44,11 +45,9 @@ if TYPE_CHECKING:
     from mmduplex.feature_cache import FeatureCache
     from mmduplex.streaming import DuplexSession, StepOutput
 
-LVB_MIN_DURATION_S = 8.0
-"""LongVideoBench's shortest duration group is (8, 15] s: no cut before this."""
-LVB_QUIET_S = 2.0
-"""No event in the last seconds before a cut: its commentary line would still be spoken while the prompt is typed."""
-LVB_KINDS = ("colour", "shape", "count", "action", "order")
+LVB_QUIET_S = END_QUIET_S
+"""No event in the last seconds before a cut (:func:`~mmduplex.data.synthetic_questions.cut_question`)."""
+LVB_KINDS = KINDS
 """Question kinds of the split, tried in turn from a different one per video (so every kind is asked)."""
 LVB_TOPIC = "SYN-Synthetic-Shapes"
 """``topic_category`` of the synthetic split's records."""
@@ -125,27 +124,6 @@ def score_answers(asked: Sequence[AskedQuestion], spoken: Sequence[tuple[float, 
 # ----------------------------------------------------------------------------------------------- LVB split
 
 
-def _cut_question(spec: VideoSpec, rng: np.random.Generator, fps: float, first_kind: int, choice: bool = True):
-    """A cut time and a question at it (``(None, None)`` if none is answerable): the cut is a frame time in
-    ``(8 s, duration]`` with no event in the ``LVB_QUIET_S`` before it; kinds tried from ``first_kind`` on."""
-    from mmduplex.data.synthetic_questions import make_question
-
-    duration = spec.num_frames / spec.fps
-    event_times = [e.t for e in spec.events]
-    cuts = [
-        k / fps
-        for k in range(math.floor(LVB_MIN_DURATION_S * fps) + 1, math.floor(duration * fps + 1e-6) + 1)
-        if not any(k / fps - LVB_QUIET_S < t <= k / fps for t in event_times)
-    ]
-    for cut in rng.permutation(cuts).tolist() if cuts else []:
-        for j in range(len(LVB_KINDS)):
-            kind = LVB_KINDS[(first_kind + j) % len(LVB_KINDS)]
-            question = make_question(spec, float(cut), rng, kind=kind, choice=choice)
-            if question is not None:
-                return float(cut), question
-    return None, None
-
-
 def _render_prefix(spec: VideoSpec, cut_s: float, fps: float) -> np.ndarray:
     """The video's frames at ``k / fps`` for ``k / fps < cut_s``: ``[T, H, W, 3]`` uint8."""
     from mmduplex.data.synthetic_render import render_video
@@ -188,7 +166,7 @@ def write_lvb_split(dataset: SyntheticDataset, ids: Sequence[str], root: Path, f
     records = []
     for i, vid in enumerate(ids):
         spec = dataset.spec(vid)
-        cut, question = _cut_question(spec, np.random.default_rng([seed, i, 12]), fps, i % len(LVB_KINDS))
+        cut, question = cut_question(spec, np.random.default_rng([seed, i, 12]), fps, i % len(LVB_KINDS))
         if question is None:
             continue
         record = lvb_record(vid, question, cut, fps)

@@ -216,6 +216,8 @@ class DuplexLM(nn.Module):
         user_scale: fixed factor on the user stream's step embedding. A from-scratch LM's token embeddings are small
             next to a step's summed video slots (norm ~1.4 for a 4-token question step against ~38 in the demo), so
             the question drowns in the step's sum; 1 keeps the LM's own embedding scale (pretrained LMs).
+        text_scale: fixed factor on the embedding of the model's own text token (PAD / EPAD included), for the same
+            reason: a step's own word (norm ~0.9 in the demo) is what a look-up back into the question starts from.
     """
 
     def __init__(
@@ -231,13 +233,17 @@ class DuplexLM(nn.Module):
         projector_heads: int = 4,
         user_slots_per_step: int = 1,
         user_scale: float = 1.0,
+        text_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if user_slots_per_step < 1:
             raise InputError("user_slots_per_step", f"must be >= 1, got {user_slots_per_step}")
         if not user_scale > 0:
             raise InputError("user_scale", f"must be > 0, got {user_scale}")
+        if not text_scale > 0:
+            raise InputError("text_scale", f"must be > 0, got {text_scale}")
         self.user_scale = float(user_scale)
+        self.text_scale = float(text_scale)
         self.backbone = backbone
         self.vocab_size = int(vocab_size)
         self.pad_id = int(pad_id)
@@ -299,7 +305,7 @@ class DuplexLM(nn.Module):
             raise InputError(
                 "text_ids", f"ids must be in [0, {self.vocab_size}), got [{int(text_ids.min())}, {int(text_ids.max())}]"
             )
-        embeds = self._token_embedding(text_ids) + self.video(video_slots, video_mask)  # [B, S, H]
+        embeds = self._token_embedding(text_ids) * self.text_scale + self.video(video_slots, video_mask)  # [B, S, H]
         if user_ids is not None:
             embeds = embeds + self.embed_user(user_ids, text_ids.shape)
         return embeds

@@ -58,3 +58,59 @@ def test_a_window_cut_mid_clip_gets_the_question_at_its_step(tmp_path):
     first = user[busy[0]].reshape(-1)
     assert int(first[0]) == tokenizer.encode_text(QUESTION)[0]
     assert torch.all(user[: busy[0]] == tokenizer.pad_id)  # the query at t=0 is long gone
+
+
+def test_stream_end_questions_move_last_windows_past_the_video_to_the_answer(duplex_data, monkeypatch):
+    """``synthetic_end_questions``: a video's last window moves to hold a question typed after the last frame and its
+    answer, with no video from the video's end on; every other window is unchanged."""
+    from mmduplex.datamodule import END_TAIL_S
+    from mmduplex.module import DuplexModule
+    from tokenizer.base import FrameTokens
+    from tokenizer.bflow import BFlowConfig, BFlowTokenizer
+
+    def data(fraction: float) -> DuplexDataModule:
+        module = DuplexDataModule(
+            window_s=10.0,
+            features=str(duplex_data["features"]),
+            synthetic_dir=str(duplex_data["synthetic_dir"]),
+            synthetic_end_questions=fraction,
+        )
+        module.setup()
+        return module
+
+    plain, ending = data(0.0), data(1.0)
+    assert len(ending.train_samples) == len(plain.train_samples) and ending.val_samples == plain.val_samples
+    moved = [(a, b) for a, b in zip(plain.train_samples, ending.train_samples, strict=True) if a != b]
+    lasts = {s["key"]: s for s in plain.train_samples}
+    assert len(moved) >= 3 and all(lasts[a["key"]] is a for a, _ in moved)  # only last windows (of 7 videos)
+    with pytest.raises(Exception, match="synthetic_end_questions"):
+        data(1.5)
+
+    tokenizer = BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2))
+    model = DuplexModule(
+        tokenizer, {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                    "num_attention_heads": 2, "num_key_value_heads": 1},
+        step_hz=5.0, delay_steps=2, slots_per_step=4, lr=1e-3, text_tokenizer="synthetic", attn_implementation="sdpa",
+        user_slots_per_step=4,
+    )  # fmt: skip
+    frames = [FrameTokens(k / 2.0, "flow", torch.ones(1, 8), torch.zeros(1, dtype=torch.long)) for k in range(80)]
+    monkeypatch.setattr(model, "video_tokens", lambda key: frames)  # a frame every 0.5 s for 40 s
+    tok = model.text_tokenizer
+    for before, sample in moved:
+        duration = float(sample["clip_end_s"])
+        (cut, text), kept = sample["questions"][-1], sample["questions"][:-1]
+        assert cut == duration and kept == before["questions"]  # asked at the video's end, after the others
+        assert sample["offset_s"] > before["offset_s"] and sample["words"][: len(before["words"])] == before["words"]
+        answer = [w[2] for w in sample["words"] if w[0] >= cut]
+        assert answer and (answer[-1] in "ABCD") == ("\nA. " in text)  # multiple choice ends on the letter
+        window = model.window_tensors(sample)
+        start = time_to_step(sample["offset_s"], 5.0)
+        cut_step = time_to_step(cut, 5.0) - start
+        video = window["video_mask"].any(-1)
+        # the last frame may share the cut's step (the video's end is not on the 0.5 s frame grid), none comes after
+        assert 0 < cut_step < len(video) and video[:cut_step].any() and not video[cut_step + 1 :].any()
+        user = (window["user_ids"] != tok.pad_id).any(-1).nonzero().flatten()
+        typed = [i for i in user.tolist() if i >= cut_step]
+        assert typed[0] == cut_step  # typed from the video's end on
+        assert tok.decode(window["text_ids"][typed[-1] :].tolist()).split() == answer  # inside the window
+        assert time_to_step(max(w[1] for w in sample["words"]) + END_TAIL_S, 5.0) - start <= len(video)

@@ -211,3 +211,37 @@ def test_stored_in_livecc_form_and_read_back(tmp_path):
     plain = generate_dataset(tmp_path / "plain", replace(config, question_interval_s=0.0))
     assert "questions" not in plain.transcripts_path.read_text() + plain.events_path.read_text()
     assert plain.questions(plain.video_ids()[0]) == []
+
+
+def test_a_stream_that_stops_for_a_question_says_only_the_past_and_the_answer(asked):
+    """cut_question + stream_end_words: the question comes after the last frame, the words after the cut are its
+    answer alone (events after the cut are never seen), and every event line and earlier answer is kept."""
+    from mmduplex.data.synthetic_plan import plan_stream_end
+    from mmduplex.data.synthetic_questions import END_MIN_S, END_QUIET_S, cut_question, stream_end_words
+
+    found = at_end = 0
+    for index, spec in enumerate(asked):
+        rng = np.random.default_rng([7, index])
+        cut, question = cut_question(spec, rng, fps=2.0, first_kind=index % len(KINDS), choice=index % 2 == 0)
+        if question is None:
+            continue
+        found += 1
+        assert END_MIN_S < cut <= spec.num_frames / spec.fps and abs(cut * 2.0 - round(cut * 2.0)) < 1e-9
+        assert question.t == cut and bool(question.choices) == (index % 2 == 0)
+        assert not any(cut - END_QUIET_S < e.t <= cut for e in spec.events)
+        seen = [e for e in spec.events if e.t < cut]
+        words, placed = stream_end_words(spec, [0.2] * len(spec.events), question, ASKING)
+        after = [w for w in words if w.start >= cut]
+        assert [w.text for w in after] == placed.answer_words
+        assert after[0].start == placed.answer_t >= placed.end_t + ASKING.answer_delay_s - 1e-9
+        assert [w.text for w in words if w.start < cut] == [t for e in seen for t in e.words]
+
+        plan = plan_stream_end(ASKING, index, 2.0, np.random.default_rng([7, index]), choice=True)
+        if plan is None:
+            continue
+        at_end += 1
+        end, last, words = plan
+        assert end == spec.num_frames / spec.fps and last.t == end and last.choices
+        assert [w for w in words if w.start < end] == list(spec.words)  # the video's own stream, unchanged
+        assert [w.text for w in words if w.start >= end] == last.answer_words
+    assert found >= len(asked) // 2 and at_end >= len(asked) // 4

@@ -20,11 +20,11 @@ TINY_LLAMA = {
 }
 
 
-def make_module(user_slots: int, user_scale: float = 1.0) -> DuplexModule:
+def make_module(user_slots: int, user_scale: float = 1.0, text_scale: float = 1.0) -> DuplexModule:
     tokenizer = BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2))
     return DuplexModule(
         tokenizer, TINY_LLAMA, step_hz=5.0, delay_steps=1, slots_per_step=4, lr=1e-3, text_tokenizer="synthetic",
-        attn_implementation="sdpa", user_slots_per_step=user_slots, user_scale=user_scale,
+        attn_implementation="sdpa", user_slots_per_step=user_slots, user_scale=user_scale, text_scale=text_scale,
     )  # fmt: skip
 
 
@@ -41,6 +41,23 @@ def test_user_scale_multiplies_the_user_stream_and_reaches_the_bundle():
         config = scaled.duplex_config()
         assert config["user_scale"] == 3.0 and build_duplex_model(config).user_scale == 3.0
         assert build_duplex_model({k: v for k, v in config.items() if k != "user_scale"}).user_scale == 1.0
+
+
+def test_text_scale_multiplies_the_own_text_stream_only_and_reaches_the_bundle():
+    plain, scaled = make_module(4), make_module(4, text_scale=3.0)
+    scaled.model.load_state_dict(plain.model.state_dict())
+    tok = plain.text_tokenizer
+    text = torch.tensor([[tok.pad_id, tok.epad_id, 5, 7]])  # [1, 4]: every kind of own-text token
+    user = torch.tensor([[[5, 7, tok.pad_id, tok.pad_id]] * 4])  # [1, 4, U]
+    video = torch.randn(1, 4, 4, plain.model.token_dim)
+    mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    with torch.no_grad():
+        base, three = plain.model.embed(text, video, mask, user), scaled.model.embed(text, video, mask, user)
+        own = plain.model._token_embedding(text)  # the own-text part of the plain model's step embedding
+    assert own.abs().sum() > 0 and torch.allclose(three - base, 2.0 * own, atol=1e-5)  # video and user unchanged
+    config = scaled.duplex_config()
+    assert config["text_scale"] == 3.0 and build_duplex_model(config).text_scale == 3.0
+    assert build_duplex_model({k: v for k, v in config.items() if k != "text_scale"}).text_scale == 1.0
 
 
 def test_window_tensors_and_config_carry_the_user_slots(monkeypatch):

@@ -28,7 +28,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from mmduplex.data.synthetic_questions import SyntheticQuestion, make_question, plan_questions, vocabulary
+from mmduplex.data.synthetic_questions import (
+    KINDS,
+    SyntheticQuestion,
+    cut_question,
+    make_question,
+    plan_questions,
+    stream_end_words,
+    vocabulary,
+)
 from mmduplex.data.synthetic_world import (
     ACTIONS,
     COLOURS,
@@ -39,6 +47,7 @@ from mmduplex.data.synthetic_world import (
     SyntheticConfig,
     VideoSpec,
 )
+from mmduplex.data.transcripts import Word
 
 __all__ = [
     "ACTIONS",
@@ -52,6 +61,7 @@ __all__ = [
     "SyntheticQuestion",
     "VideoSpec",
     "make_question",
+    "plan_stream_end",
     "plan_video",
     "random_direction",
     "video_id",
@@ -253,12 +263,8 @@ def _word_delays(events: list[Event], config: SyntheticConfig, rng: np.random.Ge
     return [float(rng.uniform(*config.word_delay_s)) for _ in events]
 
 
-def plan_video(config: SyntheticConfig, index: int) -> VideoSpec:
-    """The spec (shapes, events, commentary, questions) of the ``index``-th video of the data set ``config`` describes.
-
-    Three random streams: the world (``[seed, index]``), the commentary's word delays (``[seed, index, 1]``) and
-    the questions (``[seed, index, 2]``), so asking questions changes no video and no event.
-    """
+def _plan_world(config: SyntheticConfig, index: int) -> tuple[VideoSpec, list[float]]:
+    """The ``index``-th video's spec without commentary or questions, and each event's word delay (s)."""
     rng = np.random.default_rng([config.seed, index])
     background_seed = int(rng.integers(2**31))
     num_frames = max(1, round(rng.uniform(*config.duration_s) * config.fps))
@@ -276,5 +282,39 @@ def plan_video(config: SyntheticConfig, index: int) -> VideoSpec:
         events=tuple(events),
         shading=config.shading,
     )
+    return spec, delays
+
+
+def plan_video(config: SyntheticConfig, index: int) -> VideoSpec:
+    """The spec (shapes, events, commentary, questions) of the ``index``-th video of the data set ``config`` describes.
+
+    Three random streams: the world (``[seed, index]``), the commentary's word delays (``[seed, index, 1]``) and
+    the questions (``[seed, index, 2]``), so asking questions changes no video and no event.
+    """
+    spec, delays = _plan_world(config, index)
     words, questions = plan_questions(spec, delays, config, np.random.default_rng([config.seed, index, 2]))
     return replace(spec, words=tuple(words), questions=tuple(questions))
+
+
+def plan_stream_end(
+    config: SyntheticConfig, index: int, fps: float, rng: np.random.Generator, choice: bool = True
+) -> tuple[float, SyntheticQuestion, list[Word]] | None:
+    """The ``index``-th video with one more question, typed after its last frame (LongVideoBench's setting, and how a
+    stream ends in ``mmduplex stream``): its time (the video's end), the question (its ``answer_t`` placed) and the
+    stream's words (the video's commentary and answers, then this answer, past the video's end); ``None`` when the
+    video's last seconds are not quiet or no question is answerable then.
+
+    Args:
+        config: the data set's settings (its questions while watching stay as planned).
+        index: the video's index in the data set.
+        fps: the frame rate the stream shows.
+        rng: draws the kind and the options.
+        choice: ask multiple choice (else an open question).
+    """
+    spec, delays = _plan_world(config, index)
+    _, asked = plan_questions(spec, delays, config, np.random.default_rng([config.seed, index, 2]))
+    cut, question = cut_question(spec, rng, fps, int(rng.integers(len(KINDS))), choice, at_end=True)
+    if question is None:
+        return None
+    words, placed = stream_end_words(spec, delays, question, config, tuple(asked))
+    return float(cut), placed, words

@@ -35,6 +35,10 @@ Words last ``word_duration_s`` each. Questions come one at a time: the next is a
 whose placement would push any word past the end of the video is not asked (and none after it).
 Questions draw from their own random stream, so a config with questions has the same videos, events and event
 word texts as the same config without them (only word times may move, by the collision rule).
+
+A question may also come after the stream stops (LongVideoBench's setting: the whole prompt after the last frame):
+:func:`cut_question` picks the stop (a frame time, or the video's end) with no event in the ``END_QUIET_S`` before it
+and asks about the events before it only; :func:`stream_end_words` places its answer after the commentary.
 """
 
 from __future__ import annotations
@@ -67,6 +71,12 @@ ORDER_WINDOW_S = 8.0
 """An order question asks about two entries at most this long (s) before the question."""
 FIRST_QUESTION_S = 2.0
 """No question is asked before this time (s)."""
+END_MIN_S = 8.0
+"""A stream stops for a question after it (:func:`cut_question`) no earlier than this (s): LongVideoBench's shortest
+duration group is (8, 15] s."""
+END_QUIET_S = 2.0
+"""No event in the last seconds before a stream stops for a question: its commentary line would still be spoken
+while the question is typed."""
 _OPTIONS = {"colour": (4, 1), "shape": (3, 1), "count": (4, 1), "action": (4, 1), "order": (4, 2)}
 """Options of a multiple-choice question of each kind, and words per option."""
 _TEMPLATES = {
@@ -371,3 +381,55 @@ def plan_questions(
         spoken = questions[-1].answer_t + len(question.answer_words) * config.word_duration_s
         t = spoken + rng.exponential(config.question_interval_s)
     return words, questions
+
+
+# ------------------------------------------------------------------------------- questions after the stream stops
+
+
+def cut_question(
+    spec: VideoSpec,
+    rng: np.random.Generator,
+    fps: float,
+    first_kind: int = 0,
+    choice: bool = True,
+    at_end: bool = False,
+) -> tuple[float | None, SyntheticQuestion | None]:
+    """A time the video stops and a question typed then (``(None, None)`` when none is answerable): LongVideoBench's
+    setting, where the whole question comes after the last frame.
+
+    The cut is a frame time ``k / fps`` in ``(END_MIN_S, duration]`` (with ``at_end``: the video's end) with no
+    event in the ``END_QUIET_S`` before it; the kinds are tried in turn from ``KINDS[first_kind]`` on (so a caller
+    can spread them). Only the events before the cut count: the stream shows nothing after it.
+    """
+    duration = spec.num_frames / spec.fps
+    event_times = [e.t for e in spec.events]
+    first = math.floor(END_MIN_S * fps) + 1
+    candidates = [duration] if at_end else [k / fps for k in range(first, math.floor(duration * fps + 1e-6) + 1)]
+    cuts = [c for c in candidates if c > END_MIN_S and not any(c - END_QUIET_S < t <= c for t in event_times)]
+    for cut in rng.permutation(cuts).tolist() if cuts else []:
+        seen = replace(spec, events=tuple(e for e in spec.events if e.t < cut))
+        for j in range(len(KINDS)):
+            kind = KINDS[(first_kind + j) % len(KINDS)]
+            question = make_question(seen, float(cut), rng, kind=kind, choice=choice)
+            if question is not None:
+                return float(cut), question
+    return None, None
+
+
+def stream_end_words(
+    spec: VideoSpec,
+    delays: list[float],
+    question: SyntheticQuestion,
+    config: SyntheticConfig,
+    asked: tuple[SyntheticQuestion, ...] = (),
+) -> tuple[list[Word], SyntheticQuestion]:
+    """The words of a stream that stops at ``question.t`` (the question typed after its last frame): the event lines
+    of the events before it, the answers to the questions ``asked`` before it and its answer, by the collision rule;
+    and the question with its placed ``answer_t``.
+
+    The words may run past the video's end: the stream has stopped, the model still answers.
+    """
+    seen = tuple(e for e in spec.events if e.t < question.t)
+    earlier = [q for q in asked if q.t < question.t]
+    words, placed = place_utterances(seen, delays[: len(seen)], [*earlier, question], config)
+    return words, placed[-1]
