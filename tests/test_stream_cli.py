@@ -4,6 +4,7 @@ page, stdin, clean errors."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -157,8 +158,27 @@ def test_bad_inputs_fail_cleanly(tiny_bundle, video, tmp_path, capsys, case):
     assert not out_dir.exists() or files_in(out_dir) == []
 
 
+def test_a_question_asked_at_the_end_is_typed_after_the_last_frame(tiny_bundle, video, tmp_path, caplog):
+    """``--ask end:TEXT`` is typed once the input has ended, so the flush runs its steps (and tau after them); a
+    question timed after the input's end is never typed, and says so."""
+    flushed = {}
+    for name, asks in (("none", []), ("end", ["--ask", "end:what colour is the circle ?", "--ask", "99:what moved"])):
+        report = tmp_path / f"{name}.json"
+        argv = ["stream", str(video), "--checkpoint", str(tiny_bundle), "--out", str(tmp_path / f"{name}.vtt"),
+                "--report", str(report), "--max-seconds", "6", *asks]  # fmt: skip
+        with caplog.at_level(logging.WARNING):
+            assert main(argv) == 0
+        data = json.loads(report.read_text())
+        flushed[name] = data["flush_steps"]
+        assert data["video_s"] == 6.0
+    assert data["questions"] == [{"t": "end", "text": "what colour is the circle ?"}, {"t": 99.0, "text": "what moved"}]
+    assert flushed["end"] >= flushed["none"] + 2  # the 6 words took 2 steps at 4 user tokens a step (or 6 at 1)
+    assert any("--ask 99:what moved comes after the input's end (6.0 s)" in r.getMessage() for r in caplog.records)
+
+
 def test_ask_parsing():
     assert parse_ask("4.5:what moved") == (4.5, "what moved")
+    assert parse_ask("end: what now ") == (None, "what now")
     assert parse_ask(" 10 : a:b ") == (10.0, "a:b")
     for bad in ("what", ":x", "3:", "-1:x", "nan:x", "inf:x"):
         with pytest.raises(InputError, match="--ask"):

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="T:TEXT",
-        help="a user question typed at stream time T seconds (repeatable), e.g. --ask '4.5:what moved'",
+        help="a user question typed at stream time T seconds (repeatable), e.g. --ask '4.5:what moved'; T = end: "
+        "typed after the input's last frame (LongVideoBench's way), answered while the stream flushes",
     )
     parser.add_argument(
         "--realtime", action="store_true", help="pace the input at wall-clock speed and report late steps"
@@ -86,11 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_ask(value: str) -> tuple[float, str]:
-    """``"T:TEXT"`` -> ``(T seconds, TEXT)``.
+def parse_ask(value: str) -> tuple[float | None, str]:
+    """``"T:TEXT"`` -> ``(T seconds, TEXT)``; ``"end:TEXT"`` -> ``(None, TEXT)``: typed after the last frame.
 
     Raises:
-        InputError: not ``T:TEXT`` with a finite ``T >= 0`` and non-blank text.
+        InputError: not ``T:TEXT`` with ``end`` or a finite ``T >= 0``, and non-blank text.
     """
     from mmduplex.errors import InputError
 
@@ -98,6 +99,8 @@ def parse_ask(value: str) -> tuple[float, str]:
     problem = f"expected T:TEXT (seconds, a colon, the question), got {value!r}"
     if match is None or not match.group(2).strip():
         raise InputError("--ask", problem)
+    if match.group(1).lower() == "end":
+        return None, match.group(2).strip()
     try:
         t = float(match.group(1))
     except ValueError:
@@ -107,7 +110,7 @@ def parse_ask(value: str) -> tuple[float, str]:
     return t, match.group(2).strip()
 
 
-def _check_args(args: argparse.Namespace) -> list[tuple[float, str]]:
+def _check_args(args: argparse.Namespace) -> list[tuple[float | None, str]]:
     """Validate everything that needs no model or video (so a typo fails at once); return the questions."""
     from mmduplex.errors import InputError
 
@@ -181,6 +184,22 @@ class _Lines:
             self.echo(f"[{timestamp(line.start)}] {line.text}")
 
 
+def _stream(session, frames, end_s: float | None, pacer, questions: list[tuple[float | None, str]]):
+    """The session's steps over ``frames``, then the questions asked at ``end`` typed, then the flush."""
+    yield from session.run(frames, end_s=end_s, wait=pacer, flush=False)
+    if session.step_index == 0:
+        return
+    from mmduplex.alignment import time_to_step
+
+    for t, text in questions:
+        if t is None:
+            session.ask(text)
+        elif time_to_step(t, session.step_hz) > session.step_index:  # would wait for a step the flush never runs
+            end_s = session.step_index / session.step_hz
+            log.warning("--ask %g:%s comes after the input's end (%.1f s): not asked (--ask end:TEXT)", t, text, end_s)
+    yield from session.flush(pacer)
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -222,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
     encoder = session.encoder
     size = encoder.image_size if encoder.resize_mode == "shortest" else None
     for t, text in questions:
-        session.ask(text, t=t)
+        if t is not None:
+            session.ask(text, t=t)
 
     hz = session.step_hz
     total_s = duration if args.max_seconds is None else min(args.max_seconds, duration or math.inf)
@@ -234,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
     cache_peak, flush_steps, interrupted = 0, 0, False
     started = time.perf_counter()
     try:
-        for out in session.run(iter_video(source, session.fps, size=size), end_s=args.max_seconds, wait=pacer):
+        frames = iter_video(source, session.fps, size=size)
+        for out in _stream(session, frames, args.max_seconds, pacer, questions):
             step_ms.append(out.elapsed_s * 1000)
             if pacer is not None:
                 pacer.record(out.t, time.perf_counter() - out.elapsed_s)
@@ -281,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
         "late_steps": pacer.late_steps if pacer is not None else None,
         "max_lag_s": pacer.max_lag_s if pacer is not None else None,
         "lines": len(lines.builder.lines),
-        "questions": [{"t": t, "text": text} for t, text in questions],
+        "questions": [{"t": "end" if t is None else t, "text": text} for t, text in questions],
         "settings": {
             "temperature": session.temperature,
             "top_k": session.top_k,
