@@ -32,7 +32,7 @@ import numpy as np
 from eval.answer_parser import LETTERS
 from eval.longvideobench_data import L1_CATEGORIES
 from mmduplex.alignment import time_to_step
-from mmduplex.data.synthetic_questions import END_QUIET_S, KINDS, cut_question
+from mmduplex.data.synthetic_questions import KINDS, cut_question
 from mmduplex.fileio import write_json_atomic
 
 if TYPE_CHECKING:
@@ -45,10 +45,6 @@ if TYPE_CHECKING:
     from mmduplex.feature_cache import FeatureCache
     from mmduplex.streaming import DuplexSession, StepOutput
 
-LVB_QUIET_S = END_QUIET_S
-"""No event in the last seconds before a cut (:func:`~mmduplex.data.synthetic_questions.cut_question`)."""
-LVB_KINDS = KINDS
-"""Question kinds of the split, tried in turn from a different one per video (so every kind is asked)."""
 LVB_TOPIC = "SYN-Synthetic-Shapes"
 """``topic_category`` of the synthetic split's records."""
 
@@ -166,7 +162,8 @@ def write_lvb_split(dataset: SyntheticDataset, ids: Sequence[str], root: Path, f
     records = []
     for i, vid in enumerate(ids):
         spec = dataset.spec(vid)
-        cut, question = cut_question(spec, np.random.default_rng([seed, i, 12]), fps, i % len(LVB_KINDS))
+        first_kind = i % len(KINDS)  # each video tries the kinds from another one, so every kind is asked
+        cut, question = cut_question(spec, np.random.default_rng([seed, i, 12]), fps, first_kind)
         if question is None:
             continue
         record = lvb_record(vid, question, cut, fps)

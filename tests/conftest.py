@@ -55,6 +55,19 @@ def one_torch_thread():
         torch.set_num_threads(threads)
 
 
+def tiny_duplex_module(**settings):
+    """An untrained ``DuplexModule`` small enough for unit tests: a 1-layer, 32-wide llama over a 2x2-grid B-Flow
+    (token width 8), 5 Hz, tau 1, 4 video slots, the synthetic text tokenizer; ``settings`` override any argument."""
+    from mmduplex.module import DuplexModule
+    from tokenizer.bflow import BFlowConfig, BFlowTokenizer
+
+    backbone = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "num_key_value_heads": 1}  # fmt: skip
+    arguments = {"step_hz": 5.0, "delay_steps": 1, "slots_per_step": 4, "lr": 1e-3, "text_tokenizer": "synthetic",
+                 "attn_implementation": "sdpa", **settings}  # fmt: skip
+    return DuplexModule(BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2)), backbone, **arguments)
+
+
 def duplex_fit_args(data: dict, out_dir, *extra: str, recipe: str = "duplex/tiny") -> list[str]:
     """``mmduplex fit`` arguments: a duplex recipe on ``duplex_data``, quiet, logging under ``out_dir``."""
     from recipes import recipe_path

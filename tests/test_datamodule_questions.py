@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import one_torch_thread
+from conftest import one_torch_thread, tiny_duplex_module
 
 from mmduplex.alignment import align_user, time_to_step
 from mmduplex.data.transcripts import Word, livecc_record
@@ -64,9 +64,7 @@ def test_stream_end_questions_move_last_windows_past_the_video_to_the_answer(dup
     """``synthetic_end_questions``: a video's last window moves to hold a question typed after the last frame and its
     answer, with no video from the video's end on; every other window is unchanged."""
     from mmduplex.datamodule import END_TAIL_S
-    from mmduplex.module import DuplexModule
     from tokenizer.base import FrameTokens
-    from tokenizer.bflow import BFlowConfig, BFlowTokenizer
 
     def data(fraction: float) -> DuplexDataModule:
         module = DuplexDataModule(
@@ -86,13 +84,7 @@ def test_stream_end_questions_move_last_windows_past_the_video_to_the_answer(dup
     with pytest.raises(Exception, match="synthetic_end_questions"):
         data(1.5)
 
-    tokenizer = BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2))
-    model = DuplexModule(
-        tokenizer, {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                    "num_attention_heads": 2, "num_key_value_heads": 1},
-        step_hz=5.0, delay_steps=2, slots_per_step=4, lr=1e-3, text_tokenizer="synthetic", attn_implementation="sdpa",
-        user_slots_per_step=4,
-    )  # fmt: skip
+    model = tiny_duplex_module(delay_steps=2, user_slots_per_step=4)
     frames = [FrameTokens(k / 2.0, "flow", torch.ones(1, 8), torch.zeros(1, dtype=torch.long)) for k in range(80)]
     monkeypatch.setattr(model, "video_tokens", lambda key: frames)  # a frame every 0.5 s for 40 s
     tok = model.text_tokenizer

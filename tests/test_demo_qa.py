@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import one_torch_thread
 
-from mmduplex.data.synthetic_questions import SyntheticQuestion
-from mmduplex.demo_qa import LVB_QUIET_S, AskedQuestion, run_lvb, score_answers, stream_asking, write_lvb_split
+from mmduplex.data.synthetic_questions import END_QUIET_S, SyntheticQuestion
+from mmduplex.demo_qa import AskedQuestion, run_lvb, score_answers, stream_asking, write_lvb_split
 from mmduplex.demo_stream import lines_of
 from mmduplex.streaming import StepOutput
 
@@ -96,7 +96,7 @@ def test_lvb_split_is_published_layout_and_runs_in_model_mode(tiny_bundle, duple
         info = probe_video(root / "videos" / record["video_path"])
         assert info.num_frames == int(record["duration"] * 2.0 + 1e-6)  # every frame before the cut, at 2 fps
         events = dataset.events(record["video_id"])
-        assert not any(record["duration"] - LVB_QUIET_S < e.t <= record["duration"] for e in events)
+        assert not any(record["duration"] - END_QUIET_S < e.t <= record["duration"] for e in events)
         assert unknown not in words.encode_text(build_prompt(question))  # the model can read every word
     assert len({r["question_category"] for r in records}) >= 2
     results = run_lvb(root, tiny_bundle, tmp_path / "r.json")

@@ -4,28 +4,15 @@
 from __future__ import annotations
 
 import torch
+from conftest import tiny_duplex_module
 
 from mmduplex.alignment import align_user
 from mmduplex.bundle import build_duplex_model
 from mmduplex.module import DuplexModule
-from tokenizer.bflow import BFlowConfig, BFlowTokenizer
-
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-}
 
 
 def make_module(user_slots: int, user_scale: float = 1.0, text_scale: float = 1.0) -> DuplexModule:
-    tokenizer = BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2))
-    return DuplexModule(
-        tokenizer, TINY_LLAMA, step_hz=5.0, delay_steps=1, slots_per_step=4, lr=1e-3, text_tokenizer="synthetic",
-        attn_implementation="sdpa", user_slots_per_step=user_slots, user_scale=user_scale, text_scale=text_scale,
-    )  # fmt: skip
+    return tiny_duplex_module(user_slots_per_step=user_slots, user_scale=user_scale, text_scale=text_scale)
 
 
 def test_user_scale_multiplies_the_user_stream_and_reaches_the_bundle():

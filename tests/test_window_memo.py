@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_duplex_module
 
 from mmduplex.errors import InputError
 from mmduplex.module import DuplexModule
 from tokenizer.base import FrameTokens
-from tokenizer.bflow import BFlowConfig, BFlowTokenizer
-
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-}
 
 
 def make_module(memo_windows: int) -> DuplexModule:
-    tokenizer = BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2))
-    return DuplexModule(
-        tokenizer, TINY_LLAMA, step_hz=5.0, delay_steps=1, slots_per_step=4, lr=1e-3, text_tokenizer="synthetic",
-        attn_implementation="sdpa", memo_windows=memo_windows,
-    )  # fmt: skip
+    return tiny_duplex_module(memo_windows=memo_windows)
 
 
 def _sample(offset: float, word: str = "red") -> dict:
