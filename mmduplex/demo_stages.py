@@ -60,6 +60,9 @@ class DemoConfig:
     """Duplex training epochs (main model)."""
     baseline_epochs: int | None = None
     """Duplex training epochs of the baselines (``None``: same as the main model)."""
+    model_lr: dict[str, float] = field(default_factory=dict)
+    """Peak learning rate by model (``bflow`` or a baseline's name) where it differs from the duplex recipe's: each
+    model trains at the best rate of its own sweep (notebooks/LOG.md)."""
     batch_size: int | None = None
     """Duplex batch size (``None``: the recipe's)."""
     tolerance_s: float = 3.0
@@ -92,6 +95,10 @@ class DemoConfig:
         self.duration_s = tuple(float(v) for v in self.duration_s)
         self.word_delay_s = tuple(float(v) for v in self.word_delay_s)
         self.baselines = tuple(self.baselines)
+        self.model_lr = {str(name): float(lr) for name, lr in dict(self.model_lr or {}).items()}
+        strange = sorted(set(self.model_lr) - {"bflow", *BASELINES})
+        if strange or not all(lr > 0 for lr in self.model_lr.values()):
+            raise InputError("demo.model_lr", f"need positive rates of known models; got {self.model_lr}")
         unknown = set(self.baselines) - set(BASELINES)
         if unknown:
             raise InputError("demo.baselines", f"unknown baselines {sorted(unknown)}; known: {list(BASELINES)}")
@@ -262,6 +269,8 @@ def duplex_fit_args(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_
     ]  # fmt: skip
     if config.batch_size is not None:
         args += ["--data.init_args.batch_size", str(config.batch_size)]
+    if name in config.model_lr:
+        args += ["--model.init_args.lr", str(config.model_lr[name])]
     return args
 
 

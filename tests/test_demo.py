@@ -193,21 +193,57 @@ def test_main_model_uses_the_video(smoke_demo):
 def test_breakdown_tool_matches_the_demo(smoke_demo):
     """tools/demo_breakdown.py (cached features, the demo's PAD bias) reproduces the demo's held-out accuracy, and
     its buckets partition the events."""
+    tool = _breakdown_tool()
+    report = json.loads((smoke_demo / "report.json").read_text())
+    figures = tool.breakdown(smoke_demo, smoke_demo / "bundle")
+    everything = figures["accuracy"]["all"]["all"]
+    assert everything["events"] == report["details"]["bflow"]["events"]
+    assert everything["accuracy"] == pytest.approx(report["event_accuracy"], abs=0.05)
+    for kind in ("action", "objects", "time", "flow_at_shape", "video_on_time"):
+        assert sum(g["events"] for g in figures["accuracy"][kind].values()) == everything["events"]
+    by_action = report["details"]["bflow"]["event_accuracy_by_action"]
+    assert set(by_action) == set(figures["accuracy"]["action"])
+    # later events only: from the whole stream, and from a fresh stream cut 1 s before them
+    heldout = json.loads((smoke_demo / "data" / "split.json").read_text())["heldout"]
+    events = {r["video"]: r["events"] for r in map(json.loads, (smoke_demo / "data" / "events.jsonl").open())}
+    later = sum(e["t"] >= 5.0 for vid in heldout for e in events[vid])
+    assert 0 < later < everything["events"]
+    for settings in ({"min_event_s": 5.0}, {"cut_s": 4.0}):
+        part = tool.breakdown(smoke_demo, smoke_demo / "bundle", **settings)["accuracy"]["all"]["all"]
+        assert part["events"] == later, settings
+
+
+def _breakdown_tool():
     import importlib.util
 
     path = Path(__file__).parents[1] / "tools" / "demo_breakdown.py"
     spec = importlib.util.spec_from_file_location("demo_breakdown", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    report = json.loads((smoke_demo / "report.json").read_text())
-    figures = tool.breakdown(smoke_demo, smoke_demo / "bundle")
-    everything = figures["accuracy"]["all"]["all"]
-    assert everything["events"] == report["details"]["bflow"]["events"]
-    assert everything["accuracy"] == pytest.approx(report["event_accuracy"], abs=0.05)
-    for kind in ("action", "objects", "time", "flow_at_shape"):
-        assert sum(g["events"] for g in figures["accuracy"][kind].values()) == everything["events"]
-    by_action = report["details"]["bflow"]["event_accuracy_by_action"]
-    assert set(by_action) == set(figures["accuracy"]["action"])
+    return tool
+
+
+def test_breakdown_knows_when_each_frame_reached_the_model():
+    """The tool's ``delivered_steps`` (the step a frame's last token leaves the slot queue) agrees with the packer
+    the model is fed by, on frames that overflow their step's slots and wait behind each other."""
+    import torch
+
+    from mmduplex.alignment import pack_video
+    from tokenizer.base import FrameTokens
+
+    tool = _breakdown_tool()
+    counts = [30, 4, 0, 7, 20, 20, 1, 0, 12]
+    frames, value = [], 1.0
+    for k, n in enumerate(counts):  # 2 fps on a 5 Hz grid; every token a distinct value
+        tokens = torch.arange(value, value + n).unsqueeze(1).expand(n, 2).clone()
+        frames.append(FrameTokens(k / 2.0, "flow" if n else "none", tokens, torch.zeros(n, dtype=torch.long)))
+        value += n
+    slots, mask = pack_video(frames, 40, 8, 5.0, 2)
+    step_of = {float(v): s for s in range(40) for v, m in zip(slots[s, :, 0], mask[s], strict=True) if m}
+    expected = [max(step_of[float(v)] for v in f.tokens[:, 0]) if f.n_tokens else int(f.t * 5) for f in frames]
+    delivered = tool.delivered_steps(frames, 8, 5.0)
+    assert delivered == expected and delivered[0] == 3 and delivered[1] == 4  # 30 tokens: steps 0-3; then 4 more
+    assert tool.video_on_time(frames, delivered, 0.4, 5) and not tool.video_on_time(frames, delivered, 0.4, 4)
 
 
 def test_pages_mark_hits_misses_and_tokens(smoke_demo):
@@ -277,6 +313,29 @@ def test_demo_print_config_and_bad_recipe(tmp_path, capsys):
     assert main(["demo", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "num_vidoes" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_each_model_trains_at_its_own_learning_rate(tmp_path):
+    from dataclasses import replace
+
+    from mmduplex.demo_stages import DemoPaths, duplex_fit_args
+    from mmduplex.errors import InputError
+    from tokenizer.bflow import BFlowConfig, BFlowTokenizer
+
+    config = DemoConfig.from_yaml(__import__("recipes").recipe_path("demo/smoke"))
+    paths = DemoPaths(tmp_path)
+    BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2)).save_pretrained(paths.tokenizer)
+    tuned = replace(config, model_lr={"uniform_tokens": 0.001})
+
+    def lr(cfg, name):
+        args = duplex_fit_args(cfg, paths, name, 4)
+        return args[args.index("--model.init_args.lr") + 1] if "--model.init_args.lr" in args else None
+
+    assert lr(tuned, "uniform_tokens") == "0.001" and lr(tuned, "bflow") is None and lr(tuned, "text_only") is None
+    assert lr(config, "uniform_tokens") is None
+    for bad in ({"uniform": 0.001}, {"bflow": 0.0}):
+        with pytest.raises(InputError, match="model_lr"):
+            replace(config, model_lr=bad)
 
 
 def test_demo_refuses_a_folder_made_with_other_settings(smoke_demo, tmp_path, capsys):

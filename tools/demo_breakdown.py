@@ -11,12 +11,20 @@ encoder are skipped: on the 2026-11-29 demo this gave 0.538 where the demo's vid
   window's length, i.e. before / after the streaming cache starts to evict);
 - for each missed event, which of its words (colour, shape, action) were absent from its tolerance window
   (``silent``: no word at all): a wrong action is a perception of change, a wrong colour and shape another object;
-- by event time and objects on screen together (later events have more shapes on screen);
+- by event time and objects on screen together, and by event time and action (later events have more shapes on
+  screen, and fewer of them are ``enters``);
 - by **video evidence**: whether B-Flow emitted a flow token within 2 patches of the acting shape within ``--within``
   seconds of the event (the stage before the model: an event the tokens never show cannot be described);
+- by **video on time**: whether the first frame at or after the event has reached the model (its last token out of
+  the slot queue) by the step before the one where the reference line must start (the first word ``--word-delay``
+  seconds after the event, plus the text delay tau): a model cannot describe in time what it has not yet seen;
 - the median latency of the described events.
 
 With ``--split train`` the same on training videos (a model that also fails there is not only over-fitting).
+With ``--cut S`` each video is streamed from ``S`` seconds on, as a fresh stream (its features from ``S``, times
+shifted), and only the events from ``S + 1`` s are scored; ``--min-event-s`` scores only the events from a time on.
+``--min-event-s 11`` against ``--cut 10`` tells what a stream's history costs later events (the cache, the model's
+own earlier lines) from what makes them hard in themselves.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import json
 import statistics
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +45,63 @@ if str(ROOT) not in sys.path:
 WORDS = ("colour", "shape", "action")
 
 
-def _flow_near(frames: list, track: Any, event: Any, within_s: float, grid: tuple[int, int], size: tuple) -> bool:
-    """A flow token within 2 patches of ``track``'s centre in a frame of ``[event.t, event.t + within_s]``."""
+def _flow_near(
+    frames: list, track: Any, event: Any, within_s: float, grid: tuple[int, int], size: tuple, shift_s: float = 0.0
+) -> bool:
+    """A flow token within 2 patches of ``track``'s centre in a frame of ``[event.t, event.t + within_s]`` (frame and
+    event times ``shift_s`` earlier than the track's video time)."""
     rows, cols = grid
     for frame in frames:
         if frame.kind != "flow" or not event.t - 1e-6 <= frame.t <= event.t + within_s:
             continue
-        centre = track.position(frame.t)
+        centre = track.position(frame.t + shift_s)
         if centre is None:
             continue
         row, col = int(centre[1] // (size[1] / rows)), int(centre[0] // (size[0] / cols))
         if any(abs(p // cols - row) <= 2 and abs(p % cols - col) <= 2 for p in frame.positions.tolist()):
             return True
     return False
+
+
+def delivered_steps(frames: list, slots_per_step: int, step_hz: float, start_s: float = 0.0) -> list[int]:
+    """The step at which each frame has wholly reached the model: its last token out of the FIFO slot queue (the
+    packing of :class:`mmduplex.alignment.VideoSlotPacker`), or its own step when it has no tokens."""
+    from mmduplex.alignment import time_to_step
+
+    ready = [time_to_step(float(f.t) - start_s, step_hz) for f in frames]
+    done = list(ready)
+    queue: list[list[int]] = []  # [frame index, tokens left]
+    k, step = 0, 0
+    while k < len(frames) or queue:
+        while k < len(frames) and ready[k] <= step:
+            if frames[k].n_tokens:
+                queue.append([k, frames[k].n_tokens])
+            k += 1
+        free = slots_per_step
+        while queue and free:
+            take = min(free, queue[0][1])
+            queue[0][1] -= take
+            free -= take
+            if queue[0][1] == 0:
+                done[queue.pop(0)[0]] = step
+        step += 1
+    return done
+
+
+def video_on_time(frames: list, delivered: list[int], event_t: float, line_step: int) -> bool:
+    """Whether the first frame at or after ``event_t`` has reached the model before step ``line_step``."""
+    for frame, step in zip(frames, delivered, strict=True):
+        if frame.t >= event_t - 1e-6:
+            return step < line_step
+    return False
+
+
+def demo_word_delay(demo_dir: Path) -> float:
+    """The reference commentary's delay after an event (s): the start of ``word_delay_s`` in the demo's config."""
+    config = demo_dir / "demo_config.json"
+    if not config.is_file():
+        return 0.2
+    return float(json.loads(config.read_text(encoding="utf-8"))["word_delay_s"][0])
 
 
 def demo_pad_bias(demo_dir: Path) -> float:
@@ -67,11 +120,16 @@ def breakdown(
     within_s: float = 1.0,
     pad_bias: float | None = None,
     tolerance_s: float = 3.0,
+    word_delay_s: float | None = None,
+    cut_s: float = 0.0,
+    min_event_s: float = 0.0,
 ) -> dict[str, Any]:
-    """The figures the module docstring lists, as a JSON-ready dict (``pad_bias`` ``None``: the demo's)."""
+    """The figures the module docstring lists, as a JSON-ready dict (``pad_bias`` / ``word_delay_s`` ``None``: the
+    demo's; ``cut_s`` / ``min_event_s``: see ``--cut`` / ``--min-event-s``)."""
     import torch
 
     from eval.commentary import match_events, timed_words
+    from mmduplex.alignment import time_to_step
     from mmduplex.data.synthetic import SyntheticDataset
     from mmduplex.demo_stream import event_objects, stream_features
     from mmduplex.feature_cache import FeatureCache, video_key
@@ -80,32 +138,49 @@ def breakdown(
     dataset = SyntheticDataset(demo_dir / "data")
     cache = FeatureCache(demo_dir / "features")
     pad_bias = demo_pad_bias(demo_dir) if pad_bias is None else pad_bias
+    word_delay_s = demo_word_delay(demo_dir) if word_delay_s is None else word_delay_s
     session = DuplexSession.from_bundle(bundle, pad_bias=pad_bias)
     window_s = (session.sink + session.window + 1) / session.step_hz
     total, hit, missing = Counter(), Counter(), Counter()
+
+    def line_step(event_t: float) -> int:
+        return time_to_step(event_t + word_delay_s, session.step_hz) + int(session.bundle.delay_steps)
+
     latencies: list[float] = []
     for vid in dataset.video_ids(split)[:videos]:
         record = cache.load(video_key(dataset.video_path(vid)))
-        result = stream_features(session, vid, record.timestamps.tolist(), record.patches, pause_steps=3)
+        keep = record.timestamps >= cut_s - 1e-6
+        stamps, patches = record.timestamps[keep] - cut_s, record.patches[keep]
+        first = min_event_s if not cut_s else max(min_event_s, cut_s + 1.0)
+        scored = [
+            (replace(e, t=e.t - cut_s), objects)  # objects on screen at the event: from the planned tracks
+            for e, objects in zip(dataset.events(vid), event_objects(dataset, vid), strict=True)
+            if e.t >= first - 1e-6
+        ]
+        events = [event for event, _ in scored]
+        if not events or not len(stamps):
+            continue
+        result = stream_features(session, vid, stamps.tolist(), patches, pause_steps=3)
         with torch.no_grad():
-            frames = session.video_tokenizer.tokenize(record.patches, record.timestamps).frames
+            frames = session.video_tokenizer.tokenize(patches, stamps).frames
+        delivered = delivered_steps(frames, session.model.slots_per_step, session.step_hz)  # the session's clock
         spec = dataset.spec(vid)
         tracks = {track.shape_id: track for track in spec.shapes}
-        events = dataset.events(vid)
         match = match_events(result.lines, events, tolerance_s)
         words = timed_words(result.lines)
-        for event, objects, latency in zip(events, event_objects(dataset, vid), match.latencies, strict=True):
-            evidence = _flow_near(
-                frames, tracks[event.shape_id], event, within_s, session.video_tokenizer.grid, (spec.width, spec.height)
-            )
+        for (event, objects), latency in zip(scored, match.latencies, strict=True):
+            grid, size = session.video_tokenizer.grid, (spec.width, spec.height)
+            evidence = _flow_near(frames, tracks[event.shape_id], event, within_s, grid, size, cut_s)
             groups = {
                 "all": "all",
                 "action": event.action,
                 "objects": "1" if objects <= 1 else "2+",
                 "time": f"< {window_s:g} s" if event.t < window_s else f">= {window_s:g} s",
                 "flow_at_shape": "yes" if evidence else "no",
+                "video_on_time": "yes" if video_on_time(frames, delivered, event.t, line_step(event.t)) else "no",
             }
             groups["time, objects"] = f"{groups['time']}, {groups['objects']}"  # is the time effect the objects?
+            groups["time, action"] = f"{groups['time']}, {groups['action']}"  # ... or the mix of actions?
             for kind, group in groups.items():
                 total[kind, group] += 1
                 hit[kind, group] += latency is not None
@@ -128,6 +203,9 @@ def breakdown(
         "missed_events_absent_words": dict(missing.most_common()),
         "median_latency_s": round(statistics.median(latencies), 3) if latencies else None,
         "flow_evidence_within_s": within_s,
+        "word_delay_s": word_delay_s,
+        "cut_s": cut_s,
+        "min_event_s": min_event_s,
     }
 
 
@@ -139,13 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", type=int, default=None, help="only the first N videos of the split")
     parser.add_argument("--within", type=float, default=1.0, help="seconds after an event for the flow evidence")
     parser.add_argument("--pad-bias", type=float, default=None, help="default: the demo's (report.json), else 0")
+    parser.add_argument("--cut", type=float, default=0.0, help="stream each video from this time (s), fresh")
+    parser.add_argument("--min-event-s", type=float, default=0.0, help="score only the events from this time (s)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     bundle = args.bundle or args.demo_dir / "bundle"
-    figures = breakdown(args.demo_dir, bundle, args.split, args.videos, args.within, args.pad_bias)
+    figures = breakdown(
+        args.demo_dir, bundle, args.split, args.videos, args.within, args.pad_bias,
+        cut_s=args.cut, min_event_s=args.min_event_s,
+    )  # fmt: skip
     for kind, groups in figures["accuracy"].items():
         cells = ", ".join(f"{g} {v['accuracy']:.3f} ({v['events']})" for g, v in groups.items())
         print(f"{kind}: {cells}")
