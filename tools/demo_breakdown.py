@@ -16,8 +16,9 @@ encoder are skipped: on the 2026-11-29 demo this gave 0.538 where the demo's vid
 - by **video evidence**: whether B-Flow emitted a flow token within 2 patches of the acting shape within ``--within``
   seconds of the event (the stage before the model: an event the tokens never show cannot be described);
 - by **video on time**: whether the first frame at or after the event has reached the model (its last token out of
-  the slot queue) by the step before the one where the reference line must start (the first word ``--word-delay``
-  seconds after the event, plus the text delay tau): a model cannot describe in time what it has not yet seen;
+  the slot queue) by the step before the one where the reference line must start (its first word the demo's
+  ``word_delay_s`` after the event, plus the text delay tau): a model cannot describe in time what it has not yet
+  seen;
 - the median latency of the described events.
 
 With ``--split train`` the same on training videos (a model that also fails there is not only over-fitting).
