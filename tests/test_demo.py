@@ -199,7 +199,7 @@ def test_breakdown_tool_matches_the_demo(smoke_demo):
     everything = figures["accuracy"]["all"]["all"]
     assert everything["events"] == report["details"]["bflow"]["events"]
     assert everything["accuracy"] == pytest.approx(report["event_accuracy"], abs=0.05)
-    for kind in ("action", "objects", "time", "flow_at_shape", "video_on_time"):
+    for kind in ("action", "objects", "time", "flow_at_shape", "video_on_time", "other shapes before", "turned before"):
         assert sum(g["events"] for g in figures["accuracy"][kind].values()) == everything["events"]
     by_action = report["details"]["bflow"]["event_accuracy_by_action"]
     assert set(by_action) == set(figures["accuracy"]["action"])

@@ -13,6 +13,8 @@ encoder are skipped: on the 2026-11-29 demo this gave 0.538 where the demo's vid
   (``silent``: no word at all): a wrong action is a perception of change, a wrong colour and shape another object;
 - by event time and objects on screen together, and by event time and action (later events have more shapes on
   screen, and fewer of them are ``enters``);
+- by the video's history at the event: how many other shapes have been in the video before it (on screen now or
+  gone), and whether the acting shape has changed colour before (its name then differs from the one it entered with);
 - by **video evidence**: whether B-Flow emitted a flow token within 2 patches of the acting shape within ``--within``
   seconds of the event (the stage before the model: an event the tokens never show cannot be described);
 - by **video on time**: whether the first frame at or after the event has reached the model (its last token out of
@@ -169,6 +171,12 @@ def breakdown(
         tracks = {track.shape_id: track for track in spec.shapes}
         match = match_events(result.lines, events, tolerance_s)
         words = timed_words(result.lines)
+        seen, turned = set(), set()  # shapes with an event so far; shapes that changed colour (whole video)
+        for e in dataset.events(vid):
+            if e.t >= first - 1e-6:
+                break
+            seen.add(e.shape_id)
+            turned |= {e.shape_id} if e.action == "turns" else set()
         for (event, objects), latency in zip(scored, match.latencies, strict=True):
             grid, size = session.video_tokenizer.grid, (spec.width, spec.height)
             evidence = _flow_near(frames, tracks[event.shape_id], event, within_s, grid, size, cut_s)
@@ -182,6 +190,12 @@ def breakdown(
             }
             groups["time, objects"] = f"{groups['time']}, {groups['objects']}"  # is the time effect the objects?
             groups["time, action"] = f"{groups['time']}, {groups['action']}"  # ... or the mix of actions?
+            others = len(seen - {event.shape_id})
+            groups["other shapes before"] = "2+" if others >= 2 else str(others)
+            groups["time, other shapes before"] = f"{groups['time']}, {groups['other shapes before']}"
+            groups["turned before"] = "yes" if event.shape_id in turned else "no"
+            seen.add(event.shape_id)
+            turned |= {event.shape_id} if event.action == "turns" else set()
             for kind, group in groups.items():
                 total[kind, group] += 1
                 hit[kind, group] += latency is not None
