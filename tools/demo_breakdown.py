@@ -39,6 +39,7 @@ import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,27 +68,21 @@ def _flow_near(
 
 
 def delivered_steps(frames: list, slots_per_step: int, step_hz: float, start_s: float = 0.0) -> list[int]:
-    """The step at which each frame has wholly reached the model: its last token out of the FIFO slot queue (the
-    packing of :class:`mmduplex.alignment.VideoSlotPacker`), or its own step when it has no tokens."""
-    from mmduplex.alignment import time_to_step
+    """The step at which each frame has wholly reached the model: its last token out of the slot queue, or its own
+    step when it has no tokens. The frames go through the model's own packer (:func:`mmduplex.alignment.pack_video`)
+    with every token replaced by its frame's index, so the steps are the packer's, not a re-implementation."""
+    import torch
 
-    ready = [time_to_step(float(f.t) - start_s, step_hz) for f in frames]
-    done = list(ready)
-    queue: list[list[int]] = []  # [frame index, tokens left]
-    k, step = 0, 0
-    while k < len(frames) or queue:
-        while k < len(frames) and ready[k] <= step:
-            if frames[k].n_tokens:
-                queue.append([k, frames[k].n_tokens])
-            k += 1
-        free = slots_per_step
-        while queue and free:
-            take = min(free, queue[0][1])
-            queue[0][1] -= take
-            free -= take
-            if queue[0][1] == 0:
-                done[queue.pop(0)[0]] = step
-        step += 1
+    from mmduplex.alignment import pack_video, time_to_step
+
+    done = [time_to_step(float(f.t) - start_s, step_hz) for f in frames]
+    if not frames:
+        return done
+    tagged = [SimpleNamespace(t=f.t, tokens=torch.full((f.n_tokens, 1), float(k))) for k, f in enumerate(frames)]
+    steps = done[-1] + 1 + -(-sum(f.n_tokens for f in frames) // slots_per_step)  # enough to empty the queue
+    slots, mask = pack_video(tagged, steps, slots_per_step, step_hz, 1, start_s)  # [S, K, 1], [S, K]
+    for step, k in mask.nonzero().tolist():
+        done[int(slots[step, k, 0])] = step  # steps ascend: the last one a frame's tokens occupy wins
     return done
 
 
@@ -176,7 +171,8 @@ def breakdown(
             if e.t >= first - 1e-6:
                 break
             seen.add(e.shape_id)
-            turned |= {e.shape_id} if e.action == "turns" else set()
+            if e.action == "turns":
+                turned.add(e.shape_id)
         for (event, objects), latency in zip(scored, match.latencies, strict=True):
             grid, size = session.video_tokenizer.grid, (spec.width, spec.height)
             evidence = _flow_near(frames, tracks[event.shape_id], event, within_s, grid, size, cut_s)
@@ -195,7 +191,8 @@ def breakdown(
             groups["time, other shapes before"] = f"{groups['time']}, {groups['other shapes before']}"
             groups["turned before"] = "yes" if event.shape_id in turned else "no"
             seen.add(event.shape_id)
-            turned |= {event.shape_id} if event.action == "turns" else set()
+            if event.action == "turns":
+                turned.add(event.shape_id)
             for kind, group in groups.items():
                 total[kind, group] += 1
                 hit[kind, group] += latency is not None
