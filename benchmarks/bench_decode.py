@@ -15,7 +15,7 @@ import numpy as np
 
 from benchmarks.common import best_of, print_header
 from mmduplex.data.samples import sample_videos
-from mmduplex.video import iter_video, probe_video, read_video
+from mmduplex.io.video import iter_video, probe_video, read_video
 
 
 def naive_pyav(path: str, fps: float) -> list[np.ndarray]:

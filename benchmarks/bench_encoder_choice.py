@@ -28,8 +28,8 @@ def variant(base, image_size: int, stride: int, folded: bool, batch: int):
     import timm
     from safetensors.torch import load_file
 
+    from mmduplex.tokenizer.encoders.efficientnet import EfficientNetPreset, FrozenEfficientNet
     from mmduplex.weights import get_weights
-    from tokenizer.efficientnet import EfficientNetPreset, FrozenEfficientNet
 
     preset = EfficientNetPreset("tf_efficientnet_lite0", image_size, STAGES[stride], stride, 224)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per row; the fastest is reported")
     args = parser.parse_args()
     from mmduplex.data.synthetic import make_motion_video
-    from tokenizer.encoder import create_encoder
+    from mmduplex.tokenizer.encoders.factory import create_encoder
 
     print_header("bench_encoder_choice: EfficientNet-Lite0 cut and input for the demo")
     base = create_encoder("efficientnet-lite0", device="cpu")

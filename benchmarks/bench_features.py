@@ -16,9 +16,9 @@ import torch
 
 from benchmarks.common import best_of, print_header
 from mmduplex.data.samples import sample_videos
-from mmduplex.features import extract_features
-from mmduplex.video import read_video
-from tokenizer.encoder import create_encoder
+from mmduplex.io.video import read_video
+from mmduplex.tokenizer.encoders.factory import create_encoder
+from mmduplex.train.features import extract_features
 
 ENCODERS = ("mmduplex-tiny", "ViT-B-32")  # ViT-B-32 without a tag: random init, no download
 

@@ -39,7 +39,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-import recipes
+import mmduplex.recipes
 from benchmarks.bench_streaming import pct
 from benchmarks.common import print_header
 from mmduplex.fileio import write_json_atomic
@@ -126,9 +126,9 @@ def training_figures(timer: StepTimes, start: float, batch_size: int) -> dict[st
 
 def show_video(bundle: Path, dataset, video_id: str, device: str, pad_bias: float, pause_steps: int) -> dict:
     """Stream one held-out video end to end and print its lines beside its reference events; its step latencies."""
-    from mmduplex.demo_stream import lines_of
-    from mmduplex.streaming import DuplexSession
-    from mmduplex.video import iter_video
+    from mmduplex.demo.stream import lines_of
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.io.video import iter_video
 
     session = DuplexSession.from_bundle(bundle, device=device)
     session.pad_bias = pad_bias
@@ -159,8 +159,7 @@ def show_video(bundle: Path, dataset, video_id: str, device: str, pad_bias: floa
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from mmduplex.bundle import export_bundle
-    from mmduplex.demo_stages import (
+    from mmduplex.demo.stages import (
         DemoConfig,
         DemoPaths,
         duplex_fit_args,
@@ -169,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stream_and_score,
         train_tokenizer,
     )
+    from mmduplex.lm.bundle import export_bundle
     from mmduplex.weights import find_entry, get_weights
 
     args = parse_args(argv)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit("bench_gpu_smollm2: no CUDA device here; for a dry run pass --device cpu --precision 32-true")
     out = Path(args.out)
     json_path = Path(args.json) if args.json else out / "figures.json"
-    base = DemoConfig.from_yaml(recipes.recipe_path(args.demo_recipe))
+    base = DemoConfig.from_yaml(mmduplex.recipes.recipe_path(args.demo_recipe))
     config = dataclasses.replace(
         base,
         num_videos=args.videos,
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _recipe(name: str) -> dict[str, Any]:
-    return yaml.safe_load(recipes.recipe_path(name).read_text(encoding="utf-8"))
+    return yaml.safe_load(mmduplex.recipes.recipe_path(name).read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from benchmarks.common import print_header
-from mmduplex.kvcache import SinkWindowCache
+from mmduplex.lm.kvcache import SinkWindowCache
 
 
 def build_model(hidden: int, layers: int, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:

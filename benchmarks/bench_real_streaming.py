@@ -6,8 +6,8 @@ Run from the repository root (the weights are prepared once by ``mmduplex weight
     python -m benchmarks.bench_real_streaming --seconds 30 --variants smollm2-fp32 smollm2-int8
 
 Each variant streams ``--seconds`` of a generated moving-shapes video at 2 fps (video frames pushed at their times,
-``--step-hz`` 5 steps per second) through :class:`~mmduplex.streaming.DuplexSession`, which runs the whole live path
-per frame and step: EfficientNet-Lite0 encode (192 px, stride-16 map) -> B-Flow (untrained defaults) -> projected
+``--step-hz`` 5 steps per second) through :class:`~mmduplex.inference.session.DuplexSession`, which runs the whole live
+path per frame and step: EfficientNet-Lite0 encode (192 px, stride-16 map) -> B-Flow (untrained defaults) -> projected
 video slots + text stream -> one LM step on the sink + window KV cache. RTF = compute time / stream time; the
 per-step latency includes the frame encodes on the steps that receive a frame. Variants:
 
@@ -37,12 +37,12 @@ SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 def build_session(variant: str, step_hz: float, fps: float, window: int):
     """A :class:`DuplexSession` over the real encoder and the variant's LM, and the LM's parameter count."""
-    from mmduplex.bundle import DuplexBundle
-    from mmduplex.model import DuplexLM, build_backbone
-    from mmduplex.streaming import DuplexSession
-    from mmduplex.text import TextTokenizer, build_word_tokenizer
-    from tokenizer.bflow import BFlowConfig, BFlowTokenizer
-    from tokenizer.encoder import create_encoder
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.lm.bundle import DuplexBundle
+    from mmduplex.lm.model import DuplexLM, build_backbone
+    from mmduplex.lm.text import TextTokenizer, build_word_tokenizer
+    from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
+    from mmduplex.tokenizer.encoders.factory import create_encoder
 
     lm, quantize = variant.split("-")
     encoder = create_encoder("efficientnet-lite0", device="cpu")

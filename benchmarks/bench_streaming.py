@@ -31,8 +31,8 @@ import psutil
 import torch
 
 from benchmarks.common import QWEN_05B, print_header
-from mmduplex.bundle import DuplexBundle, export_bundle, load_bundle
-from mmduplex.streaming import DuplexSession
+from mmduplex.inference.session import DuplexSession
+from mmduplex.lm.bundle import DuplexBundle, export_bundle, load_bundle
 
 
 def rss_mb() -> float:
@@ -47,9 +47,9 @@ def pct(values: list[float], q: float) -> float:
 def train_demo_bundle(work: Path, steps: int) -> Path:
     """The tiny recipe trained for ``steps`` steps on a small synthetic set, exported (about half a minute)."""
     from mmduplex.data.synthetic import SyntheticConfig, generate_dataset
-    from mmduplex.features import extract_features
-    from mmduplex.lightning_cli import run_cli
-    from recipes import recipe_path
+    from mmduplex.recipes import recipe_path
+    from mmduplex.train.features import extract_features
+    from mmduplex.train.lightning_cli import run_cli
 
     dataset = generate_dataset(work / "synthetic", SyntheticConfig(num_videos=8, duration_s=(20.0, 30.0)))
     extract_features(dataset.videos(), work / "features", encoder="mmduplex-tiny", fps=2.0)
@@ -123,7 +123,7 @@ def recompute_speedup(session: DuplexSession, history_steps: int, repeats: int) 
 
 def video_rtf(session: DuplexSession, seconds: float, work: Path) -> float:
     """End-to-end RTF from an mp4 file: decode (PyAV) + encode + tokenize + step, as ``mmduplex stream`` does."""
-    from mmduplex.video import iter_video, write_video
+    from mmduplex.io.video import iter_video, write_video
 
     path = work / "motion.mp4"
     write_video(path, motion_video(seconds, 10.0, 96), fps=10.0)
@@ -136,10 +136,10 @@ def video_rtf(session: DuplexSession, seconds: float, work: Path) -> float:
 def large_bundle(quantize: str) -> tuple[DuplexBundle, object, int]:
     """A Qwen2.5-0.5B-shaped duplex model + ViT-B-32-shaped encoder (random init, bf16 or int8 dynamic), the
     encoder, and the LM's parameter count before quantisation."""
-    from mmduplex.model import DuplexLM, build_backbone
-    from mmduplex.text import build_word_tokenizer
-    from tokenizer.bflow import BFlowConfig, BFlowTokenizer
-    from tokenizer.encoder import create_encoder
+    from mmduplex.lm.model import DuplexLM, build_backbone
+    from mmduplex.lm.text import build_word_tokenizer
+    from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
+    from mmduplex.tokenizer.encoders.factory import create_encoder
 
     encoder = create_encoder("ViT-B-32", device="cpu")
     text = build_word_tokenizer([f"w{i}" for i in range(QWEN_05B["vocab_size"] - 300)])

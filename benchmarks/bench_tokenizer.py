@@ -8,10 +8,10 @@ Run: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_tokenizer [--checkpoint CKPT
 defaults, i.e. what ``mmduplex tokenize`` does), at variable rate and at each budget.
 
 Reconstruction (printed with every table): the headline comparison is **like for like**, one fixed causal rule for
-every tokenizer, applied to its own tokens (:mod:`eval.tokenizer_eval`, ``reconstruction="fixed"``: pooled / key
-tokens spread over their cells by bilinear interpolation, patch / region tokens copied, values held until replaced;
+every tokenizer, applied to its own tokens (:mod:`mmduplex.eval.tokenizer_eval`, ``reconstruction="fixed"``: pooled /
+key tokens spread over their cells by bilinear interpolation, patch / region tokens copied, values held until replaced;
 no learned decoder anywhere). The ``native`` table (B-Flow's learned decoders vs the baselines' nearest upsampling)
-is printed for information only. Fidelity is :func:`tokenizer.fidelity.fidelity` pooled over a group's frames.
+is printed for information only. Fidelity is :func:`mmduplex.tokenizer.fidelity.fidelity` pooled over a group's frames.
 Targets reported (met or not): at matched fidelity (fixed rule) B-Flow <= 1/10 the tokens/s of uniform 64 tokens/frame
 (goal 1/20); a static scene <= 1 token/s after the first keyframe; tokens/s static < slow drift < fast motion;
 B-Flow compute <= 5 % of the encoder's.
@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import Timer, print_header
-from eval.tokenizer_eval import RECONSTRUCTION_RULES, VideoFeatures, rate_fidelity, tokenizer_suite
 from mmduplex.data.samples import sample_videos
 from mmduplex.data.synthetic import SyntheticConfig, generate_dataset, make_motion_video
-from mmduplex.video import read_video
-from recipes import recipe_path
-from tokenizer import BFlowConfig, BFlowTokenizer
-from tokenizer.encoder import create_encoder
+from mmduplex.eval.tokenizer_eval import RECONSTRUCTION_RULES, VideoFeatures, rate_fidelity, tokenizer_suite
+from mmduplex.io.video import read_video
+from mmduplex.recipes import recipe_path
+from mmduplex.tokenizer import BFlowConfig, BFlowTokenizer
+from mmduplex.tokenizer.encoders.factory import create_encoder
 
 BUDGETS = (4.0, 8.0, 16.0, 32.0, 64.0)  # B-Flow target rates (tokens/s); plus the variable-rate mode
 UNIFORM = (64, 16, 4, 1)  # uniform baselines' tokens per frame
@@ -88,7 +88,7 @@ def load_videos(encoder, fps: float, work: Path, num_synthetic: int) -> dict[str
 
 def train_tiny(work: Path, encoder: str, dim: int, fps: float, steps: int) -> Path:
     """Train B-Flow with the tiny recipe on ``encoder``'s features of the synthetic set; return the checkpoint."""
-    from mmduplex.lightning_cli import run_cli
+    from mmduplex.train.lightning_cli import run_cli
 
     policy = []  # train under the default decision policy (the one evaluated), whatever the recipe sets
     for field in fields(BFlowConfig):

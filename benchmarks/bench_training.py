@@ -6,7 +6,7 @@
 2. The video side of one epoch over the synthetic set: patch features read from the cache versus decoding the
    videos and running the encoder (``mmduplex-tiny``, and a random-initialised ``ViT-B-16`` for a real encoder's
    cost), the frozen B-Flow tokenizer (the same work either way), and a memoised epoch (what
-   :class:`mmduplex.module.DuplexModule` does after the first epoch: no video work at all).
+   :class:`mmduplex.train.duplex_module.DuplexModule` does after the first epoch: no video work at all).
 3. Whole training epochs of the tiny recipe (Lightning, ``mmduplex-tiny``): features from the cache with memoised
    video tokens, versus features computed on the fly by the encoder for every window (no cache, no memo).
 
@@ -24,9 +24,9 @@ import torch
 from lightning.pytorch import Callback
 
 from benchmarks.common import QWEN_05B, Timer, print_header
-from mmduplex.datamodule import DuplexDataModule
-from mmduplex.model import DuplexLM, LossWeights, build_backbone, text_loss
-from mmduplex.text import load_text_tokenizer
+from mmduplex.lm.model import DuplexLM, LossWeights, build_backbone, text_loss
+from mmduplex.lm.text import load_text_tokenizer
+from mmduplex.train.duplex_datamodule import DuplexDataModule
 
 TINY = {
     "model_type": "llama",
@@ -84,10 +84,10 @@ def training_throughput(
 def epoch_video_side(videos: int, workdir: Path, encoder_spec: str) -> None:
     """One epoch of video tokens: features from the cache vs decoding + encoding on the fly; then memoised tokens."""
     from mmduplex.data.synthetic import SyntheticConfig, generate_dataset
-    from mmduplex.features import FeatureCache, extract_features, video_key
-    from mmduplex.video import read_video
-    from tokenizer.bflow import BFlowConfig, BFlowTokenizer
-    from tokenizer.encoder import create_encoder
+    from mmduplex.io.video import read_video
+    from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
+    from mmduplex.tokenizer.encoders.factory import create_encoder
+    from mmduplex.train.features import FeatureCache, extract_features, video_key
 
     dataset = generate_dataset(workdir / "synthetic", SyntheticConfig(num_videos=videos, duration_s=(20.0, 30.0)))
     paths = list(dataset.videos())
@@ -145,9 +145,9 @@ class OnTheFlyDataModule(DuplexDataModule):
     """The same windows, but every request for a video's features decodes it and runs the encoder."""
 
     def load_features(self, key: str):
-        from mmduplex.features import FeatureRecord
-        from mmduplex.video import read_video
-        from tokenizer.encoder import create_encoder
+        from mmduplex.io.video import read_video
+        from mmduplex.tokenizer.encoders.factory import create_encoder
+        from mmduplex.train.features import FeatureRecord
 
         self.setup()
         if getattr(self, "_encoder", None) is None:
@@ -162,15 +162,15 @@ class OnTheFlyDataModule(DuplexDataModule):
 def training_epochs(videos: int, workdir: Path, epochs: int) -> None:
     """Lightning epochs of the tiny recipe: cached features + memoised tokens vs encoding on the fly."""
     from mmduplex.data.synthetic import SyntheticConfig, generate_dataset
-    from mmduplex.features import extract_features
-    from mmduplex.lightning_cli import run_cli
-    from recipes import recipe_path
+    from mmduplex.recipes import recipe_path
+    from mmduplex.train.features import extract_features
+    from mmduplex.train.lightning_cli import run_cli
 
     dataset = generate_dataset(workdir / "synthetic", SyntheticConfig(num_videos=videos, duration_s=(20.0, 30.0)))
     extract_features(list(dataset.videos()), workdir / "features", encoder="mmduplex-tiny", fps=2.0)
     results = {}
     for name, data_class, memo in (
-        ("cache + memo", "mmduplex.datamodule.DuplexDataModule", "null"),
+        ("cache + memo", "mmduplex.train.duplex_datamodule.DuplexDataModule", "null"),
         ("on the fly", "benchmarks.bench_training.OnTheFlyDataModule", "0"),
     ):
         cli = run_cli(

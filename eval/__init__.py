@@ -1,9 +1,9 @@
 """Evaluation: LongVideoBench (multiple choice), live-commentary quality and timing (tokenizer rate vs fidelity next).
 
-Each evaluation is an :class:`~eval.base.EvalTask` run by ``mmduplex eval <task>``; the metric functions are plain
-functions the demo and notebooks call directly. Import as ``from eval import ...`` (never a bare ``import eval``).
-The names below load their module on first use, so importing one task module (``eval.longvideobench``) does not
-import the others.
+Each evaluation is an :class:`~mmduplex.eval.base.EvalTask` run by ``mmduplex eval <task>``; the metric functions are
+plain functions the demo and notebooks call directly. Import as ``from mmduplex.eval import ...`` (never a bare ``import
+eval``). The names below load their module on first use, so importing one task module (``mmduplex.eval.longvideobench``)
+does not import the others.
 """
 
 from __future__ import annotations
@@ -12,27 +12,27 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, str] = {
-    "parse_answer": "eval.answer_parser",
-    "parse_response": "eval.answer_parser",
-    "EvalTask": "eval.base",
-    "CommentaryEval": "eval.commentary",
-    "Line": "eval.commentary",
-    "aggregate_event_metrics": "eval.commentary",
-    "aggregate_transcript_metrics": "eval.commentary",
-    "event_metrics": "eval.commentary",
-    "load_lines": "eval.commentary",
-    "transcript_metrics": "eval.commentary",
-    "LongVideoBenchEval": "eval.longvideobench",
-    "Responder": "eval.longvideobench",
-    "Subtitle": "eval.longvideobench",
-    "load_annotations": "eval.longvideobench",
-    "score": "eval.longvideobench",
+    "parse_answer": "mmduplex.eval.answer_parser",
+    "parse_response": "mmduplex.eval.answer_parser",
+    "EvalTask": "mmduplex.eval.base",
+    "CommentaryEval": "mmduplex.eval.commentary",
+    "Line": "mmduplex.eval.commentary",
+    "aggregate_event_metrics": "mmduplex.eval.commentary",
+    "aggregate_transcript_metrics": "mmduplex.eval.commentary",
+    "event_metrics": "mmduplex.eval.commentary",
+    "load_lines": "mmduplex.eval.commentary",
+    "transcript_metrics": "mmduplex.eval.commentary",
+    "LongVideoBenchEval": "mmduplex.eval.longvideobench",
+    "Responder": "mmduplex.eval.longvideobench",
+    "Subtitle": "mmduplex.eval.longvideobench",
+    "load_annotations": "mmduplex.eval.longvideobench",
+    "score": "mmduplex.eval.longvideobench",
 }
 
 if TYPE_CHECKING:
-    from eval.answer_parser import parse_answer, parse_response
-    from eval.base import EvalTask
-    from eval.commentary import (
+    from mmduplex.eval.answer_parser import parse_answer, parse_response
+    from mmduplex.eval.base import EvalTask
+    from mmduplex.eval.commentary import (
         CommentaryEval,
         Line,
         aggregate_event_metrics,
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
         load_lines,
         transcript_metrics,
     )
-    from eval.longvideobench import LongVideoBenchEval, Responder, Subtitle, load_annotations, score
+    from mmduplex.eval.longvideobench import LongVideoBenchEval, Responder, Subtitle, load_annotations, score
 
 
 def __getattr__(name: str) -> Any:

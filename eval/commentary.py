@@ -1,7 +1,7 @@
 """Live-commentary evaluation: a model's timed lines against a timed transcript and/or the synthetic set's events.
 
 Inputs are the model's lines ``(start_s, end_s, text)`` in video time, as written by ``mmduplex stream`` (WebVTT,
-SRT or JSONL ``{"start", "end", "text"}``, read by :func:`load_lines` with ``mmduplex.outputs``' strict readers).
+SRT or JSONL ``{"start", "end", "text"}``, read by :func:`load_lines` with ``mmduplex.io.outputs``' strict readers).
 Words are lower-cased alphanumeric tokens, and a line's words are spread evenly over it (word ``i`` of ``n`` at
 ``start + i * (end - start) / n``).
 
@@ -44,9 +44,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from eval.base import EvalTask, markdown_table
 from mmduplex.errors import AnnotationError, InputError
-from mmduplex.outputs import CommentaryLine, read_commentary
+from mmduplex.eval.base import EvalTask, markdown_table
+from mmduplex.io.outputs import CommentaryLine, read_commentary
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ _EPS = 1e-9
 
 
 Line = CommentaryLine
-"""One line of the model's commentary, ``(start, end, text)`` in video time (s): ``mmduplex.outputs``' type."""
+"""One line of the model's commentary, ``(start, end, text)`` in video time (s): ``mmduplex.io.outputs``' type."""
 
 
 class EventLike(Protocol):

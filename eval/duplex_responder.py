@@ -1,12 +1,13 @@
-"""A :class:`~eval.longvideobench_model.Responder` backed by a duplex inference bundle (LongVideoBench model mode).
+"""A :class:`~mmduplex.eval.longvideobench_model.Responder` backed by a duplex inference bundle (LongVideoBench model
+mode).
 
-The video is streamed through a :class:`~mmduplex.streaming.DuplexSession` once; every question is then asked on a
-``copy()`` of that session, so the prepared state is never modified.
+The video is streamed through a :class:`~mmduplex.inference.session.DuplexSession` once; every question is then asked
+on a ``copy()`` of that session, so the prepared state is never modified.
 
 Streaming a video (:meth:`DuplexResponder.prepare_video`): the sampled frames and the kept subtitles are taken in the
-reference's interleaved order (:func:`~eval.longvideobench_data.interleave`); frames are pushed at their timestamps and
-subtitles typed on the user stream at their mid-times (``ask(text, t)``). Steps between events run with whatever
-video has arrived (usually none). Sparse frames of a long video would leave long runs of empty steps; with
+reference's interleaved order (:func:`~mmduplex.eval.longvideobench_data.interleave`); frames are pushed at their
+timestamps and subtitles typed on the user stream at their mid-times (``ask(text, t)``). Steps between events run
+with whatever video has arrived (usually none). Sparse frames of a long video would leave long runs of empty steps; with
 ``max_gap_steps`` set, at most that many steps run from one event to the next (more while queued subtitle tokens still
 need steps to go out): the rest are skipped by shifting all later stream times back, so every gap between events is
 kept up to that length. After the last event the session steps until the last frame's step has run and the video
@@ -35,11 +36,11 @@ from pathlib import Path
 
 import torch
 
-from eval.longvideobench_data import Subtitle, interleave
-from mmduplex.alignment import time_to_step
 from mmduplex.errors import InputError
-from mmduplex.streaming import DuplexSession, StepOutput
-from mmduplex.text import UNK_TOKEN
+from mmduplex.eval.longvideobench_data import Subtitle, interleave
+from mmduplex.inference.session import DuplexSession, StepOutput
+from mmduplex.lm.alignment import time_to_step
+from mmduplex.lm.text import UNK_TOKEN
 
 
 class DuplexResponder:

@@ -5,20 +5,21 @@ Two ways to get the commentary of each event:
 - **predictions** (``--predictions FILE``): a LiveCC prediction JSONL (``{"video_id", "event_id", "begin", "end",
   "pred"}`` per line), e.g. one LiveCC's repository publishes under ``evaluation/livesports3kcc/``;
 - **model** (``--checkpoint BUNDLE``): each event's clip ``[begin, end]`` of ``videos/<video>`` is streamed through a
-  :class:`~mmduplex.streaming.DuplexSession` at the bundle's fps. The context -- the event title and the end of the
-  commentary said before the event (``preasr_text``) -- is typed on the user stream first (the session steps until
+  :class:`~mmduplex.inference.session.DuplexSession` at the bundle's fps. The context -- the event title and the end of
+  the commentary said before the event (``preasr_text``) -- is typed on the user stream first (the session steps until
   it has gone out, without video), then the clip's frames stream and the session is flushed at the clip's end. The
   words the model says during the clip are the prediction, written in LiveCC's JSONL form so LiveCC's own judge
   runs on it unchanged.
 
 Scoring is offline, against the human commentary ``event_asr_text``, with the project's commentary metrics
-(:class:`eval.commentary.TranscriptTally`: ROUGE-L F1, mean over events, and corpus BLEU-4; texts lower-cased to
-word tokens), over the events that have a reference and a prediction. Events without a reference (the withheld test
+(:class:`mmduplex.eval.commentary.TranscriptTally`: ROUGE-L F1, mean over events, and corpus BLEU-4; texts lower-cased
+to word tokens), over the events that have a reference and a prediction. Events without a reference (the withheld test
 ASR of the CSV release) are counted, not scored.
 
 The official score is optional (``--judge-url``): an LLM judge's A/B preference against a baseline prediction file
-the user gives (LiveCC's is GPT-4o's captions), asked in both orders, as a win rate (:mod:`eval.livesports_judge`).
-The judgments are written in LiveCC's form (``{"video_event_id", "ab_winner", "ba_winner"}`` per line).
+the user gives (LiveCC's is GPT-4o's captions), asked in both orders, as a win rate
+(:mod:`mmduplex.eval.livesports_judge`). The judgments are written in LiveCC's form (``{"video_event_id", "ab_winner",
+"ba_winner"}`` per line).
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eval.base import EvalTask, markdown_table
-from eval.livesports_data import VIDEO_DIR, Event, Prediction, load_events, load_predictions, write_predictions
 from mmduplex.errors import CheckpointError, InputError, VideoError
+from mmduplex.eval.base import EvalTask, markdown_table
+from mmduplex.eval.livesports_data import VIDEO_DIR, Event, Prediction, load_events, load_predictions, write_predictions
 from mmduplex.fileio import write_text_atomic
 
 if TYPE_CHECKING:
     import torch
 
-    from mmduplex.streaming import DuplexSession
+    from mmduplex.inference.session import DuplexSession
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def commentate(session: DuplexSession, frames: torch.Tensor, times: Sequence[flo
 
 def score(events: Sequence[Event], predictions: Mapping[str, Prediction]) -> dict[str, Any]:
     """ROUGE-L / BLEU of the predictions against ``event_asr_text``, with the counts of what was (not) scored."""
-    from eval.commentary import TranscriptTally, tokens
+    from mmduplex.eval.commentary import TranscriptTally, tokens
 
     tally = TranscriptTally()
     with_reference = [e for e in events if e.asr]
@@ -194,8 +195,8 @@ class LiveSportsEval(EvalTask):
 
     def _generate(self, events: Sequence[Event]) -> tuple[dict[str, Prediction], dict[str, Any]]:
         """Model mode: stream every event's clip through the bundle; returns the predictions and run facts."""
-        from mmduplex.streaming import DuplexSession
-        from mmduplex.video import read_video
+        from mmduplex.inference.session import DuplexSession
+        from mmduplex.io.video import read_video
 
         session = DuplexSession.from_bundle(self.checkpoint, temperature=self.temperature, pad_bias=self.pad_bias)
         if session.fps is None:
@@ -254,7 +255,7 @@ class LiveSportsEval(EvalTask):
         return results
 
     def _judge(self, events: Sequence[Event], predictions: Mapping[str, Prediction]) -> dict[str, Any]:
-        from eval.livesports_judge import JudgeClient, judge_all, win_rate
+        from mmduplex.eval.livesports_judge import JudgeClient, judge_all, win_rate
 
         judge = self.judge
         assert judge is not None

@@ -5,13 +5,14 @@ Two ways to get responses:
 - **predictions** (``mmduplex eval longvideobench --predictions FILE``): a JSONL of ``{"id", "response"}``; only
   ``lvb_val.json`` is read. Ids absent from the annotations are an error (a file made for another split or subset);
   questions without a prediction count as wrong and are listed under ``missing``.
-- **model** (``--checkpoint BUNDLE``: an :class:`eval.duplex_responder.DuplexResponder` on the bundle; library:
-  ``LongVideoBenchEval(..., responder=...)``): the harness of :mod:`eval.longvideobench_model` asks every question
-  through a :class:`Responder`. The responses are written as the same JSONL, so runs can be rescored.
+- **model** (``--checkpoint BUNDLE``: an :class:`mmduplex.eval.duplex_responder.DuplexResponder` on the bundle; library:
+  ``LongVideoBenchEval(..., responder=...)``): the harness of :mod:`mmduplex.eval.longvideobench_model` asks every
+  question through a :class:`Responder`. The responses are written as the same JSONL, so runs can be rescored.
 
 The published files and the reference input protocol (frames, subtitles, prompt) are in
-:mod:`eval.longvideobench_data`; their public names are re-exported here, so ``eval.longvideobench.{Question,
-load_annotations, load_frames, load_subtitles, interleave, build_prompt}`` keep working.
+:mod:`mmduplex.eval.longvideobench_data`; their public names are re-exported here, so
+``mmduplex.eval.longvideobench.{Question, load_annotations, load_frames, load_subtitles, interleave, build_prompt}``
+keep working.
 
 Scoring (:func:`score`): accuracy is micro (the fraction correct: torchmetrics' mean of 0/1 correctness in float64,
 not its per-class multiclass default); a response without a letter is wrong and counted in ``no_letter``. Per-group
@@ -28,9 +29,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eval.answer_parser import LETTERS, parse_response
-from eval.base import EvalTask, markdown_table
-from eval.longvideobench_data import (
+from mmduplex.errors import InputError
+from mmduplex.eval.answer_parser import LETTERS, parse_response
+from mmduplex.eval.base import EvalTask, markdown_table
+from mmduplex.eval.longvideobench_data import (
     DURATION_GROUPS,
     PROMPT_SUFFIX,
     QUESTION_CATEGORIES,
@@ -46,8 +48,7 @@ from eval.longvideobench_data import (
     sample_frame_indices,
     select_subtitles,
 )
-from eval.longvideobench_model import SCORING_MODES, ModelRun, Responder, run_responder
-from mmduplex.errors import InputError
+from mmduplex.eval.longvideobench_model import SCORING_MODES, ModelRun, Responder, run_responder
 from mmduplex.fileio import write_text_atomic
 
 if TYPE_CHECKING:
@@ -396,7 +397,7 @@ class LongVideoBenchEval(EvalTask):
             )
         if settings["predictions"] is not None:
             raise InputError("--checkpoint", "give either --checkpoint (model mode) or --predictions, not both")
-        from eval.duplex_responder import DuplexResponder  # loads torch models: only in model mode
+        from mmduplex.eval.duplex_responder import DuplexResponder  # loads torch models: only in model mode
 
         responder = DuplexResponder(
             settings["checkpoint"],

@@ -1,8 +1,8 @@
 """LongVideoBench files and reference input protocol: annotations, subtitles, frames, prompt, predictions JSONL.
 
 Data root layout (as published): ``lvb_val.json`` (a list of question records), ``videos/<video_path>``,
-``subtitles/<subtitle_path>``. The evaluation task that uses these is :mod:`eval.longvideobench`; the model-mode
-harness is :mod:`eval.longvideobench_model`.
+``subtitles/<subtitle_path>``. The evaluation task that uses these is :mod:`mmduplex.eval.longvideobench`; the
+model-mode harness is :mod:`mmduplex.eval.longvideobench_model`.
 
 Reference protocol (the official loader and lmms-eval agree):
 
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eval.answer_parser import LETTERS, choice_letter
 from mmduplex.errors import AnnotationError, InputError, VideoError
+from mmduplex.eval.answer_parser import LETTERS, choice_letter
 from mmduplex.fileio import iter_jsonl, read_json
 
 if TYPE_CHECKING:
@@ -268,10 +268,10 @@ def load_frames(
     Raises:
         VideoError: the file is missing, empty, truncated or undecodable.
     """
-    import decord  # the reference protocol is index based; mmduplex.video samples by time
+    import decord  # the reference protocol is index based; mmduplex.io.video samples by time
     import torch
 
-    from mmduplex.video import probe_video
+    from mmduplex.io.video import probe_video
 
     info = probe_video(path)  # a clear VideoError for empty / truncated / non-video files
     try:

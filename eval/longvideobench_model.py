@@ -1,10 +1,10 @@
 """LongVideoBench model mode: the :class:`Responder` interface and the harness that asks every question through it.
 
-Per video the reference frames and kept subtitles (:mod:`eval.longvideobench_data`) go through a :class:`Responder`
-once, then every question of that video is asked on the resulting state (``generation``: the parsed free-text answer;
-``likelihood``: the letter with the highest log-probability). Questions whose video is missing get no response and
-are listed; a missing subtitle file means that video is asked without subtitles, and is listed too.
-:class:`eval.duplex_responder.DuplexResponder` implements the interface over an inference bundle.
+Per video the reference frames and kept subtitles (:mod:`mmduplex.eval.longvideobench_data`) go through a
+:class:`Responder` once, then every question of that video is asked on the resulting state (``generation``: the parsed
+free-text answer; ``likelihood``: the letter with the highest log-probability). Questions whose video is missing get no
+response and are listed; a missing subtitle file means that video is asked without subtitles, and is listed too.
+:class:`mmduplex.eval.duplex_responder.DuplexResponder` implements the interface over an inference bundle.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm import tqdm
 
-from eval.answer_parser import choice_letter
-from eval.longvideobench_data import (
+from mmduplex.errors import AnnotationError, InputError
+from mmduplex.eval.answer_parser import choice_letter
+from mmduplex.eval.longvideobench_data import (
     Question,
     Subtitle,
     build_prompt,
@@ -26,7 +27,6 @@ from eval.longvideobench_data import (
     load_subtitles,
     select_subtitles,
 )
-from mmduplex.errors import AnnotationError, InputError
 
 if TYPE_CHECKING:
     import torch

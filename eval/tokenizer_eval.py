@@ -7,7 +7,8 @@ one) and is scored on:
 - ``tokens_per_second_after_first_keyframe``: the same without each video's first keyframe frame (the rate a
   B-Flow budget bounds);
 - ``keyframes`` and ``flow_tokens``: totals over the videos;
-- ``fidelity``: :func:`tokenizer.fidelity.fidelity` of each video (mean over its frames and patches), pooled as the
+- ``fidelity``: :func:`mmduplex.tokenizer.fidelity.fidelity` of each video (mean over its frames and patches), pooled as
+the
   mean over all videos' frames (each video weighted by its frame count);
 - ``cpu_ms_per_frame``: CPU time of tokenization per frame (informative only; the machine may be shared).
 
@@ -44,12 +45,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from eval.base import EvalTask, markdown_table
 from mmduplex.errors import CacheError, CheckpointError, InputError, VideoError
-from tokenizer.base import VideoTokenizer
-from tokenizer.baselines import CodecTokenizer, FrameDropTokenizer, UniformTokenizer, VideoLLMOnlineTokenizer
-from tokenizer.bflow import BFlowConfig, BFlowTokenizer
-from tokenizer.fidelity import fidelity
+from mmduplex.eval.base import EvalTask, markdown_table
+from mmduplex.tokenizer.base import VideoTokenizer
+from mmduplex.tokenizer.baselines import CodecTokenizer, FrameDropTokenizer, UniformTokenizer, VideoLLMOnlineTokenizer
+from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
+from mmduplex.tokenizer.fidelity import fidelity
 
 DEFAULT_ENCODER = "mmduplex-tiny"
 DEFAULT_FPS = 2.0
@@ -97,8 +98,8 @@ def tokenizer_suite(
     VideoLLM-online with 1 and 10 tokens per frame. ``reconstruction`` picks the rule of the module docstring.
 
     Raises:
-        InputError: a budget B-Flow cannot afford (see :class:`tokenizer.bflow.BFlowConfig`), an unknown rule, or a
-            baseline that does not fit the grid.
+        InputError: a budget B-Flow cannot afford (see :class:`mmduplex.tokenizer.bflow.BFlowConfig`), an unknown
+            rule, or a baseline that does not fit the grid.
     """
     if reconstruction not in RECONSTRUCTION_RULES:
         raise InputError(
@@ -200,7 +201,7 @@ def rate_fidelity(
 
 
 def cached_videos(cache: Any) -> Iterator[VideoFeatures]:
-    """The videos of a :class:`mmduplex.features.FeatureCache`, loaded one at a time (float32)."""
+    """The videos of a :class:`mmduplex.train.features.FeatureCache`, loaded one at a time (float32)."""
     for key in cache:
         record = cache.load(key)
         yield VideoFeatures(key, record.patches, record.timestamps, record.duration_s)
@@ -280,7 +281,7 @@ class TokenizerEval(EvalTask):
             **self._resolved,
             "reconstruction": self.reconstruction,
             "reconstruction_rule": RECONSTRUCTION_RULES[self.reconstruction],
-            "fidelity": "tokenizer.fidelity.fidelity per video, mean over all videos' frames",
+            "fidelity": "mmduplex.tokenizer.fidelity.fidelity per video, mean over all videos' frames",
             "tokens_per_second": "tokens over all videos / their total duration",
         }
 
@@ -303,7 +304,7 @@ class TokenizerEval(EvalTask):
         return bflow
 
     def _evaluate_cache(self, root: Path) -> list[dict[str, Any]]:
-        from mmduplex.features import FeatureCache
+        from mmduplex.train.features import FeatureCache
 
         cache = FeatureCache(root)
         if len(cache) == 0:
@@ -320,7 +321,7 @@ class TokenizerEval(EvalTask):
         if self.features is not None:
             rows = self._evaluate_cache(self.features)
         else:
-            from mmduplex.features import extract_features
+            from mmduplex.train.features import extract_features
 
             missing = [v for v in self.videos if not v.is_file()]
             if missing:

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_lightning(argv: Sequence[str]) -> int:
     """Hand ``argv`` (starting with fit/validate/test/predict) to the project's LightningCLI."""
-    from mmduplex.lightning_cli import run_cli
+    from mmduplex.train.lightning_cli import run_cli
 
     run_cli(list(argv))
     return 0

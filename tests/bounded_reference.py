@@ -1,6 +1,6 @@
 """An independent reference for a sink + sliding-window stream: what the bounded cache must compute, without it.
 
-A step of a stream on :class:`mmduplex.kvcache.SinkWindowCache` attends, in every layer, to the entries the cache
+A step of a stream on :class:`mmduplex.lm.kvcache.SinkWindowCache` attends, in every layer, to the entries the cache
 keeps (the first ``sink`` steps and the last ``window`` steps before it) at contiguous positions ``0..L - 1``, its
 own query at ``L``. Each kept entry's key and value come from that layer's input *as it was computed at the entry's
 own step* (in that step's view, which may have held entries evicted since). This module recomputes exactly that with
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from mmduplex.model import DuplexLM
+from mmduplex.lm.model import DuplexLM
 
 
 def kept_steps(t: int, sink: int, window: int) -> list[int]:

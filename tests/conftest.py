@@ -35,7 +35,7 @@ def duplex_data(tmp_path_factory):
     ``--data.init_args.synthetic_dir`` / ``--data.init_args.features``.
     """
     from mmduplex.data.synthetic import SyntheticConfig, generate_dataset
-    from mmduplex.features import extract_features
+    from mmduplex.train.features import extract_features
 
     root = tmp_path_factory.mktemp("duplex_data")
     dataset = generate_dataset(root / "synthetic", SyntheticConfig(num_videos=8, duration_s=(20.0, 30.0)))
@@ -58,8 +58,8 @@ def one_torch_thread():
 def tiny_duplex_module(**settings):
     """An untrained ``DuplexModule`` small enough for unit tests: a 1-layer, 32-wide llama over a 2x2-grid B-Flow
     (token width 8), 5 Hz, tau 1, 4 video slots, the synthetic text tokenizer; ``settings`` override any argument."""
-    from mmduplex.module import DuplexModule
-    from tokenizer.bflow import BFlowConfig, BFlowTokenizer
+    from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
+    from mmduplex.train.duplex_module import DuplexModule
 
     backbone = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                 "num_attention_heads": 2, "num_key_value_heads": 1}  # fmt: skip
@@ -70,7 +70,7 @@ def tiny_duplex_module(**settings):
 
 def duplex_fit_args(data: dict, out_dir, *extra: str, recipe: str = "duplex/tiny") -> list[str]:
     """``mmduplex fit`` arguments: a duplex recipe on ``duplex_data``, quiet, logging under ``out_dir``."""
-    from recipes import recipe_path
+    from mmduplex.recipes import recipe_path
 
     return [
         "fit",
@@ -94,7 +94,7 @@ def tiny_duplex_run(duplex_data, tmp_path_factory):
     """
     from pathlib import Path
 
-    from mmduplex.lightning_cli import run_cli
+    from mmduplex.train.lightning_cli import run_cli
 
     out = tmp_path_factory.mktemp("tiny_duplex_run")
     with one_torch_thread():
@@ -117,7 +117,7 @@ def tiny_duplex_run(duplex_data, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_duplex_run, tmp_path_factory):
-    """``tiny_duplex_run`` exported as an inference bundle folder (``mmduplex.bundle.export_bundle``); shared."""
-    from mmduplex.bundle import export_bundle
+    """``tiny_duplex_run`` exported as an inference bundle folder (``mmduplex.lm.bundle.export_bundle``); shared."""
+    from mmduplex.lm.bundle import export_bundle
 
     return export_bundle(tiny_duplex_run["checkpoint"], tmp_path_factory.mktemp("tiny_bundle") / "bundle")

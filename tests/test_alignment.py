@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmduplex.alignment import VideoSlotPacker, align_text, align_user, pack_video, text_to_words
 from mmduplex.data.transcripts import Word
 from mmduplex.errors import InputError
-from mmduplex.text import build_word_tokenizer
-from tokenizer.base import FrameTokens
+from mmduplex.lm.alignment import VideoSlotPacker, align_text, align_user, pack_video, text_to_words
+from mmduplex.lm.text import build_word_tokenizer
+from mmduplex.tokenizer.base import FrameTokens
 
 WORDS = ["red", "square", "enters", "blue", "circle", "leaves"]
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from eval.answer_parser import ANSWER_PHRASES, choice_letter, parse_answer, parse_response, strip_answer_phrases
+from mmduplex.eval.answer_parser import (
+    ANSWER_PHRASES,
+    choice_letter,
+    parse_answer,
+    parse_response,
+    strip_answer_phrases,
+)
 
 
 @pytest.mark.parametrize(

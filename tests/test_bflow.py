@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from mmduplex.errors import CheckpointError, InputError
-from tokenizer import (
+from mmduplex.tokenizer import (
     BFlowConfig,
-    BFlowModule,
     BFlowTokenizer,
     CodecTokenizer,
     FrameDropTokenizer,
@@ -20,6 +19,7 @@ from tokenizer import (
     VideoLLMOnlineTokenizer,
     fidelity,
 )
+from mmduplex.train.tokenizer_module import BFlowModule
 
 D, GRID, FPS = 32, (12, 12), 5.0
 P = GRID[0] * GRID[1]
@@ -135,7 +135,7 @@ def test_tokens_follow_motion_on_constructed_features():
 
 def test_tokens_follow_motion_on_generated_videos():
     from mmduplex.data.synthetic import make_motion_video
-    from tokenizer.encoder import create_encoder
+    from mmduplex.tokenizer.encoders.factory import create_encoder
 
     encoder = create_encoder("mmduplex-tiny", device="cpu")
     tok = BFlowTokenizer(BFlowConfig(dim=encoder.width, grid=encoder.grid))
@@ -344,7 +344,7 @@ def test_a_few_training_steps_reduce_the_loss():
 
 
 def _feature_cache(root, num_videos: int = 4, num_frames: int = 12):
-    from mmduplex.features import FeatureCache, FeatureRecord
+    from mmduplex.train.features import FeatureCache, FeatureRecord
 
     cache = FeatureCache(root, fingerprint={"model": "constructed", "pretrained": None}, fps=FPS, create=True)
     for k in range(num_videos):
@@ -357,7 +357,7 @@ def _feature_cache(root, num_videos: int = 4, num_frames: int = 12):
 def test_lightning_fit_checkpoint_loads_for_inference(tmp_path):
     from lightning.pytorch import Trainer
 
-    from tokenizer import FeatureDataModule
+    from mmduplex.train.tokenizer_datamodule import FeatureDataModule
 
     _feature_cache(tmp_path / "cache")
     data = FeatureDataModule(str(tmp_path / "cache"), clip_frames=8, batch_size=2, val_fraction=0.25, seed=3)
@@ -384,7 +384,7 @@ def test_datamodule_rejects_features_of_another_shape(tmp_path):
     from lightning.pytorch import Trainer
 
     from mmduplex.errors import CacheError
-    from tokenizer import FeatureDataModule
+    from mmduplex.train.tokenizer_datamodule import FeatureDataModule
 
     _feature_cache(tmp_path / "cache", num_videos=2)
     data = FeatureDataModule(str(tmp_path / "cache"), clip_frames=4, batch_size=2)
@@ -399,8 +399,8 @@ def test_datamodule_rejects_features_of_another_shape(tmp_path):
 def test_cells_reconstruction_is_the_fixed_rule():
     """``reconstruction="cells"``: key tokens upsampled bilinearly from their cells, flow tokens copied; the decisions
     and tokens are those of the learned decoders."""
-    from tokenizer.base import upsample_cells
-    from tokenizer.fidelity import normalize_features
+    from mmduplex.tokenizer.base import upsample_cells
+    from mmduplex.tokenizer.fidelity import normalize_features
 
     x = moving_blocks(1, 0.0).repeat(2, 1, 1)
     x[1, 17] = torch.randn(D)
@@ -421,7 +421,7 @@ def test_change_tokens_carry_what_changed_from_what():
     """``change_tokens``: tokens are ``[embedded value, value - before]``; a patch that turns from colour A to B
     carries ``norm(B) - norm(A)`` (not just B), keyframe tokens carry zeros there, and the decisions, token values and
     reconstructions are those of the plain tokenizer."""
-    from tokenizer.fidelity import normalize_features
+    from mmduplex.tokenizer.fidelity import normalize_features
 
     g = torch.Generator().manual_seed(3)
     background, a, b = torch.randn(P, D, generator=g), torch.randn(D, generator=g), torch.randn(D, generator=g)

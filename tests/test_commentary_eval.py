@@ -6,7 +6,11 @@ import json
 
 import pytest
 
-from eval.commentary import (
+from mmduplex import cli
+from mmduplex.data.synthetic import Event, ShapeTrack
+from mmduplex.data.transcripts import Word, livecc_record
+from mmduplex.errors import AnnotationError
+from mmduplex.eval.commentary import (
     Line,
     accuracy_by_group,
     aggregate_event_metrics,
@@ -20,10 +24,6 @@ from eval.commentary import (
     tokens,
     transcript_metrics,
 )
-from mmduplex import cli
-from mmduplex.data.synthetic import Event, ShapeTrack
-from mmduplex.data.transcripts import Word, livecc_record
-from mmduplex.errors import AnnotationError
 
 EVENTS = [
     Event(2.0, "red", "square", "enters", 0),
@@ -274,7 +274,7 @@ def test_command_errors_leave_no_output(synthetic_refs, tmp_path, capsys):
 
 
 def test_livecc_reference_words_are_put_back_in_video_time(tmp_path):
-    from eval.commentary import load_references
+    from mmduplex.eval.commentary import load_references
 
     words = [Word(14.5, 14.8, "red"), Word(14.8, 15.1, "square")]
     path = tmp_path / "transcripts.jsonl"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmduplex.bundle import load_bundle
-from mmduplex.streaming import DuplexSession
-from mmduplex.video import read_video
+from mmduplex.inference.session import DuplexSession
+from mmduplex.io.video import read_video
+from mmduplex.lm.bundle import load_bundle
 
 pytestmark = [
     pytest.mark.gpu,
@@ -55,7 +55,7 @@ def test_session_on_cuda_matches_cpu(tiny_bundle, clip):
 def test_duplex_fit_bf16_mixed_on_cuda(duplex_data, tmp_path):
     from conftest import duplex_fit_args
 
-    from mmduplex.lightning_cli import run_cli
+    from mmduplex.train.lightning_cli import run_cli
 
     args = ["--trainer.accelerator=gpu", "--trainer.precision=bf16-mixed", "--trainer.max_steps=3"]
     cli = run_cli(duplex_fit_args(duplex_data, tmp_path, *args, "--trainer.limit_val_batches=0"))

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import one_torch_thread, tiny_duplex_module
 
-from mmduplex.alignment import align_user, time_to_step
 from mmduplex.data.transcripts import Word, livecc_record
-from mmduplex.datamodule import DuplexDataModule
-from mmduplex.text import load_text_tokenizer
+from mmduplex.lm.alignment import align_user, time_to_step
+from mmduplex.lm.text import load_text_tokenizer
+from mmduplex.train.duplex_datamodule import DuplexDataModule
 
 QUESTION = "what colour is the square ?"
 
@@ -63,8 +63,8 @@ def test_a_window_cut_mid_clip_gets_the_question_at_its_step(tmp_path):
 def test_stream_end_questions_move_last_windows_past_the_video_to_the_answer(duplex_data, monkeypatch):
     """``synthetic_end_questions``: a video's last window moves to hold a question typed after the last frame and its
     answer, with no video from the video's end on; every other window is unchanged."""
-    from mmduplex.datamodule import END_TAIL_S
-    from tokenizer.base import FrameTokens
+    from mmduplex.tokenizer.base import FrameTokens
+    from mmduplex.train.duplex_datamodule import END_TAIL_S
 
     def data(fraction: float) -> DuplexDataModule:
         module = DuplexDataModule(

@@ -20,8 +20,8 @@ from types import SimpleNamespace
 import pytest
 
 from mmduplex.cli import main
-from mmduplex.demo import DemoConfig
-from mmduplex.outputs import read_vtt
+from mmduplex.demo.run import DemoConfig
+from mmduplex.io.outputs import read_vtt
 
 REPORT_KEYS = {
     "event_accuracy",
@@ -131,7 +131,7 @@ def test_every_model_reports_the_same_figures(smoke_demo):
 def test_demo_reports_questions_while_watching(smoke_demo, smoke_run):
     """``qa`` (contract keys): the held-out questions' figures and the LongVideoBench split's results, which are exactly
     what ``eval longvideobench`` wrote for DIR/lvb; the terminal shows them."""
-    from eval.longvideobench import load_annotations
+    from mmduplex.eval.longvideobench import load_annotations
 
     report = json.loads((smoke_demo / "report.json").read_text())
     qa = report["qa"]
@@ -153,10 +153,10 @@ def test_trained_smoke_model_answers_questions_above_chance(smoke_demo):
     import torch
 
     from mmduplex.data.synthetic import SyntheticDataset
-    from mmduplex.demo_qa import AskedQuestion, score_answers, stream_asking
-    from mmduplex.demo_stream import lines_of
-    from mmduplex.feature_cache import FeatureCache, video_key
-    from mmduplex.streaming import DuplexSession
+    from mmduplex.demo.qa import AskedQuestion, score_answers, stream_asking
+    from mmduplex.demo.stream import lines_of
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.io.feature_cache import FeatureCache, video_key
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -228,8 +228,8 @@ def test_breakdown_knows_when_each_frame_reached_the_model():
     the model is fed by, on frames that overflow their step's slots and wait behind each other."""
     import torch
 
-    from mmduplex.alignment import pack_video
-    from tokenizer.base import FrameTokens
+    from mmduplex.lm.alignment import pack_video
+    from mmduplex.tokenizer.base import FrameTokens
 
     tool = _breakdown_tool()
     counts = [30, 4, 0, 7, 20, 20, 1, 0, 12]
@@ -318,9 +318,9 @@ def test_demo_print_config_and_bad_recipe(tmp_path, capsys):
 def test_each_model_trains_at_its_own_learning_rate(tmp_path):
     from dataclasses import replace
 
-    from mmduplex.demo_stages import DemoPaths, duplex_fit_args
+    from mmduplex.demo.stages import DemoPaths, duplex_fit_args
     from mmduplex.errors import InputError
-    from tokenizer.bflow import BFlowConfig, BFlowTokenizer
+    from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
 
     config = DemoConfig.from_yaml(__import__("recipes").recipe_path("demo/smoke"))
     paths = DemoPaths(tmp_path)
@@ -373,8 +373,8 @@ class _TalksBelow:
 
 def test_pad_bias_search_on_training_videos(smoke_demo):
     from mmduplex.data.synthetic import SyntheticDataset
-    from mmduplex.demo_stream import BIAS_RESOLUTION, tune_pad_bias
-    from mmduplex.feature_cache import FeatureCache
+    from mmduplex.demo.stream import BIAS_RESOLUTION, tune_pad_bias
+    from mmduplex.io.feature_cache import FeatureCache
 
     dataset, cache = SyntheticDataset(smoke_demo / "data"), FeatureCache(smoke_demo / "features")
     ids = dataset.video_ids("train")[:2]
@@ -391,7 +391,7 @@ def test_pad_bias_search_on_training_videos(smoke_demo):
 def test_a_run_recorded_before_a_setting_existed_is_reused_at_its_default(tmp_path):
     from dataclasses import asdict, replace
 
-    from mmduplex.demo import SETTINGS_FILE, DemoPaths, check_reusable
+    from mmduplex.demo.run import SETTINGS_FILE, DemoPaths, check_reusable
     from mmduplex.errors import InputError
 
     config = DemoConfig.from_yaml(__import__("recipes").recipe_path("demo/smoke"))

@@ -1,4 +1,4 @@
-"""Questions while watching in the demo (:mod:`mmduplex.demo_qa`): answer scoring, asking mid-stream, and the
+"""Questions while watching in the demo (:mod:`mmduplex.demo.qa`): answer scoring, asking mid-stream, and the
 synthetic LongVideoBench split asked through ``eval longvideobench`` in model mode."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 from conftest import one_torch_thread
 
 from mmduplex.data.synthetic_questions import END_QUIET_S, SyntheticQuestion
-from mmduplex.demo_qa import AskedQuestion, run_lvb, score_answers, stream_asking, write_lvb_split
-from mmduplex.demo_stream import lines_of
-from mmduplex.streaming import StepOutput
+from mmduplex.demo.qa import AskedQuestion, run_lvb, score_answers, stream_asking, write_lvb_split
+from mmduplex.demo.stream import lines_of
+from mmduplex.inference.session import StepOutput
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +52,8 @@ def test_answers_count_only_within_the_tolerance_after_the_last_token():
 
 def test_a_question_changes_only_what_comes_after_it(tiny_bundle, duplex_data):
     from mmduplex.data.synthetic import SyntheticDataset
-    from mmduplex.feature_cache import FeatureCache, video_key
-    from mmduplex.streaming import DuplexSession
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.io.feature_cache import FeatureCache, video_key
 
     dataset = SyntheticDataset(duplex_data["synthetic_dir"])
     vid = dataset.video_ids("heldout")[0]
@@ -75,10 +75,10 @@ def test_a_question_changes_only_what_comes_after_it(tiny_bundle, duplex_data):
 
 
 def test_lvb_split_is_published_layout_and_runs_in_model_mode(tiny_bundle, duplex_data, tmp_path):
-    from eval.longvideobench import build_prompt, load_annotations
     from mmduplex.data.synthetic import SyntheticDataset
-    from mmduplex.text import UNK_TOKEN, load_text_tokenizer
-    from mmduplex.video import probe_video
+    from mmduplex.eval.longvideobench import build_prompt, load_annotations
+    from mmduplex.io.video import probe_video
+    from mmduplex.lm.text import UNK_TOKEN, load_text_tokenizer
 
     dataset = SyntheticDataset(duplex_data["synthetic_dir"])
     ids = dataset.video_ids()

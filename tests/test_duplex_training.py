@@ -14,9 +14,9 @@ import torch
 from conftest import duplex_fit_args, one_torch_thread
 from safetensors.torch import load_file, save_file
 
-from mmduplex.bundle import read_checkpoint
-from mmduplex.datamodule import WindowDataset, WindowSampler, clip_windows
-from mmduplex.lightning_cli import run_cli
+from mmduplex.lm.bundle import read_checkpoint
+from mmduplex.train.duplex_datamodule import WindowDataset, WindowSampler, clip_windows
+from mmduplex.train.lightning_cli import run_cli
 
 SMALL = (  # a lighter variant of the tiny recipe for the subprocess tests: short windows, small batches
     "--data.init_args.window_s=4.0",

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from mmduplex.errors import CheckpointError, InputError
-from tokenizer.encoder import INIT_SEED, _weights_sha256, create_encoder
+from mmduplex.tokenizer.encoders.factory import INIT_SEED, _weights_sha256, create_encoder
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def test_efficientnet_lite0_shapes_and_fingerprint(lite0):
 def test_efficientnet_lite0_knows_imagenet(lite0):
     """The weights are the real ImageNet ones: the man in `carphone` wears a bow tie and a suit."""
     from mmduplex.data.samples import sample_videos
-    from mmduplex.video import read_video
+    from mmduplex.io.video import read_video
 
     clip = read_video(sample_videos()["carphone"], fps=2.0)
     top = lite0.classify(clip.frames[:4]).topk(2, dim=-1).indices  # [4, 2]

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import duplex_fit_args, one_torch_thread
 
-from mmduplex.bundle import export_bundle, load_bundle
 from mmduplex.cli import main
 from mmduplex.errors import CheckpointError
-from mmduplex.lightning_cli import run_cli
-from tokenizer.bflow import BFlowConfig, BFlowTokenizer
+from mmduplex.lm.bundle import export_bundle, load_bundle
+from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
+from mmduplex.train.lightning_cli import run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +59,23 @@ def test_export_load_round_trip(tiny_duplex_run, tmp_path):
     torch.testing.assert_close(ours.frames[0].tokens, theirs.frames[0].tokens)
 
 
+def test_bundle_written_before_the_package_move_loads(tiny_duplex_run, tmp_path):
+    """A bundle whose config names ``tokenizer.bflow.BFlowTokenizer`` (written when the tokenizer installed as a
+    top-level package) loads as ``mmduplex.tokenizer.bflow.BFlowTokenizer``; a class outside the package does not."""
+    out = tmp_path / "bundle"
+    assert main(["export", str(tiny_duplex_run["checkpoint"]), "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["video_tokenizer"]["class_path"] == "mmduplex.tokenizer.bflow.BFlowTokenizer"
+    config["video_tokenizer"]["class_path"] = "tokenizer.bflow.BFlowTokenizer"
+    (out / "config.json").write_text(json.dumps(config))
+    bundle = load_bundle(out)
+    assert type(bundle.video_tokenizer) is BFlowTokenizer
+    config["video_tokenizer"]["class_path"] = "os.path.join"
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="not in the tokenizer package"):
+        load_bundle(out)
+
+
 def test_wrong_kinds_are_refused(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="no such bundle folder"):
         load_bundle(tmp_path / "missing")
@@ -99,9 +116,10 @@ def test_bflow_checkpoint_exports_a_tokenizer_bundle(tmp_path):
 
 
 UNIFORM = (
-    "class_path: tokenizer.baselines.UniformTokenizer\n      init_args: {dim: 64, grid: [12, 12], tokens_per_frame: 4}"
+    "class_path: mmduplex.tokenizer.baselines.UniformTokenizer\n"
+    "      init_args: {dim: 64, grid: [12, 12], tokens_per_frame: 4}"
 )
-BFLOW = "class_path: tokenizer.bflow.BFlowTokenizer.from_checkpoint\n      init_args: {path: %s}"
+BFLOW = "class_path: mmduplex.tokenizer.bflow.BFlowTokenizer.from_checkpoint\n      init_args: {path: %s}"
 
 
 LORA = "finetune: lora\n    lora: {r: 2, alpha: 4.0}\n    video_tokenizer:\n      " + UNIFORM
@@ -141,8 +159,8 @@ def test_injected_video_tokenizers_round_trip(duplex_data, tmp_path, which):
 
 def test_bundle_streams_within_the_trained_positions(tiny_bundle):
     """The bundle's streaming cache keeps every position inside the training window (sink + window + 1 steps)."""
-    from mmduplex.bundle import read_bundle_config
-    from mmduplex.streaming import DuplexSession
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.lm.bundle import read_bundle_config
 
     config = read_bundle_config(tiny_bundle)
     streaming = config["streaming"]

@@ -18,9 +18,9 @@ import torch
 from mmduplex.cli import main
 from mmduplex.data.samples import sample_videos
 from mmduplex.errors import CacheError, InputError
-from mmduplex.features import INDEX_NAME, FeatureCache, FeatureRecord, extract_features, video_key
-from mmduplex.video import read_video, write_video
-from tokenizer.encoder import create_encoder
+from mmduplex.io.video import read_video, write_video
+from mmduplex.tokenizer.encoders.factory import create_encoder
+from mmduplex.train.features import INDEX_NAME, FeatureCache, FeatureRecord, extract_features, video_key
 
 FPS = 2.0
 

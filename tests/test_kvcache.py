@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from mmduplex.errors import InputError
-from mmduplex.kvcache import SinkWindowCache, find_rotary, rotate_positions
+from mmduplex.lm.kvcache import SinkWindowCache, find_rotary, rotate_positions
 
 VOCAB = 97
 _TINY = dict(

@@ -11,11 +11,11 @@ import threading
 import pytest
 import torch
 
-from eval.livesports import commentate, context_text, score
-from eval.livesports_data import Prediction, event_key, load_events, load_predictions, read_events_csv
-from eval.livesports_judge import JudgeClient, Judgment, ab_prompt, judge_all, parse_verdict, win_rate
 from mmduplex import cli
 from mmduplex.errors import AnnotationError, InputError
+from mmduplex.eval.livesports import commentate, context_text, score
+from mmduplex.eval.livesports_data import Prediction, event_key, load_events, load_predictions, read_events_csv
+from mmduplex.eval.livesports_judge import JudgeClient, Judgment, ab_prompt, judge_all, parse_verdict, win_rate
 
 # One record as the data set's LiveSports-3K-CC.json holds it (event_asr / preasr are JSON text, as published).
 RECORD = {
@@ -380,7 +380,7 @@ def test_command_with_judge_writes_livecc_judgments(tmp_path, judge_server, monk
 
 
 def test_model_mode_streams_each_clip_and_writes_livecc_predictions(tiny_bundle, tmp_path):
-    from mmduplex.video import write_video
+    from mmduplex.io.video import write_video
 
     root = _json_root(tmp_path, [_record(video="clip.mp4", begin=1.0, end=3.0), _record(
         video="clip.mp4", event_id=5, begin=3.5, end=5.5, event_asr_text="red square"), _record(

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.longvideobench import (
+from mmduplex import cli
+from mmduplex.errors import AnnotationError, InputError
+from mmduplex.eval.longvideobench import (
     PROMPT_SUFFIX,
     QUESTION_CATEGORIES,
     LongVideoBenchEval,
@@ -22,8 +24,6 @@ from eval.longvideobench import (
     score,
     select_subtitles,
 )
-from mmduplex import cli
-from mmduplex.errors import AnnotationError, InputError
 
 # (id, category, level, duration_group, correct_choice, number of options, response or None)
 QUESTIONS = [
@@ -286,7 +286,7 @@ class TableResponder:
 @pytest.fixture
 def lvb_videos(tmp_path):
     """Two tiny videos (8 s and 12 s at 10 fps), one subtitle file, one missing video, one missing subtitle file."""
-    from mmduplex.video import write_video
+    from mmduplex.io.video import write_video
 
     root = tmp_path / "lvb"
     (root / "videos").mkdir(parents=True)

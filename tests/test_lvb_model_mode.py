@@ -14,10 +14,10 @@ import torch
 from conftest import one_torch_thread
 from test_longvideobench import _record, _subtitle_files
 
-from eval.duplex_responder import DuplexResponder
-from eval.longvideobench import Subtitle
 from mmduplex import cli
-from mmduplex.streaming import DuplexSession
+from mmduplex.eval.duplex_responder import DuplexResponder
+from mmduplex.eval.longvideobench import Subtitle
+from mmduplex.inference.session import DuplexSession
 
 PROMPT = "What happens?\nA. red\nB. blue\nAnswer with the option's letter from the given choices directly."
 
@@ -31,7 +31,7 @@ def _one_thread():
 @pytest.fixture
 def lvb_root(tmp_path):
     """Two 6 s videos (16 and 32 px), one subtitle file of each published shape, three questions."""
-    from mmduplex.video import write_video
+    from mmduplex.io.video import write_video
 
     root = tmp_path / "lvb"
     (root / "videos").mkdir(parents=True)
@@ -188,7 +188,7 @@ def test_wrong_bundle_and_flag_conflicts_fail_cleanly(lvb_root, tmp_path, capsys
 
 def test_model_mode_default_streams_frames_at_the_bundle_fps(tiny_bundle, lvb_root, tmp_path, count_prepares):
     """Without --frames, model mode streams frames at the bundle's own rate (the reference would take 1 per second)."""
-    from mmduplex.bundle import load_bundle
+    from mmduplex.lm.bundle import load_bundle
 
     fps = load_bundle(tiny_bundle).fps
     assert fps == 2.0  # the tiny model's features were extracted at 2 fps

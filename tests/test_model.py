@@ -10,8 +10,8 @@ import torch
 from bounded_reference import bounded_reference
 
 from mmduplex.errors import InputError
-from mmduplex.kvcache import SinkWindowCache
-from mmduplex.model import DuplexLM, LoraSettings, LossWeights, VideoProjector, apply_lora, build_backbone, text_loss
+from mmduplex.lm.kvcache import SinkWindowCache
+from mmduplex.lm.model import DuplexLM, LoraSettings, LossWeights, VideoProjector, apply_lora, build_backbone, text_loss
 
 TINY_LLAMA = {
     "model_type": "llama",

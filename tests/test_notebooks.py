@@ -22,10 +22,10 @@ NAMES = ("tokenizer_rate_ablation.ipynb", "stream_walkthrough.ipynb")
 @pytest.fixture(scope="module")
 def smoke_demo(tmp_path_factory) -> Path:
     """The ``smoke`` demo (no baselines) run in-process; its folder holds ``report.json`` and ``bundle/``."""
-    import recipes
-    from mmduplex.demo import DemoConfig, run_demo
+    import mmduplex.recipes
+    from mmduplex.demo.run import DemoConfig, run_demo
 
-    config = dataclasses.replace(DemoConfig.from_yaml(recipes.recipe_path("demo/smoke")), baselines=())
+    config = dataclasses.replace(DemoConfig.from_yaml(mmduplex.recipes.recipe_path("demo/smoke")), baselines=())
     root = tmp_path_factory.mktemp("notebook_demo")
     with one_torch_thread():
         run_demo(root, config)

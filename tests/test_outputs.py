@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mmduplex.errors import AnnotationError, InputError
-from mmduplex.outputs import (
+from mmduplex.io.outputs import (
     WORD_JOINER,
     CommentaryLine,
     LineBuilder,
@@ -31,7 +31,7 @@ from mmduplex.outputs import (
     write_srt,
     write_vtt,
 )
-from mmduplex.video import write_video
+from mmduplex.io.video import write_video
 
 LINES = [
     CommentaryLine(3.0, 4.25, "a blue square spins"),
@@ -93,7 +93,7 @@ def test_srt_and_jsonl_text(tmp_path):
 @pytest.mark.parametrize("suffix", [".vtt", ".srt", ".jsonl"])
 def test_commentary_eval_reads_our_files(tmp_path, suffix):
     """The contract with ``eval commentary``: its loader sees exactly the lines ``mmduplex stream`` wrote."""
-    from eval.commentary import load_lines
+    from mmduplex.eval.commentary import load_lines
 
     assert load_lines(write_commentary(LINES, tmp_path / f"out{suffix}")) == normalize_lines(LINES)
 
@@ -238,7 +238,7 @@ def test_html_track_loads_in_chromium(tmp_path, served):
 
 
 def test_line_builder_joins_subword_pieces():
-    from mmduplex.outputs import LineBuilder
+    from mmduplex.io.outputs import LineBuilder
 
     builder = LineBuilder(pause_steps=2, max_words=8, min_display_s=0.5)
     for t, piece, start in [(0.0, "red", True), (0.2, "dish", False), (0.4, "square", True), (0.6, None, False)]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-import recipes
+import mmduplex.recipes
 from mmduplex.cli import main
 
-LIGHTNING_RECIPES = [p for p in recipes.all_recipes() if p.parent.name not in ("eval", "demo")]
+LIGHTNING_RECIPES = [p for p in mmduplex.recipes.all_recipes() if p.parent.name not in ("eval", "demo")]
 COMPOSED = [("duplex/tiny", "presets/cpu_smoke"), ("duplex/full", "presets/ddp"), ("duplex/lora", "presets/fsdp")]
 
 
@@ -30,7 +30,7 @@ def print_config(capsys, *configs) -> str:
 @pytest.mark.parametrize("path", LIGHTNING_RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_prints_config(path, capsys):
     if path.parent.name == "presets":
-        base = recipes.recipe_path("duplex/full" if path.stem in ("ddp", "fsdp") else "duplex/tiny")
+        base = mmduplex.recipes.recipe_path("duplex/full" if path.stem in ("ddp", "fsdp") else "duplex/tiny")
         out = print_config(capsys, base, path)
     else:
         out = print_config(capsys, path)
@@ -39,7 +39,9 @@ def test_recipe_prints_config(path, capsys):
 
 def test_composed_recipes_override(capsys):
     for recipe, preset in COMPOSED:
-        out = print_config(capsys, recipes.recipe_path(recipe), recipes.recipe_path(preset))
-        assert "mmduplex.module.DuplexModule" in out
-    out = print_config(capsys, recipes.recipe_path("duplex/tiny"), recipes.recipe_path("presets/cpu_smoke"))
+        out = print_config(capsys, mmduplex.recipes.recipe_path(recipe), mmduplex.recipes.recipe_path(preset))
+        assert "mmduplex.train.duplex_module.DuplexModule" in out
+    out = print_config(
+        capsys, mmduplex.recipes.recipe_path("duplex/tiny"), mmduplex.recipes.recipe_path("presets/cpu_smoke")
+    )
     assert "max_steps: 5" in out and "text_tokenizer: synthetic" in out

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mmduplex.errors import InputError
-from mmduplex.model import LossWeights, text_loss
+from mmduplex.lm.model import LossWeights, text_loss
 from mmduplex.schedules import warmup_cosine_schedule
 
 

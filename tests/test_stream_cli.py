@@ -19,7 +19,7 @@ from delayed_echo import DelayedEcho
 from mmduplex.cli import main
 from mmduplex.commands.stream import _Lines, parse_ask, timestamp
 from mmduplex.errors import InputError
-from mmduplex.outputs import LineBuilder, read_commentary
+from mmduplex.io.outputs import LineBuilder, read_commentary
 
 REPORT_KEYS = ["steps", "step_hz", "rtf", "step_ms_p50", "step_ms_p95", "peak_rss_mb", "video_tokens_per_second"]
 PRINTED = re.compile(r"^\[\d{2}:\d{2}:\d{2}\.\d\] \S.*$")
@@ -88,8 +88,8 @@ def test_stream_from_stdin_pipe(tiny_bundle, video, tmp_path):
 def test_stream_says_the_last_line_after_the_last_frame(tiny_bundle, video, tmp_path, capsys, monkeypatch):
     """A bundle whose model describes each step's video tau = 1.2 s later (forced output): the words owed when the
     video ends come out, printed and in the VTT, at times after the last frame and within the end + tau."""
-    from mmduplex.bundle import load_bundle
-    from mmduplex.model import DuplexLM
+    from mmduplex.lm.bundle import load_bundle
+    from mmduplex.lm.model import DuplexLM
 
     bundle, tau = tmp_path / "bundle", 6
     shutil.copytree(tiny_bundle, bundle)
@@ -122,7 +122,7 @@ def test_realtime_paces_and_reports_lateness(tiny_bundle, video, tmp_path):
 
 
 def _tokenizer_bundle(folder: Path) -> Path:
-    from tokenizer import BFlowConfig, BFlowTokenizer
+    from mmduplex.tokenizer import BFlowConfig, BFlowTokenizer
 
     return BFlowTokenizer(BFlowConfig(dim=64, grid=(12, 12))).save_pretrained(folder)
 
@@ -196,9 +196,9 @@ def test_subword_pieces_join_into_words():
 
 
 def test_interrupt_writes_what_was_streamed(tiny_bundle, video, tmp_path, monkeypatch):
-    import mmduplex.video
+    import mmduplex.io.video
 
-    real = mmduplex.video.iter_video
+    real = mmduplex.io.video.iter_video
 
     def interrupted(*args, **kwargs):
         for t, frame in real(*args, **kwargs):
@@ -206,7 +206,7 @@ def test_interrupt_writes_what_was_streamed(tiny_bundle, video, tmp_path, monkey
                 raise KeyboardInterrupt  # Ctrl-C: how a live stream ends
             yield t, frame
 
-    monkeypatch.setattr(mmduplex.video, "iter_video", interrupted)
+    monkeypatch.setattr(mmduplex.io.video, "iter_video", interrupted)
     out, report = tmp_path / "c.jsonl", tmp_path / "r.json"
     argv = ["stream", str(video), "--checkpoint", str(tiny_bundle), "--out", str(out), "--report", str(report),
             "--pad-bias", "-2"]  # fmt: skip

@@ -14,11 +14,11 @@ from delayed_echo import DelayedEcho
 from safetensors.torch import load_file, save_model
 from safetensors.torch import save_file as save_model_file
 
-from mmduplex.alignment import align_user, pack_video, time_to_step
-from mmduplex.bundle import CONFIG_FILE, MODEL_FILE, build_duplex_model, load_bundle
 from mmduplex.errors import InputError
-from mmduplex.streaming import FLUSH_MAX_LINE_S, DuplexSession, StepOutput
-from mmduplex.video import read_video
+from mmduplex.inference.session import FLUSH_MAX_LINE_S, DuplexSession, StepOutput
+from mmduplex.io.video import read_video
+from mmduplex.lm.alignment import align_user, pack_video, time_to_step
+from mmduplex.lm.bundle import CONFIG_FILE, MODEL_FILE, build_duplex_model, load_bundle
 
 SECONDS = 8.0  # 16 frames at the bundle's 2 fps, 40 steps at 5 Hz
 

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import mmduplex.video
+import mmduplex.io.video
 from mmduplex.data.synthetic import (
     ACTIONS,
     COLOURS,
@@ -29,7 +29,7 @@ from mmduplex.data.synthetic import (
 )
 from mmduplex.data.transcripts import load_livecc_jsonl
 from mmduplex.errors import AnnotationError, InputError
-from mmduplex.video import read_video
+from mmduplex.io.video import read_video
 
 TINY = SyntheticConfig(num_videos=3, duration_s=(6.0, 8.0), heldout_fraction=0.34, seed=3)
 JSON_FILES = ("transcripts.jsonl", "events.jsonl", "split.json", "manifest.json")
@@ -221,7 +221,7 @@ def test_complete_dataset_is_reused_other_config_regenerated(tmp_path):
 def test_killed_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     config = SyntheticConfig(num_videos=3, duration_s=(4.0, 4.0))
     calls = []
-    real_write = mmduplex.video.write_video
+    real_write = mmduplex.io.video.write_video
 
     def dying_write(path, frames, fps):
         calls.append(path)
@@ -229,12 +229,12 @@ def test_killed_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the run is killed while writing the second video
         real_write(path, frames, fps)
 
-    monkeypatch.setattr(mmduplex.video, "write_video", dying_write)
+    monkeypatch.setattr(mmduplex.io.video, "write_video", dying_write)
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(tmp_path / "data", config)
     assert not (tmp_path / "data").exists()
     assert list(tmp_path.iterdir()) == []  # the temporary folder is gone too
-    monkeypatch.setattr(mmduplex.video, "write_video", real_write)
+    monkeypatch.setattr(mmduplex.io.video, "write_video", real_write)
     assert generate_dataset(tmp_path / "data", config).video_ids() == ["shapes_0000", "shapes_0001", "shapes_0002"]
 
 

@@ -9,9 +9,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from eval.longvideobench_data import PROMPT_SUFFIX as LVB_SUFFIX
-from eval.longvideobench_data import QUESTION_CATEGORIES, Question, build_prompt
-from mmduplex.alignment import align_user, time_to_step
 from mmduplex.data.synthetic import (
     SyntheticConfig,
     generate_dataset,
@@ -30,7 +27,10 @@ from mmduplex.data.synthetic_questions import (
     place_utterances,
 )
 from mmduplex.errors import InputError
-from mmduplex.text import load_text_tokenizer
+from mmduplex.eval.longvideobench_data import PROMPT_SUFFIX as LVB_SUFFIX
+from mmduplex.eval.longvideobench_data import QUESTION_CATEGORIES, Question, build_prompt
+from mmduplex.lm.alignment import align_user, time_to_step
+from mmduplex.lm.text import load_text_tokenizer
 
 ASKING = SyntheticConfig(num_videos=30, question_interval_s=2.0)
 

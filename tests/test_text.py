@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mmduplex.errors import CheckpointError, InputError
-from mmduplex.text import (
+from mmduplex.lm.text import (
     EPAD_TOKEN,
     PAD_TOKEN,
     TextTokenizer,

@@ -20,8 +20,8 @@ def carphone():
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """An (untrained) B-Flow bundle for the mmduplex-tiny encoder, with the encoder's fingerprint recorded."""
-    from tokenizer import BFlowConfig, BFlowTokenizer
-    from tokenizer.encoder import create_encoder
+    from mmduplex.tokenizer import BFlowConfig, BFlowTokenizer
+    from mmduplex.tokenizer.encoders.factory import create_encoder
 
     encoder = create_encoder("mmduplex-tiny", device="cpu")
     tokenizer = BFlowTokenizer(BFlowConfig(dim=encoder.width, grid=encoder.grid, num_key_tokens=9))
@@ -101,7 +101,7 @@ def test_tokenize_corrupt_video_and_wrong_checkpoint(carphone, tmp_path, capsys)
 
 def test_untrained_counts_follow_motion(tmp_path):
     from mmduplex.data.synthetic import make_motion_video
-    from mmduplex.video import write_video
+    from mmduplex.io.video import write_video
 
     rates = []
     for speed in (0.0, 15.0, 60.0):
@@ -120,8 +120,8 @@ def test_untrained_defaults_on_real_features_stay_within_budget(tmp_path):
     import torch
 
     from mmduplex.data.synthetic import make_motion_video
-    from tokenizer import BFlowConfig, BFlowTokenizer
-    from tokenizer.encoder import create_encoder
+    from mmduplex.tokenizer import BFlowConfig, BFlowTokenizer
+    from mmduplex.tokenizer.encoders.factory import create_encoder
 
     for name, path in sample_videos().items():
         out = tmp_path / f"{name}.json"

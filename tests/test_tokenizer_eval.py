@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from eval.tokenizer_eval import TokenizerEval, VideoFeatures, rate_fidelity, tokenizer_suite
 from mmduplex import cli
 from mmduplex.errors import CheckpointError
-from mmduplex.features import FeatureCache, FeatureRecord
-from tokenizer.bflow import BFlowConfig, BFlowTokenizer
-from tokenizer.fidelity import fidelity
+from mmduplex.eval.tokenizer_eval import TokenizerEval, VideoFeatures, rate_fidelity, tokenizer_suite
+from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
+from mmduplex.tokenizer.fidelity import fidelity
+from mmduplex.train.features import FeatureCache, FeatureRecord
 
 FPS = 2.0
 GRID = (8, 8)

@@ -1,14 +1,14 @@
 """``DuplexModule`` with several user tokens per step: the training windows' user stream is ``[S, U]``, placed as
-:func:`mmduplex.alignment.align_user` places it, and the setting reaches the bundle config."""
+:func:`mmduplex.lm.alignment.align_user` places it, and the setting reaches the bundle config."""
 
 from __future__ import annotations
 
 import torch
 from conftest import tiny_duplex_module
 
-from mmduplex.alignment import align_user
-from mmduplex.bundle import build_duplex_model
-from mmduplex.module import DuplexModule
+from mmduplex.lm.alignment import align_user
+from mmduplex.lm.bundle import build_duplex_model
+from mmduplex.train.duplex_module import DuplexModule
 
 
 def make_module(user_slots: int, user_scale: float = 1.0, text_scale: float = 1.0) -> DuplexModule:

@@ -1,4 +1,4 @@
-"""Tests for mmduplex.video (sampling, rotation, resizing, streaming, errors, writing) and mmduplex.data.samples."""
+"""Tests for mmduplex.io.video (sampling, rotation, resizing, streaming, errors, writing) and mmduplex.data.samples."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 from mmduplex.data import samples
 from mmduplex.data.samples import sample_videos
 from mmduplex.errors import InputError, VideoError
-from mmduplex.video import VideoClip, iter_video, probe_video, read_video, write_video
+from mmduplex.io.video import VideoClip, iter_video, probe_video, read_video, write_video
 
 NATIVE_FPS = 10
 NUM_FRAMES = 24  # 2.4 s
@@ -81,7 +81,7 @@ def indexed_video(tmp_path_factory) -> Path:
 @pytest.fixture(params=["decord", "pyav"])
 def backend(request, monkeypatch, caplog):
     """Run a test on read_video's decord path, then on its PyAV path (decord made unable to open files)."""
-    caplog.set_level(logging.INFO, logger="mmduplex.video")
+    caplog.set_level(logging.INFO, logger="mmduplex.io.video")
     if request.param == "pyav":
 
         def refuse(*args, **kwargs):
@@ -208,7 +208,7 @@ def test_iter_video_from_a_pipe_matches_read_video(indexed_video):
 
 def test_iter_video_from_stdin(indexed_video):
     code = (
-        "import json; from mmduplex.video import iter_video; "
+        "import json; from mmduplex.io.video import iter_video; "
         "print(json.dumps([[t, f.double().mean(dim=(0, 1)).tolist()] for t, f in iter_video('-', fps=2)]))"
     )
     with indexed_video.open("rb") as stdin:

@@ -298,8 +298,8 @@ def test_smollm2_perplexity_of_a_sentence_is_far_below_its_shuffled_words(smollm
 
 @pytest.mark.real_weights
 def test_backbone_spec_and_text_tokenizer_resolve_offline(smollm2_dir, monkeypatch):
-    from mmduplex.model import build_backbone
-    from mmduplex.text import TextTokenizer
+    from mmduplex.lm.model import build_backbone
+    from mmduplex.lm.text import TextTokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     text = TextTokenizer.from_pretrained(LM)
@@ -313,12 +313,12 @@ def test_backbone_spec_and_text_tokenizer_resolve_offline(smollm2_dir, monkeypat
 def test_smollm2_demo_configs_train_the_frozen_lm_only(name):
     import yaml
 
-    import recipes
-    from mmduplex.demo import DemoConfig
+    import mmduplex.recipes
+    from mmduplex.demo.run import DemoConfig
 
-    config = DemoConfig.from_yaml(recipes.recipe_path(f"demo/{name}"))
+    config = DemoConfig.from_yaml(mmduplex.recipes.recipe_path(f"demo/{name}"))
     assert config.baselines == ()
-    recipe = yaml.safe_load(recipes.recipe_path(config.duplex_recipe).read_text())
+    recipe = yaml.safe_load(mmduplex.recipes.recipe_path(config.duplex_recipe).read_text())
     init = recipe["model"]["init_args"]
     assert init["backbone"] == LM and "text_tokenizer" not in init  # the LM's own BPE tokenizer (+ PAD / EPAD)
     assert init["finetune"] == ("lora" if name.endswith("lora") else "projector")
@@ -327,7 +327,7 @@ def test_smollm2_demo_configs_train_the_frozen_lm_only(name):
 
 def test_encoder_cuts_resolve_to_their_network():
     """``efficientnet-lite0-s8`` (the stride-8 cut the demo uses) is the lite0 entry, not an unknown name."""
-    from tokenizer.efficientnet import PRESETS
+    from mmduplex.tokenizer.encoders.efficientnet import PRESETS
 
     assert weights.find_entry("efficientnet-lite0-s8") is weights.find_entry("efficientnet-lite0") is not None
     assert set(weights.ENCODER_CUTS) <= set(PRESETS)  # every cut is an encoder name

@@ -8,8 +8,8 @@ import torch
 from conftest import tiny_duplex_module
 
 from mmduplex.errors import InputError
-from mmduplex.module import DuplexModule
-from tokenizer.base import FrameTokens
+from mmduplex.tokenizer.base import FrameTokens
+from mmduplex.train.duplex_module import DuplexModule
 
 
 def make_module(memo_windows: int) -> DuplexModule:

@@ -1,10 +1,11 @@
 """The surface every video tokenizer shares: frame tokens, the step/tokenize API, input checks and token embeddings.
 
-B-Flow (:mod:`tokenizer.bflow`) and the baselines (:mod:`tokenizer.baselines`) are :class:`VideoTokenizer`\\ s, so
-the duplex model, the demo and the evaluation can swap them. ``step`` is the only place a tokenizer decides what
-to emit; ``tokenize`` runs ``step`` frame by frame, so streaming and batch use give the same result by construction.
-Every tokenizer hands downstream tokens in the same space: the token's value (normalised CLIP patch features, see
-:mod:`tokenizer.fidelity`) plus fixed kind / time / 2-D position embeddings made by :class:`TokenEmbedder`.
+B-Flow (:mod:`mmduplex.tokenizer.bflow`) and the baselines (:mod:`mmduplex.tokenizer.baselines`) are
+:class:`VideoTokenizer`\\ s, so the duplex model, the demo and the evaluation can swap them. ``step`` is the only place
+a tokenizer decides what to emit; ``tokenize`` runs ``step`` frame by frame, so streaming and batch use give the same
+result by construction. Every tokenizer hands downstream tokens in the same space: the token's value (normalised CLIP
+patch features, see
+:mod:`mmduplex.tokenizer.fidelity`) plus fixed kind / time / 2-D position embeddings made by :class:`TokenEmbedder`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 * :class:`NoVideoTokenizer` — nothing at all: the video stream zeroed (the text-only baseline).
 * :class:`VideoLLMOnlineTokenizer` — VideoLLM-online: 1 token/frame (mean pool) or 10 (mean + 3x3 pooled).
 
-Values are normalised patch features (:func:`tokenizer.fidelity.normalize_features`) pooled over cells; tokens
+Values are normalised patch features (:func:`mmduplex.tokenizer.fidelity.normalize_features`) pooled over cells; tokens
 handed downstream add the same fixed kind / time / 2-D position embeddings as B-Flow (:class:`TokenEmbedder`).
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mmduplex.errors import InputError
-from tokenizer.base import (
+from mmduplex.tokenizer.base import (
     FrameTokens,
     TokenEmbedder,
     TokenizerState,
@@ -32,7 +32,7 @@ from tokenizer.base import (
     pool_cells,
     upsample_cells,
 )
-from tokenizer.fidelity import EPS, normalize_features
+from mmduplex.tokenizer.fidelity import EPS, normalize_features
 
 
 @dataclass
@@ -57,7 +57,7 @@ class PoolingTokenizer(VideoTokenizer):
         grid: patch grid (h, w).
         embed_scale: RMS of the added kind/time/position embeddings (as in B-Flow).
         upsample: how pooled cells are reconstructed on the patch grid: ``"nearest"`` (each cell repeated) or
-            ``"bilinear"`` (interpolated between cell centres); see :func:`tokenizer.base.upsample_cells`.
+            ``"bilinear"`` (interpolated between cell centres); see :func:`mmduplex.tokenizer.base.upsample_cells`.
     """
 
     def __init__(self, dim: int, grid: tuple[int, int], embed_scale: float = 1.0, upsample: str = "nearest") -> None:

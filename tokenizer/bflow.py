@@ -2,7 +2,7 @@
 
 How a frame is handled (all in :meth:`BFlowTokenizer._advance`, the only place decisions happen):
 
-* Features are normalised per patch (:func:`tokenizer.fidelity.normalize_features`).
+* Features are normalised per patch (:func:`mmduplex.tokenizer.fidelity.normalize_features`).
 * A **reference state** ``S [P, D]`` holds what the emitted tokens describe: a keyframe sets every patch to the
   frame's features, a flow token sets its region's patches to their current features. **Motion** of a patch is
   ``1 - cos(x_t, S)``, so slow drift accumulates until it is emitted; a region's motion is the mean over its
@@ -31,8 +31,9 @@ How a frame is handled (all in :meth:`BFlowTokenizer._advance`, the only place d
   overwritten region by region by the flow tokens emitted since (:class:`FlowDecoder`); with ``reconstruction:
   cells`` the same tokens under the fixed rule the baselines use (cells upsampled bilinearly, regions copied).
 
-The learned parts (key encoder/decoder, flow decoder) are trained by :class:`tokenizer.module.BFlowModule`;
-inference bundles are a ``config.json`` plus ``model.safetensors`` (:meth:`BFlowTokenizer.save_pretrained`).
+The learned parts (key encoder/decoder, flow decoder) are trained by
+:class:`mmduplex.train.tokenizer_module.BFlowModule`; inference bundles are a ``config.json`` plus ``model.safetensors``
+(:meth:`BFlowTokenizer.save_pretrained`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from torch import nn
 
 from mmduplex.errors import CheckpointError, InputError
 from mmduplex.fileio import atomic_dir
-from tokenizer.base import (
+from mmduplex.tokenizer.base import (
     FrameTokens,
     TokenEmbedder,
     TokenizerState,
@@ -62,7 +63,7 @@ from tokenizer.base import (
     check_frames,
     upsample_cells,
 )
-from tokenizer.fidelity import EPS, normalize_features
+from mmduplex.tokenizer.fidelity import EPS, normalize_features
 
 BUNDLE_KIND = "bflow-tokenizer"
 BUNDLE_FORMAT = 1
@@ -512,7 +513,7 @@ class BFlowTokenizer(VideoTokenizer):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> BFlowTokenizer:
-        """Load a bundle folder or a Lightning checkpoint of :class:`tokenizer.module.BFlowModule`.
+        """Load a bundle folder or a Lightning checkpoint of :class:`mmduplex.train.tokenizer_module.BFlowModule`.
 
         Lightning checkpoints are read with ``torch.load(weights_only=True)`` (tensors and plain containers only).
 

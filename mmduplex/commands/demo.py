@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict, replace
 
-import recipes
+import mmduplex.recipes
 
 HELP = "Run the whole pipeline on the built-in synthetic set (offline, CPU, minutes) and report the results."
 
@@ -24,10 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmduplex.demo import DemoConfig, results_table, run_demo, summary_lines
+    from mmduplex.demo.run import DemoConfig, results_table, run_demo, summary_lines
 
     source = args.config or "demo/default"
-    path = source if source.endswith(".yaml") else recipes.recipe_path(source if "/" in source else f"demo/{source}")
+    path = (
+        source
+        if source.endswith(".yaml")
+        else mmduplex.recipes.recipe_path(source if "/" in source else f"demo/{source}")
+    )
     config = DemoConfig.from_yaml(path)
     if args.seed is not None:
         config = replace(config, seed=args.seed)

@@ -1,8 +1,8 @@
 """``mmduplex eval <task>``: run one evaluation task and write ``--out`` JSON plus a markdown table beside it.
 
-Each task is an :class:`eval.base.EvalTask` subclass listed in :data:`TASKS`; it declares its own flags, so adding a
-task is one line here. Every task also takes ``--config FILE`` (a YAML mapping of flag values, keys spelled as the
-flags without dashes, ``-`` or ``_``; the recipes in ``recipes/eval/``) and ``--print-config`` (print the resolved
+Each task is an :class:`mmduplex.eval.base.EvalTask` subclass listed in :data:`TASKS`; it declares its own flags, so
+adding a task is one line here. Every task also takes ``--config FILE`` (a YAML mapping of flag values, keys spelled as
+the flags without dashes, ``-`` or ``_``; the recipes in ``recipes/eval/``) and ``--print-config`` (print the resolved
 settings as YAML and exit 0, without running; this is how the recipe test validates eval recipes). Precedence:
 command-line flags over the YAML over the task's defaults.
 
@@ -35,10 +35,10 @@ HELP = (
 
 # Task name -> "module:EvalTask subclass". A task is listed only once it works end to end.
 TASKS: dict[str, str] = {
-    "longvideobench": "eval.longvideobench:LongVideoBenchEval",
-    "commentary": "eval.commentary:CommentaryEval",
-    "livesports": "eval.livesports:LiveSportsEval",
-    "tokenizer": "eval.tokenizer_eval:TokenizerEval",
+    "longvideobench": "mmduplex.eval.longvideobench:LongVideoBenchEval",
+    "commentary": "mmduplex.eval.commentary:CommentaryEval",
+    "livesports": "mmduplex.eval.livesports:LiveSportsEval",
+    "tokenizer": "mmduplex.eval.tokenizer_eval:TokenizerEval",
 }
 
 

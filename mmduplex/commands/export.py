@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export the checkpoint; a duplex checkpoint gives a duplex bundle, a B-Flow one a tokenizer bundle."""
-    from mmduplex.bundle import export_bundle
+    from mmduplex.lm.bundle import export_bundle
 
     out = export_bundle(args.checkpoint, args.out)
     log.info("bundle written to %s", out)

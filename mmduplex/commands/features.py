@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     """Encode the videos; print a one-line summary; exit status 1 if any video failed (the rest are encoded)."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from mmduplex.features import extract_features
+    from mmduplex.train.features import extract_features
 
     report = extract_features(
         args.videos,

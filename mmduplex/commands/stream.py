@@ -1,11 +1,11 @@
 """``mmduplex stream VIDEO --checkpoint BUNDLE``: live duplex commentary, printed line by line as it is produced.
 
 ``VIDEO`` is a file, ``-`` (a stream on stdin) or a URL PyAV opens; it is decoded incrementally at the bundle's fps
-(:func:`mmduplex.video.iter_video`) and driven through a :class:`mmduplex.streaming.DuplexSession`. Each finished
-commentary line is printed as ``[HH:MM:SS.d] text``. When the input ends (end of file or stream, or
+(:func:`mmduplex.io.video.iter_video`) and driven through a :class:`mmduplex.inference.session.DuplexSession`. Each
+finished commentary line is printed as ``[HH:MM:SS.d] text``. When the input ends (end of file or stream, or
 ``--max-seconds``), the session runs the steps the model still owes (the text lags the video by tau:
-:meth:`~mmduplex.streaming.DuplexSession.flush`), so the last seconds are commented too; their lines carry times after
-the last frame. At the end the outputs are written atomically: commentary by the
+:meth:`~mmduplex.inference.session.DuplexSession.flush`), so the last seconds are commented too; their lines carry times
+after the last frame. At the end the outputs are written atomically: commentary by the
 ``--out`` suffix (.vtt / .srt / .jsonl), an ``--html`` viewer page (its WebVTT track is ``--out`` when that is a .vtt,
 else a .vtt beside the page), and a ``--report`` JSON with the timing figures. An error leaves no output file; an
 interrupt (Ctrl-C, the way a live stream ends) writes what was streamed so far and exits 130.
@@ -168,7 +168,7 @@ class RealtimePacer:
 
 
 class _Lines:
-    """Word pieces -> commentary lines (:meth:`mmduplex.outputs.LineBuilder.push_piece`); prints finished lines."""
+    """Word pieces -> commentary lines (:meth:`mmduplex.io.outputs.LineBuilder.push_piece`); prints finished lines."""
 
     def __init__(self, builder: Any, echo: Any) -> None:
         self.builder, self.echo = builder, echo
@@ -189,7 +189,7 @@ def _stream(session, frames, end_s: float | None, pacer, questions: list[tuple[f
     yield from session.run(frames, end_s=end_s, wait=pacer, flush=False)
     if session.step_index == 0:
         return
-    from mmduplex.alignment import time_to_step
+    from mmduplex.lm.alignment import time_to_step
 
     for t, text in questions:
         if t is None:
@@ -217,9 +217,9 @@ def _peak_rss_mb() -> float:
 def run(args: argparse.Namespace) -> int:
     """Stream the video through the bundle's duplex model; print lines as produced; write the outputs at the end."""
     from mmduplex.errors import VideoError
-    from mmduplex.outputs import LineBuilder
-    from mmduplex.streaming import DuplexSession
-    from mmduplex.video import iter_video, probe_video
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.io.outputs import LineBuilder
+    from mmduplex.io.video import iter_video, probe_video
 
     questions = _check_args(args)
     session = DuplexSession.from_bundle(
@@ -345,7 +345,7 @@ def _write_outputs(args: argparse.Namespace, lines: list, report: dict, video: s
     ``video`` is what the page plays: the file, the URL, or ``None`` for stdin (the page notes there is no video).
     """
     from mmduplex.fileio import write_json_atomic
-    from mmduplex.outputs import write_commentary, write_html, write_vtt
+    from mmduplex.io.outputs import write_commentary, write_html, write_vtt
 
     written: list[Path] = []
     try:

@@ -3,8 +3,8 @@
 The video is sampled at ``--fps``, encoded by the frozen encoder and tokenized frame by frame. Without
 ``--checkpoint`` the untrained default tokenizer runs (its decisions do not depend on learned weights, so the token
 counts already follow motion) and no fidelity is reported; with one, the trained decoder's reconstruction gives
-``fidelity`` (:func:`tokenizer.fidelity.fidelity`). The keys of ``tokens.json`` are listed in ``docs/DESIGN.md``
-("Command outputs").
+``fidelity`` (:func:`mmduplex.tokenizer.fidelity.fidelity`). The keys of ``tokens.json`` are listed in
+``docs/DESIGN.md`` ("Command outputs").
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _configure(loaded, args: argparse.Namespace, dim: int, grid: tuple[int, int]):
     """The tokenizer to run: the loaded one (checked against the encoder) or the untrained defaults."""
     from mmduplex.errors import CheckpointError, InputError
-    from tokenizer.bflow import BFlowConfig, BFlowTokenizer
+    from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
 
     try:
         if loaded is None:
@@ -75,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
 
     from mmduplex.errors import CheckpointError, InputError, VideoError
     from mmduplex.fileio import write_json_atomic
-    from mmduplex.video import read_video
-    from tokenizer.bflow import BFlowTokenizer
-    from tokenizer.encoder import create_encoder
-    from tokenizer.fidelity import fidelity
+    from mmduplex.io.video import read_video
+    from mmduplex.tokenizer.bflow import BFlowTokenizer
+    from mmduplex.tokenizer.encoders.factory import create_encoder
+    from mmduplex.tokenizer.fidelity import fidelity
 
     if args.fps is not None and not args.fps > 0:
         raise InputError("--fps", f"must be > 0, got {args.fps}")

@@ -99,7 +99,7 @@ def _split(config: SyntheticConfig) -> dict[str, list[str]]:
 
 def _render_videos(folder: str, config: SyntheticConfig, indices: list[int]) -> None:
     """Render and write the videos ``indices`` of the data set ``config`` into ``folder`` (one process's share)."""
-    from mmduplex.video import write_video
+    from mmduplex.io.video import write_video
 
     for index in indices:
         spec = plan_video(config, index)

@@ -17,8 +17,8 @@ order     ``which came in first , the red square or the blue     ``red square`` 
 ========  =====================================================  ===============  ========================
 
 Punctuation is written as separate words (``?``, ``,``) so the word-level vocabulary holds it. A multiple-choice
-question is the LongVideoBench prompt exactly (``eval.longvideobench_data.build_prompt``): the question line, one
-``A. option`` line per option, then ``Answer with the option's letter from the given choices directly.``; its answer
+question is the LongVideoBench prompt exactly (``mmduplex.eval.longvideobench_data.build_prompt``): the question line,
+one ``A. option`` line per option, then ``Answer with the option's letter from the given choices directly.``; its answer
 is the right option's words, then its letter (``red A``; the reference parser reads the letter). Naming what was
 seen first makes the choice a look-up, the option whose line holds the word just said; the demo's model has not
 learnt that look-up either way (notebooks/LOG.md, 2026-11-29 night and 2026-11-30).
@@ -56,7 +56,8 @@ KINDS: tuple[str, ...] = ("colour", "shape", "count", "action", "order")
 CATEGORIES: dict[str, str] = {"colour": "S2A", "shape": "S2O", "count": "S2O", "action": "O2E", "order": "E3E"}
 """LongVideoBench ``question_category`` of each kind."""
 PROMPT_SUFFIX = "Answer with the option's letter from the given choices directly."
-"""LongVideoBench's instruction line (a copy of ``eval.longvideobench_data.PROMPT_SUFFIX``; a test keeps them equal)."""
+"""LongVideoBench's instruction line (a copy of ``mmduplex.eval.longvideobench_data.PROMPT_SUFFIX``; a test keeps them
+equal)."""
 LETTERS = "ABCD"
 """Option letters (at most 4 options are offered)."""
 NUMBERS: tuple[str, ...] = (

@@ -69,11 +69,11 @@ def _flow_near(
 
 def delivered_steps(frames: list, slots_per_step: int, step_hz: float, start_s: float = 0.0) -> list[int]:
     """The step at which each frame has wholly reached the model: its last token out of the slot queue, or its own
-    step when it has no tokens. The frames go through the model's own packer (:func:`mmduplex.alignment.pack_video`)
+    step when it has no tokens. The frames go through the model's own packer (:func:`mmduplex.lm.alignment.pack_video`)
     with every token replaced by its frame's index, so the steps are the packer's, not a re-implementation."""
     import torch
 
-    from mmduplex.alignment import pack_video, time_to_step
+    from mmduplex.lm.alignment import pack_video, time_to_step
 
     done = [time_to_step(float(f.t) - start_s, step_hz) for f in frames]
     if not frames:
@@ -126,12 +126,12 @@ def breakdown(
     demo's; ``cut_s`` / ``min_event_s``: see ``--cut`` / ``--min-event-s``)."""
     import torch
 
-    from eval.commentary import match_events, timed_words
-    from mmduplex.alignment import time_to_step
     from mmduplex.data.synthetic import SyntheticDataset
-    from mmduplex.demo_stream import event_objects, stream_features
-    from mmduplex.feature_cache import FeatureCache, video_key
-    from mmduplex.streaming import DuplexSession
+    from mmduplex.demo.stream import event_objects, stream_features
+    from mmduplex.eval.commentary import match_events, timed_words
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.io.feature_cache import FeatureCache, video_key
+    from mmduplex.lm.alignment import time_to_step
 
     dataset = SyntheticDataset(demo_dir / "data")
     cache = FeatureCache(demo_dir / "features")

@@ -184,7 +184,7 @@ def write_video_page(
         path: the HTML file to write.
         video: the video file; vtt: the model's WebVTT commentary (both linked relatively).
         events: the reference events (``t``, ``text``), in time order.
-        score: the video's :class:`~mmduplex.demo_stream.VideoScore` (lines, line kinds, latencies, objects,
+        score: the video's :class:`~mmduplex.demo.stream.VideoScore` (lines, line kinds, latencies, objects,
             tokens per frame).
         duration_s: the video's duration (the strip's time axis).
         title: page title and heading.
@@ -258,9 +258,9 @@ def write_pages(root: Path, dataset: Any, scores: Sequence[Any], report: dict[st
 
     Args:
         dataset: the :class:`~mmduplex.data.synthetic.SyntheticDataset` (events, video files, durations).
-        scores: each video's :class:`~mmduplex.demo_stream.VideoScore` (the main model's).
+        scores: each video's :class:`~mmduplex.demo.stream.VideoScore` (the main model's).
     """
-    from mmduplex.outputs import write_vtt
+    from mmduplex.io.outputs import write_vtt
 
     durations = {Path(clip.video).stem: clip.end_s - clip.start_s for clip in dataset.clips("heldout")}
     summaries = []

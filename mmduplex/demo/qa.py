@@ -2,8 +2,8 @@
 synthetic LongVideoBench split asked through ``mmduplex eval longvideobench`` in model mode.
 
 - :func:`stream_asking` streams a video's cached features through a session and types each of its questions on the
-  user stream at the question's time (:meth:`~mmduplex.streaming.DuplexSession.ask`), while the video goes on. It
-  records when each question's last token was fed: the end of the step that fed it.
+  user stream at the question's time (:meth:`~mmduplex.inference.session.DuplexSession.ask`), while the video goes on.
+  It records when each question's last token was fed: the end of the step that fed it.
 - :func:`score_answers`: an open question is answered when the model's words within ``tolerance_s`` after its last
   token name the right value (every word of it: ``"red"``, ``"two"``, ``"red square"``); a multiple-choice question
   asked mid-stream, when the first option letter said in that time is the right one (as the reference parser reads
@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from eval.answer_parser import LETTERS
-from eval.longvideobench_data import L1_CATEGORIES
-from mmduplex.alignment import time_to_step
 from mmduplex.data.synthetic_questions import KINDS, cut_question
+from mmduplex.eval.answer_parser import LETTERS
+from mmduplex.eval.longvideobench_data import L1_CATEGORIES
 from mmduplex.fileio import write_json_atomic
+from mmduplex.lm.alignment import time_to_step
 
 if TYPE_CHECKING:
     import torch
@@ -41,9 +41,9 @@ if TYPE_CHECKING:
     from mmduplex.data.synthetic import SyntheticDataset
     from mmduplex.data.synthetic_plan import VideoSpec
     from mmduplex.data.synthetic_questions import SyntheticQuestion
-    from mmduplex.demo_stream import StreamResult
-    from mmduplex.feature_cache import FeatureCache
-    from mmduplex.streaming import DuplexSession, StepOutput
+    from mmduplex.demo.stream import StreamResult
+    from mmduplex.inference.session import DuplexSession, StepOutput
+    from mmduplex.io.feature_cache import FeatureCache
 
 LVB_TOPIC = "SYN-Synthetic-Shapes"
 """``topic_category`` of the synthetic split's records."""
@@ -73,7 +73,7 @@ def stream_asking(
     Returns:
         Every step's output (flush included) and one :class:`AskedQuestion` per question (``fed_s`` set).
     """
-    from mmduplex.demo_stream import feature_steps
+    from mmduplex.demo.stream import feature_steps
 
     session.reset()
     asked = [AskedQuestion(q) for q in sorted(questions, key=lambda q: q.t)]
@@ -155,7 +155,7 @@ def lvb_record(video_id: str, question: SyntheticQuestion, cut_s: float, fps: fl
 
 def write_lvb_split(dataset: SyntheticDataset, ids: Sequence[str], root: Path, fps: float, seed: int) -> int:
     """Write the synthetic LongVideoBench split of videos ``ids`` to ``root``; returns the number of questions."""
-    from mmduplex.video import write_video
+    from mmduplex.io.video import write_video
 
     (root / "videos").mkdir(parents=True, exist_ok=True)
     (root / "subtitles").mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def write_lvb_split(dataset: SyntheticDataset, ids: Sequence[str], root: Path, f
 def run_lvb(root: Path, bundle: Path, out: Path) -> dict[str, Any]:
     """``mmduplex eval longvideobench --data-root root --checkpoint bundle --out out`` (its defaults, no progress
     bar): the results it writes."""
-    from eval.longvideobench import LongVideoBenchEval
+    from mmduplex.eval.longvideobench import LongVideoBenchEval
 
     settings = {**LongVideoBenchEval.defaults, "data_root": str(root), "checkpoint": str(bundle)}
     task = LongVideoBenchEval.from_settings(settings)
@@ -211,8 +211,8 @@ def ask_heldout(
         tolerance_s: the answer window after a question's last token (s).
         pause_steps: silent steps that end a commentary line.
     """
-    from mmduplex.demo_stream import StreamResult, lines_of, score_videos
-    from mmduplex.feature_cache import video_key
+    from mmduplex.demo.stream import StreamResult, lines_of, score_videos
+    from mmduplex.io.feature_cache import video_key
 
     words_without = {result.video_id: result.words for result in plain}
     with_q, asked_all, control_all = [], [], []

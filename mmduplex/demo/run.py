@@ -5,20 +5,20 @@ atomically, so a stage killed half-way is simply redone):
 
 1. ``data/``      the synthetic commentary set (train / held-out split), :mod:`mmduplex.data.synthetic`;
 2. ``features/``  frozen ``mmduplex-tiny`` CLIP patch features of every video (both by
-   :func:`mmduplex.data.synthetic_cache.prepare_synthetic_cache`);
+   :func:`mmduplex.train.synthetic_cache.prepare_synthetic_cache`);
 3. ``tokenizer/`` the B-Flow tokenizer trained by ``recipes/tokenizer/tiny.yaml`` (+ the demo's overrides), saved
    with the demo's token budget;
 4. ``bundle/``    the duplex model trained by ``recipes/duplex/tiny.yaml`` on B-Flow tokens, exported;
    ``baselines/<name>/bundle`` the same recipe with the video stream zeroed (``text_only``) and with uniform pooled
    tokens at B-Flow's measured token rate (``uniform_tokens``);
 5. per model: its PAD bias tuned on training videos so it talks as much as the reference (the same rule for every
-   model), then every held-out video streamed through :class:`~mmduplex.streaming.DuplexSession` frame by frame and
-   scored (:mod:`mmduplex.demo_stream`); the main model is also streamed with another video's features (the video
-   ablation). Stages 4-5 run per model in worker processes when ``workers > 1`` (:mod:`mmduplex.demo_stages`);
-6. ``<video>.vtt`` + ``<video>.html`` per held-out video and ``index.html`` (:mod:`mmduplex.demo_pages`),
+   model), then every held-out video streamed through :class:`~mmduplex.inference.session.DuplexSession` frame by frame
+   and scored (:mod:`mmduplex.demo.stream`); the main model is also streamed with another video's features (the video
+   ablation). Stages 4-5 run per model in worker processes when ``workers > 1`` (:mod:`mmduplex.demo.stages`);
+6. ``<video>.vtt`` + ``<video>.html`` per held-out video and ``index.html`` (:mod:`mmduplex.demo.pages`),
    ``report.json`` (keys in ``docs/DESIGN.md``, every figure with its settings) and a results table on stdout.
 
-The terminal shows one progress line per stage and the results table (:func:`~mmduplex.demo_stages.quiet_frameworks`).
+The terminal shows one progress line per stage and the results table (:func:`~mmduplex.demo.stages.quiet_frameworks`).
 The demo's sizes (videos, steps) are a :class:`DemoConfig`, read from ``recipes/demo/<name>.yaml`` (``default``:
 the full demo; ``smoke``: the reduced run the tests use). The training recipes themselves are the shipped ones.
 """
@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from mmduplex.demo_pages import results_table, summary_lines, write_pages
-from mmduplex.demo_stages import (
+from mmduplex.demo.pages import results_table, summary_lines, write_pages
+from mmduplex.demo.stages import (
     BASELINES,
     DemoConfig,
     DemoPaths,
@@ -50,7 +50,7 @@ from mmduplex.demo_stages import (
     train_duplex,
     train_tokenizer,
 )
-from mmduplex.demo_stream import stream_video
+from mmduplex.demo.stream import stream_video
 from mmduplex.errors import InputError
 from mmduplex.fileio import write_json_atomic
 
@@ -91,7 +91,7 @@ PAD_BIAS_RULE = (
 
 
 def _bundle_settings(bundle: Path) -> dict[str, Any]:
-    from mmduplex.bundle import read_bundle_config
+    from mmduplex.lm.bundle import read_bundle_config
 
     cfg = read_bundle_config(bundle)
     keys = ("step_hz", "delay_steps", "slots_per_step", "fps", "encoder", "video_tokenizer", "backbone")
@@ -187,7 +187,7 @@ def _run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
 
 def _encoder_settings(paths: DemoPaths) -> dict[str, Any]:
     """What the features are: the encoder's fingerprint (name, weights, input size, feature stride) and fps."""
-    from mmduplex.feature_cache import FeatureCache
+    from mmduplex.io.feature_cache import FeatureCache
 
     cache = FeatureCache(paths.features)
     return {**cache.fingerprint, "fps": cache.fps}

@@ -1,4 +1,4 @@
-"""The stages of ``mmduplex demo`` (its settings, the folders, and stages 1-5; :mod:`mmduplex.demo` runs them).
+"""The stages of ``mmduplex demo`` (its settings, the folders, and stages 1-5; :mod:`mmduplex.demo.run` runs them).
 
 Each stage reuses the previous run's output when it is complete, so re-running is cheap; every output is written
 atomically, so a stage killed half-way is simply redone. Stages 4-5 run per model (:func:`model_job`), in worker
@@ -19,15 +19,15 @@ from typing import Any
 
 import torch
 
-import recipes
+import mmduplex.recipes
 from mmduplex.errors import InputError
 
-log = logging.getLogger("mmduplex.demo")
+log = logging.getLogger("mmduplex.demo.run")
 
 BASELINES = ("text_only", "uniform_tokens")
 QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "mmduplex", "tokenizer", "eval")
 """Loggers whose info lines the demo drops (Lightning's tips and notices, per-video and per-stage chatter)..."""
-SHOWN_LOGGERS = ("mmduplex.demo", "mmduplex.weights")
+SHOWN_LOGGERS = ("mmduplex.demo.run", "mmduplex.weights")
 """...except the demo's own progress lines and the one-off preparation of pretrained weights."""
 
 
@@ -154,7 +154,7 @@ def make_data(config: DemoConfig, paths: DemoPaths):
     """Stages 1-2: the synthetic set (reused when complete with the same settings) and the frozen-CLIP features of
     every video (resumable: finished videos are skipped)."""
     from mmduplex.data.synthetic import SyntheticConfig
-    from mmduplex.data.synthetic_cache import prepare_synthetic_cache
+    from mmduplex.train.synthetic_cache import prepare_synthetic_cache
 
     synthetic = SyntheticConfig(
         num_videos=config.num_videos,
@@ -173,7 +173,7 @@ def make_data(config: DemoConfig, paths: DemoPaths):
 
 def fit_quietly(args: list[str]):
     """Run ``mmduplex fit`` in-process on ``args`` (no progress bar, no model summary); return the LightningCLI."""
-    from mmduplex.lightning_cli import run_cli
+    from mmduplex.train.lightning_cli import run_cli
 
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     return run_cli(["fit", *args, *quiet])
@@ -188,7 +188,7 @@ def train_tokenizer(config: DemoConfig, paths: DemoPaths) -> None:
     shutil.rmtree(root, ignore_errors=True)
     cli = fit_quietly(
         [
-            "--config", str(recipes.recipe_path(config.tokenizer_recipe)),
+            "--config", str(mmduplex.recipes.recipe_path(config.tokenizer_recipe)),
             "--seed_everything", str(config.seed),
             "--trainer.max_steps", str(config.tokenizer_steps),
             "--trainer.default_root_dir", str(root),
@@ -214,8 +214,8 @@ def bflow_tokens_per_frame(config: DemoConfig, paths: DemoPaths, dataset) -> flo
     """B-Flow's mean tokens per sampled frame over the training videos' cached features (the rate the uniform
     baseline is given; the same tokenizer as streaming, whose step API equals this batch path; at most
     :data:`RATE_VIDEOS` videos)."""
-    from mmduplex.feature_cache import FeatureCache, video_key
-    from tokenizer.bflow import BFlowTokenizer
+    from mmduplex.io.feature_cache import FeatureCache, video_key
+    from mmduplex.tokenizer.bflow import BFlowTokenizer
 
     bflow = BFlowTokenizer.from_pretrained(paths.tokenizer).eval()
     cache = FeatureCache(paths.features)
@@ -230,20 +230,20 @@ def bflow_tokens_per_frame(config: DemoConfig, paths: DemoPaths, dataset) -> flo
 
 def _video_tokenizer_arg(name: str, paths: DemoPaths, tokens_per_frame: int) -> dict[str, Any]:
     """The ``video_tokenizer`` (class_path + init_args) of each model the demo trains."""
-    from tokenizer.bflow import BFlowTokenizer
+    from mmduplex.tokenizer.bflow import BFlowTokenizer
 
     if name == "bflow":
         return {
-            "class_path": "tokenizer.bflow.BFlowTokenizer.from_checkpoint",
+            "class_path": "mmduplex.tokenizer.bflow.BFlowTokenizer.from_checkpoint",
             "init_args": {"path": str(paths.tokenizer)},
         }
     bflow = BFlowTokenizer.from_pretrained(paths.tokenizer)
     common = {"dim": bflow.config.dim, "grid": list(bflow.config.grid)}
     if name == "text_only":
-        return {"class_path": "tokenizer.baselines.NoVideoTokenizer", "init_args": common}
+        return {"class_path": "mmduplex.tokenizer.baselines.NoVideoTokenizer", "init_args": common}
     if name == "uniform_tokens":
         return {
-            "class_path": "tokenizer.baselines.UniformTokenizer",
+            "class_path": "mmduplex.tokenizer.baselines.UniformTokenizer",
             "init_args": {**common, "tokens_per_frame": tokens_per_frame, "embed_scale": bflow.config.embed_scale},
         }
     raise InputError("demo.baselines", f"unknown model {name!r}")
@@ -255,7 +255,7 @@ def duplex_fit_args(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_
     root = paths.runs / f"duplex-{name}"
     epochs = config.duplex_epochs if name == "bflow" else (config.baseline_epochs or config.duplex_epochs)
     args = [
-        "--config", str(recipes.recipe_path(config.duplex_recipe)),
+        "--config", str(mmduplex.recipes.recipe_path(config.duplex_recipe)),
         "--seed_everything", str(config.seed),
         "--trainer.max_epochs", str(epochs),
         "--trainer.default_root_dir", str(root),
@@ -276,7 +276,7 @@ def duplex_fit_args(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_
 
 def train_duplex(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_frame: int) -> Path:
     """Stage 4: one duplex model (``bflow`` = the main one, or a baseline) trained and exported to its bundle."""
-    from mmduplex.bundle import export_bundle
+    from mmduplex.lm.bundle import export_bundle
 
     bundle = paths.model_bundle(name)
     if (bundle / "config.json").is_file():
@@ -297,17 +297,17 @@ def train_duplex(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_fra
 def stream_and_score(
     name: str, config: DemoConfig, paths: DemoPaths, dataset, device: str = "cpu", limit: int | None = None
 ) -> tuple[dict[str, Any], list, dict, list]:
-    """Stage 5 for one model: its PAD bias (:func:`~mmduplex.demo_stream.tune_pad_bias` on training videos, the same
+    """Stage 5 for one model: its PAD bias (:func:`~mmduplex.demo.stream.tune_pad_bias` on training videos, the same
     rule for every model), then every held-out video (the first ``limit`` ones, when given) streamed through it and
     scored, on ``device`` (the video encoder, B-Flow and the LM step).
 
     Returns:
-        The model's figures, each held-out video's :class:`~mmduplex.demo_stream.VideoScore`, the stage timings and
-        the streams (:class:`~mmduplex.demo_stream.StreamResult`).
+        The model's figures, each held-out video's :class:`~mmduplex.demo.stream.VideoScore`, the stage timings and
+        the streams (:class:`~mmduplex.demo.stream.StreamResult`).
     """
-    from mmduplex.demo_stream import rate_figures, score_videos, stream_video, tune_pad_bias
-    from mmduplex.feature_cache import FeatureCache
-    from mmduplex.streaming import DuplexSession
+    from mmduplex.demo.stream import rate_figures, score_videos, stream_video, tune_pad_bias
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.io.feature_cache import FeatureCache
 
     session = DuplexSession.from_bundle(paths.model_bundle(name), device=device)
     timings = {}
@@ -335,7 +335,7 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Stage 5 for one model (:func:`stream_and_score`): its figures; with ``write_outputs`` also each held-out
     video's ``<video>.vtt`` and page in ``paths.root``."""
-    from mmduplex.demo_pages import write_pages
+    from mmduplex.demo.pages import write_pages
 
     figures, scores, _, _ = stream_and_score(name, config, paths, dataset)
     if write_outputs:
@@ -345,10 +345,10 @@ def evaluate_model(
 
 def run_video_ablation(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: float) -> dict[str, Any]:
     """The main model (at its PAD bias) streamed with another held-out video's features
-    (:func:`~mmduplex.demo_stream.video_ablation`)."""
-    from mmduplex.demo_stream import video_ablation
-    from mmduplex.feature_cache import FeatureCache
-    from mmduplex.streaming import DuplexSession
+    (:func:`~mmduplex.demo.stream.video_ablation`)."""
+    from mmduplex.demo.stream import video_ablation
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.io.feature_cache import FeatureCache
 
     session = DuplexSession.from_bundle(paths.model_bundle("bflow"), pad_bias=pad_bias)
     ids = dataset.video_ids("heldout")[: config.ablation_videos]
@@ -359,10 +359,10 @@ def run_video_ablation(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: 
 
 def run_questions(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: float, plain: list) -> dict[str, Any]:
     """The main model (at its PAD bias) asked the held-out videos' questions while they stream
-    (:func:`~mmduplex.demo_qa.ask_heldout`; ``plain``: the model's streams of the same videos without questions)."""
-    from mmduplex.demo_qa import ask_heldout
-    from mmduplex.feature_cache import FeatureCache
-    from mmduplex.streaming import DuplexSession
+    (:func:`~mmduplex.demo.qa.ask_heldout`; ``plain``: the model's streams of the same videos without questions)."""
+    from mmduplex.demo.qa import ask_heldout
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.io.feature_cache import FeatureCache
 
     session = DuplexSession.from_bundle(paths.model_bundle("bflow"), pad_bias=pad_bias)
     figures = ask_heldout(session, dataset, FeatureCache(paths.features), plain, config.tolerance_s, config.pause_steps)
@@ -371,8 +371,8 @@ def run_questions(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: float
 
 def run_lvb_split(config: DemoConfig, paths: DemoPaths, dataset) -> dict[str, Any] | None:
     """``DIR/lvb`` from the held-out videos, asked through the main bundle with ``eval longvideobench``'s defaults
-    (:func:`~mmduplex.demo_qa.lvb_results`)."""
-    from mmduplex.demo_qa import lvb_results
+    (:func:`~mmduplex.demo.qa.lvb_results`)."""
+    from mmduplex.demo.qa import lvb_results
 
     return lvb_results(dataset, paths.model_bundle("bflow"), paths.root, config.fps, config.seed)
 

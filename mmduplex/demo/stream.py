@@ -4,7 +4,7 @@
   ``mmduplex stream`` does); :func:`stream_features` streams cached patch features (the same tokenizer and slot
   packer after the encoder; used for the PAD-bias search and the video ablation).
 - :func:`score_videos` gives a model's figures on held-out videos: the event figures of
-  :mod:`eval.commentary`, ``talk_ratio`` (the model's speaking time, the union of its cue spans, over the
+  :mod:`mmduplex.eval.commentary`, ``talk_ratio`` (the model's speaking time, the union of its cue spans, over the
   reference's, the union of its word spans), ``event_accuracy_by_objects`` (events grouped by the number of
   shapes with any part inside the frame at the event's time, computed from the data set's shape tracks) and
   ``event_accuracy_by_action``.
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from eval.commentary import (
+from mmduplex.eval.commentary import (
     EventTally,
     accuracy_by_group,
     match_events,
@@ -35,13 +35,13 @@ from eval.commentary import (
     speaking_s,
     tally_events,
 )
-from mmduplex.alignment import time_to_step
-from mmduplex.outputs import CommentaryLine, LineBuilder
+from mmduplex.io.outputs import CommentaryLine, LineBuilder
+from mmduplex.lm.alignment import time_to_step
 
 if TYPE_CHECKING:
     from mmduplex.data.synthetic import SyntheticDataset
-    from mmduplex.feature_cache import FeatureCache
-    from mmduplex.streaming import DuplexSession, StepOutput
+    from mmduplex.inference.session import DuplexSession, StepOutput
+    from mmduplex.io.feature_cache import FeatureCache
 
 MAX_WORDS_PER_LINE = 8
 """A commentary line closes after this many words (as ``mmduplex stream``'s default)."""
@@ -106,7 +106,7 @@ def _counting(session: DuplexSession, frames: Iterable[tuple[float, Any]], count
 
 def stream_video(session: DuplexSession, video: Path, pause_steps: int) -> StreamResult:
     """Stream one video file through ``session`` (reset first) frame by frame, with the end-of-input flush."""
-    from mmduplex.video import iter_video
+    from mmduplex.io.video import iter_video
 
     session.reset()
     counts: list[tuple[float, int]] = []
@@ -268,7 +268,7 @@ def tune_pad_bias(
     Returns:
         ``{"pad_bias", "talk_ratio_train", "target", "videos", "tried": [[bias, talk ratio], ...]}``.
     """
-    from mmduplex.feature_cache import video_key
+    from mmduplex.io.feature_cache import video_key
 
     records = [cache.load(video_key(dataset.video_path(vid))) for vid in ids]
     words = reference_words(dataset, "train")
@@ -326,7 +326,7 @@ def video_ablation(
 ) -> dict[str, Any]:
     """The model streamed over each held-out video (``ids``, default all) with the next one's cached features
     (cyclically; a shorter donor is looped), at the video's own frame times, scored against the video's own events."""
-    from mmduplex.feature_cache import video_key
+    from mmduplex.io.feature_cache import video_key
 
     ids = list(dataset.video_ids("heldout") if ids is None else ids)
     records = [cache.load(video_key(dataset.video_path(vid))) for vid in ids]

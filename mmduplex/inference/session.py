@@ -3,13 +3,13 @@
 The clock: step ``k`` covers stream time ``[k / step_hz, (k + 1) / step_hz)``. Per tick the session
 
 1. takes the video tokens that arrived for this step (frames go through the bundle's frozen encoder and the video
-   tokenizer's streaming ``step`` as they are pushed, then into the same :class:`~mmduplex.alignment.VideoSlotPacker`
+   tokenizer's streaming ``step`` as they are pushed, then into the same :class:`~mmduplex.lm.alignment.VideoSlotPacker`
    training uses),
 2. takes the next user-stream tokens (a question asked with :meth:`DuplexSession.ask`, up to the bundle's
    ``user_slots_per_step`` tokens per step, PAD = an empty slot or silence; each question starts in slot 0 of a step
-   after the previous one's tokens, the same rule as :func:`~mmduplex.alignment.align_user`),
-3. runs :class:`~mmduplex.model.DuplexLM` on that one position (``S = 1``), its own previous text token as the text
-   input, on a :class:`~mmduplex.kvcache.SinkWindowCache`,
+   after the previous one's tokens, the same rule as :func:`~mmduplex.lm.alignment.align_user`),
+3. runs :class:`~mmduplex.lm.model.DuplexLM` on that one position (``S = 1``), its own previous text token as the text
+   input, on a :class:`~mmduplex.lm.kvcache.SinkWindowCache`,
 4. samples the next text token (greedy at temperature 0; temperature, top-k and a PAD bias otherwise). It becomes
    the next step's text input and is returned: a word piece, or ``None`` for PAD / EPAD.
 
@@ -45,14 +45,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mmduplex.alignment import VideoSlotPacker, question_lines, time_to_step
-from mmduplex.bundle import DuplexBundle, load_bundle
 from mmduplex.errors import CheckpointError, InputError
-from mmduplex.kvcache import SinkWindowCache
+from mmduplex.lm.alignment import VideoSlotPacker, question_lines, time_to_step
+from mmduplex.lm.bundle import DuplexBundle, load_bundle
+from mmduplex.lm.kvcache import SinkWindowCache
 
 if TYPE_CHECKING:
-    from tokenizer.base import FrameTokens
-    from tokenizer.encoder import FrozenCLIP
+    from mmduplex.tokenizer.base import FrameTokens
+    from mmduplex.tokenizer.encoders.factory import FrozenCLIP
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class DuplexSession:
     """A live duplex session over one video stream (see the module docstring).
 
     Args:
-        bundle: a loaded inference bundle (:func:`mmduplex.bundle.load_bundle`).
+        bundle: a loaded inference bundle (:func:`mmduplex.lm.bundle.load_bundle`).
         sink: attention-sink positions the cache keeps for ever (``None``: the bundle's, else :data:`DEFAULT_SINK`).
         window: most recent positions the cache keeps (``None``: the bundle's, else :data:`DEFAULT_WINDOW_S` seconds
             of steps). Per-step cost and memory are set by ``sink + window``, whatever the stream's length.
@@ -171,7 +171,7 @@ class DuplexSession:
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any) -> DuplexSession:
-        """Load the bundle folder at ``path`` (:func:`~mmduplex.bundle.load_bundle`) and open a session on it."""
+        """Load the bundle folder at ``path`` (:func:`~mmduplex.lm.bundle.load_bundle`) and open a session on it."""
         return cls(load_bundle(path, device=device), device=device, **kwargs)
 
     # ------------------------------------------------------------------ state
@@ -224,7 +224,7 @@ class DuplexSession:
     def encoder(self) -> FrozenCLIP:
         """The frozen image encoder (built from the bundle's encoder spec on first use)."""
         if self._encoder is None:
-            from tokenizer.encoder import create_encoder
+            from mmduplex.tokenizer.encoders.factory import create_encoder
 
             spec = self.bundle.encoder_spec
             if spec is None:
@@ -246,7 +246,7 @@ class DuplexSession:
         """Encode a ``[H, W, 3]`` uint8 RGB frame shown at stream time ``t`` (s) and queue its video tokens.
 
         Returns:
-            The video tokenizer's :class:`~tokenizer.base.FrameTokens` for the frame.
+            The video tokenizer's :class:`~mmduplex.tokenizer.base.FrameTokens` for the frame.
         """
         frame = torch.as_tensor(frame)
         if frame.dim() != 3 or frame.shape[-1] != 3 or frame.dtype != torch.uint8:
@@ -263,7 +263,7 @@ class DuplexSession:
         dropped (logged), so the backlog stays bounded.
 
         Returns:
-            The video tokenizer's :class:`~tokenizer.base.FrameTokens` for the frame.
+            The video tokenizer's :class:`~mmduplex.tokenizer.base.FrameTokens` for the frame.
         """
         t = float(t)
         if not t > self._last_frame_t:
@@ -291,7 +291,7 @@ class DuplexSession:
 
         Args:
             text: the question (whitespace-separated words; each line starts a new step, as in
-                :func:`~mmduplex.alignment.align_user`).
+                :func:`~mmduplex.lm.alignment.align_user`).
             t: stream time (s) it is typed at; ``None`` or a time already past: from the next step. Questions go
                 out in the order they are asked, each from slot 0 of the step after the previous one's last token.
 
@@ -393,7 +393,7 @@ class DuplexSession:
         lags the video by tau), unless ``flush`` is false.
 
         Args:
-            frames: frames in increasing time order (e.g. :func:`mmduplex.video.iter_video`).
+            frames: frames in increasing time order (e.g. :func:`mmduplex.io.video.iter_video`).
             end_s: stop at this stream time (s) at the latest; frames at or after it are not read.
             wait: called with a stream time before each event at that time (a frame arriving at ``t``, step ``k``
                 due at ``(k + 1) / step_hz``), in time order; real-time pacing sleeps until then.

@@ -9,7 +9,7 @@ so a run killed at any point leaves only complete files; a re-run skips finished
 index update was lost.
 
 This is shared data below both components: it imports neither the tokenizer nor the duplex model, so both (and
-their data modules) read caches through it. The extraction job that fills a cache is :mod:`mmduplex.features`.
+their data modules) read caches through it. The extraction job that fills a cache is :mod:`mmduplex.train.features`.
 """
 
 from __future__ import annotations

@@ -355,7 +355,8 @@ class LineBuilder:
 
     def push_piece(self, t: float, piece: str | None, word_start: bool = True) -> CommentaryLine | None:
         """Like :meth:`push`, for a subword tokenizer's pieces: a piece that does not start a word joins the open
-        word (``word_start`` as in :class:`mmduplex.streaming.StepOutput`); word-level pieces always start one."""
+        word (``word_start`` as in :class:`mmduplex.inference.session.StepOutput`); word-level pieces always start
+        one."""
         if piece is not None and piece.strip() and not word_start and self._words and self._silent == 0:
             self._t = max(self._t, t)
             self._words[-1] += piece.strip()

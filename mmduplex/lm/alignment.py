@@ -39,7 +39,7 @@ import torch
 
 from mmduplex.data.transcripts import Word
 from mmduplex.errors import InputError
-from mmduplex.text import TextTokenizer
+from mmduplex.lm.text import TextTokenizer
 
 _EPS = 1e-6  # frame and word times like k / fps land on the step they name despite float rounding
 
@@ -216,7 +216,7 @@ class VideoSlotPacker:
         return time_to_step(t - self.start_s, self.step_hz)
 
     def push(self, frame: object) -> None:
-        """Queue one frame's tokens (a :class:`tokenizer.base.FrameTokens`: ``t`` and ``tokens [n, Dv]``)."""
+        """Queue one frame's tokens (a :class:`mmduplex.tokenizer.base.FrameTokens`: ``t`` and ``tokens [n, Dv]``)."""
         tokens = frame.tokens  # [n, Dv]
         if tokens.dim() != 2 or tokens.shape[1] != self.token_dim:
             raise InputError("frame tokens", f"expected [n, {self.token_dim}], got {tuple(tokens.shape)}")

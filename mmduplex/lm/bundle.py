@@ -30,8 +30,8 @@ from torch import nn
 
 from mmduplex.errors import CheckpointError
 from mmduplex.fileio import atomic_dir, write_json_atomic
-from mmduplex.model import DuplexLM, LoraSettings, apply_lora, build_backbone
-from mmduplex.text import TextTokenizer
+from mmduplex.lm.model import DuplexLM, LoraSettings, apply_lora, build_backbone
+from mmduplex.lm.text import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,13 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 VIDEO_TOKENIZER_FILE = "video_tokenizer.safetensors"
 TEXT_TOKENIZER_DIR = "text_tokenizer"
-_TOKENIZER_PACKAGE = "tokenizer."  # bundles may only name video tokenizer classes of this package
+_TOKENIZER_PACKAGE = "mmduplex.tokenizer."  # bundles may only name video tokenizer classes of this package
+_OLD_TOKENIZER_PACKAGE = "tokenizer."  # its import path before it installed under mmduplex (bundles written then)
+
+
+def current_class_path(class_path: str) -> str:
+    """``class_path`` as it imports today: a bundle written before the package move names ``tokenizer.bflow.X``."""
+    return "mmduplex." + class_path if class_path.startswith(_OLD_TOKENIZER_PACKAGE) else class_path
 
 
 @dataclass
@@ -81,7 +87,7 @@ class DuplexBundle:
 
     @property
     def encoder_spec(self) -> str | None:
-        """``MODEL[:PRETRAINED]`` of the encoder, for :func:`tokenizer.encoder.create_encoder`."""
+        """``MODEL[:PRETRAINED]`` of the encoder, for :func:`mmduplex.tokenizer.encoders.factory.create_encoder`."""
         enc = self.encoder
         if not enc:
             return None
@@ -129,12 +135,13 @@ def build_video_tokenizer(spec: Any, source: str | os.PathLike = "bundle") -> nn
     """
     from jsonargparse import ArgumentParser
 
-    from tokenizer.base import VideoTokenizer
+    from mmduplex.tokenizer.base import VideoTokenizer
 
     if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
         raise CheckpointError(source, "no usable video tokenizer description (class_path, init_args)")
-    module_name, _, class_name = spec["class_path"].rpartition(".")
-    if not spec["class_path"].startswith(_TOKENIZER_PACKAGE):
+    class_path = current_class_path(spec["class_path"])
+    module_name, _, class_name = class_path.rpartition(".")
+    if not class_path.startswith(_TOKENIZER_PACKAGE):
         raise CheckpointError(source, f"video tokenizer class {spec['class_path']!r} is not in the tokenizer package")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
@@ -214,8 +221,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write the inference bundle of a Lightning checkpoint (atomically).
 
-    A duplex checkpoint (:class:`mmduplex.module.DuplexModule`) gives a duplex bundle; a B-Flow tokenizer
-    checkpoint gives a tokenizer bundle (:meth:`tokenizer.bflow.BFlowTokenizer.save_pretrained`).
+    A duplex checkpoint (:class:`mmduplex.train.duplex_module.DuplexModule`) gives a duplex bundle; a B-Flow tokenizer
+    checkpoint gives a tokenizer bundle (:meth:`mmduplex.tokenizer.bflow.BFlowTokenizer.save_pretrained`).
 
     Raises:
         CheckpointError: unreadable checkpoint, another kind, or weights that do not fit the stored config.
@@ -223,7 +230,7 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> 
     ckpt = read_checkpoint(checkpoint)
     kind = ckpt.get("mmduplex_kind")
     if kind == "bflow-tokenizer":
-        from tokenizer.bflow import BFlowTokenizer
+        from mmduplex.tokenizer.bflow import BFlowTokenizer
 
         return BFlowTokenizer.from_checkpoint(checkpoint).save_pretrained(out_dir)
     if kind != DUPLEX_KIND:

@@ -3,12 +3,12 @@
 A sample is one window of one clip: the video's cache key, the clip's start in the video, the window's offset and
 length (seconds) and the clip's words and user questions: ``[time s from the clip start, text]`` pairs, a LiveCC
 ``query`` at 0 and each question a user asks mid-clip (the user text item's ``"questions"``) at its own time, so a
-window cut from the middle of the clip gets it at its real offset. :class:`mmduplex.module.DuplexModule` puts samples on
-its step grid (so the stream settings live in the model only) and tokenizes the cached features with its frozen
-video tokenizer.
+window cut from the middle of the clip gets it at its real offset. :class:`mmduplex.train.duplex_module.DuplexModule`
+puts samples on its step grid (so the stream settings live in the model only) and tokenizes the cached features with its
+frozen video tokenizer.
 
 By default (no ``transcripts``) it uses the synthetic commentary set, built on first use together with its feature
-cache by :func:`mmduplex.data.synthetic_cache.prepare_synthetic_cache`; its ``split.json`` gives train / held-out.
+cache by :func:`mmduplex.train.synthetic_cache.prepare_synthetic_cache`; its ``split.json`` gives train / held-out.
 With ``synthetic_end_questions`` some training videos end with one more question, typed after the last frame: the
 video's last window moves to end after its answer, so its last steps carry no video
 (:func:`mmduplex.data.synthetic_plan.plan_stream_end`). That is how LongVideoBench asks, and how a stream ends in
@@ -168,7 +168,7 @@ class DuplexDataModule(LightningDataModule):
         if self.transcripts is not None:
             return
         from mmduplex.data.synthetic import SyntheticConfig
-        from mmduplex.data.synthetic_cache import prepare_synthetic_cache
+        from mmduplex.train.synthetic_cache import prepare_synthetic_cache
 
         sizes = {} if self.synthetic_videos is None else {"num_videos": self.synthetic_videos}
         config = SyntheticConfig(**sizes, question_interval_s=self.synthetic_question_interval_s)
@@ -190,7 +190,7 @@ class DuplexDataModule(LightningDataModule):
         return [c for c in clips if stem(c) in by_split["train"]], [c for c in clips if stem(c) in by_split["heldout"]]
 
     def _samples(self, clips: list[TimedClip]) -> list[dict[str, Any]]:
-        from mmduplex.features import video_key
+        from mmduplex.train.features import video_key
 
         entries = self.cache.entries()
         by_source = {str(Path(e["source"]).resolve()): key for key, e in entries.items()}
@@ -266,7 +266,7 @@ class DuplexDataModule(LightningDataModule):
         return out
 
     def setup(self, stage: str | None = None) -> None:
-        from mmduplex.features import FeatureCache
+        from mmduplex.train.features import FeatureCache
 
         if self.cache is not None:
             return
@@ -290,7 +290,7 @@ class DuplexDataModule(LightningDataModule):
         }
 
     def load_features(self, key: str):
-        """One video's cached features (:class:`mmduplex.features.FeatureRecord`)."""
+        """One video's cached features (:class:`mmduplex.train.features.FeatureRecord`)."""
         self.setup()
         return self.cache.load(key)
 

@@ -3,10 +3,11 @@
 The constructor is the schema (``mmduplex fit --config recipes/duplex/<name>.yaml``). The frozen video tokenizer
 (B-Flow or a baseline, injected by ``class_path``) turns cached patch features into frame tokens once per video —
 it is frozen and deterministic, so its output is memoised and later epochs do not recompute it. Each batch of
-windows from :class:`mmduplex.datamodule.DuplexDataModule` is put on the step grid here (:mod:`mmduplex.alignment`),
-so the stream settings live in one place. Everything :func:`mmduplex.bundle.export_bundle` needs (text tokenizer
-files, backbone config, video tokenizer description, encoder fingerprint and fps, stream settings) is stored in the
-checkpoint as plain JSON values, so the checkpoint loads with ``torch.load(weights_only=True)``.
+windows from :class:`mmduplex.train.duplex_datamodule.DuplexDataModule` is put on the step grid here
+(:mod:`mmduplex.lm.alignment`), so the stream settings live in one place. Everything
+:func:`mmduplex.lm.bundle.export_bundle` needs (text tokenizer files, backbone config, video tokenizer description,
+encoder fingerprint and fps, stream settings) is stored in the checkpoint as plain JSON values, so the checkpoint loads
+with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from mmduplex.alignment import align_text, align_user, pack_video, time_to_step
-from mmduplex.bundle import DUPLEX_KIND, describe_video_tokenizer
 from mmduplex.data.transcripts import Word
 from mmduplex.errors import CacheError, InputError
-from mmduplex.model import DuplexLM, LoraSettings, LossWeights, apply_lora, build_backbone, text_loss
+from mmduplex.lm.alignment import align_text, align_user, pack_video, time_to_step
+from mmduplex.lm.bundle import DUPLEX_KIND, describe_video_tokenizer
+from mmduplex.lm.model import DuplexLM, LoraSettings, LossWeights, apply_lora, build_backbone, text_loss
+from mmduplex.lm.text import load_text_tokenizer
 from mmduplex.schedules import warmup_cosine_schedule
-from mmduplex.text import load_text_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ STREAM_SINK = 4
 
 
 class DuplexModule(LightningModule):
-    """Trains :class:`mmduplex.model.DuplexLM` with the weighted text-stream loss.
+    """Trains :class:`mmduplex.lm.model.DuplexLM` with the weighted text-stream loss.
 
     Args:
         video_tokenizer: the frozen video tokenizer (B-Flow or a baseline); its ``token_dim`` sets the video width.
@@ -73,8 +74,8 @@ class DuplexModule(LightningModule):
             window's tensors are the same every epoch (the tokenizer is frozen), and building them is ~20 % of a
             CPU training step of the demo's model.
         user_slots_per_step: U, user-stream (question) tokens per step (1: one token per step).
-        user_scale: fixed factor on the user stream's step embedding (:class:`~mmduplex.model.DuplexLM`).
-        text_scale: fixed factor on the model's own text token embedding (:class:`~mmduplex.model.DuplexLM`).
+        user_scale: fixed factor on the user stream's step embedding (:class:`~mmduplex.lm.model.DuplexLM`).
+        text_scale: fixed factor on the model's own text token embedding (:class:`~mmduplex.lm.model.DuplexLM`).
     """
 
     def __init__(

@@ -1,10 +1,10 @@
 """The extraction job that fills a feature cache (``mmduplex features``): frozen-encoder features of many videos.
 
 Videos are decoded in DataLoader workers (:class:`VideoFrames`), encoded by the frozen image encoder in batches and
-written one shard per video into a :class:`~mmduplex.feature_cache.FeatureCache`; a run resumes where a killed one
+written one shard per video into a :class:`~mmduplex.io.feature_cache.FeatureCache`; a run resumes where a killed one
 stopped. With ``devices`` set, the same work runs as Lightning's predict loop (:class:`FeatureExtractor` +
-:class:`ShardWriter`). The cache itself (format, reading, atomic writes) is :mod:`mmduplex.feature_cache`; its public
-names are re-exported here, so ``from mmduplex.features import FeatureCache`` keeps working.
+:class:`ShardWriter`). The cache itself (format, reading, atomic writes) is :mod:`mmduplex.io.feature_cache`; its public
+names are re-exported here, so ``from mmduplex.train.features import FeatureCache`` keeps working.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from mmduplex.errors import InputError, MMDuplexError
-from mmduplex.feature_cache import (
+from mmduplex.io.feature_cache import (
     FORMAT,
     INDEX_NAME,
     SHARD_SUFFIX,
@@ -34,8 +34,8 @@ from mmduplex.feature_cache import (
     FeatureRecord,
     video_key,
 )
-from mmduplex.video import read_video
-from tokenizer.encoder import FrozenImageEncoder, create_encoder
+from mmduplex.io.video import read_video
+from mmduplex.tokenizer.encoders.factory import FrozenImageEncoder, create_encoder
 
 __all__ = [
     "FORMAT",
@@ -172,7 +172,7 @@ def extract_features(
     Args:
         videos: video files.
         out_dir: the cache folder (created if needed).
-        encoder: an encoder spec for :func:`tokenizer.encoder.create_encoder`, or a built encoder.
+        encoder: an encoder spec for :func:`mmduplex.tokenizer.encoders.factory.create_encoder`, or a built encoder.
         fps: frames sampled per second of video.
         workers: decoding processes (``1``: decode in this process); the encoder runs in the main process.
         batch_size: frames per encoder forward pass.
@@ -300,8 +300,8 @@ class FeatureExtractor(LightningModule):
     """Lightning predict-loop wrapper around the frozen encoder: one video per step -> its features.
 
     Args:
-        encoder: encoder spec for :func:`tokenizer.encoder.create_encoder` (built on CPU, moved by Lightning).
-        batch_size: frames per encoder forward pass.
+        encoder: encoder spec for :func:`mmduplex.tokenizer.encoders.factory.create_encoder` (built on CPU, moved by
+        Lightning). batch_size: frames per encoder forward pass.
     """
 
     def __init__(self, encoder: str = "mmduplex-tiny", batch_size: int = 64) -> None:

@@ -2,7 +2,7 @@
 
 One function shared by the tokenizer and duplex data modules and by ``mmduplex demo``. Both steps are resumable:
 :func:`~mmduplex.data.synthetic.generate_dataset` reuses a complete data set with the same settings, and
-:func:`~mmduplex.features.extract_features` skips videos already in the cache, so a run killed half-way is
+:func:`~mmduplex.train.features.extract_features` skips videos already in the cache, so a run killed half-way is
 completed, never taken as done.
 """
 
@@ -36,12 +36,12 @@ def prepare_synthetic_cache(
             data modules: a data set made by ``mmduplex demo`` is used, not regenerated); otherwise a data set with
             other settings is regenerated.
         processes: rendering processes of a new data set and encoder processes (see
-            :func:`~mmduplex.features.extract_features`).
+            :func:`~mmduplex.train.features.extract_features`).
 
     Raises:
         CacheError: a video could not be encoded (the others are in the cache).
     """
-    from mmduplex.features import extract_features
+    from mmduplex.train.features import extract_features
 
     if reuse_existing and (Path(synthetic_dir) / MANIFEST).is_file():
         dataset = SyntheticDataset(synthetic_dir)

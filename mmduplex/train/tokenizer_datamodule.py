@@ -21,7 +21,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmduplex.errors import CacheError, InputError
-from mmduplex.feature_cache import FeatureCache  # shared data layer: imports no tokenizer module
+from mmduplex.io.feature_cache import FeatureCache  # shared data layer: imports no tokenizer module
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class FeatureDataModule(LightningDataModule):
         if self.synthetic_dir is None:
             return
         from mmduplex.data.synthetic import SyntheticConfig
-        from mmduplex.data.synthetic_cache import prepare_synthetic_cache
+        from mmduplex.train.synthetic_cache import prepare_synthetic_cache
 
         config = None if self.synthetic_videos is None else SyntheticConfig(num_videos=self.synthetic_videos)
         prepare_synthetic_cache(

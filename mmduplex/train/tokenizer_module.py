@@ -4,7 +4,7 @@ The module runs the tokenizer's batched path (the same per-frame decisions as st
 ``1 - cos(R_t, x_t)`` between each frame's causal reconstruction and its normalised features (plus an optional
 MSE term). Token selections are not differentiable; the key encoder/decoder and the flow decoder learn.
 Checkpoints carry ``mmduplex_kind``, the tokenizer config and the feature cache's encoder fingerprint / fps, so
-:meth:`tokenizer.bflow.BFlowTokenizer.from_checkpoint` can load them without unpickling objects.
+:meth:`mmduplex.tokenizer.bflow.BFlowTokenizer.from_checkpoint` can load them without unpickling objects.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from lightning.pytorch import LightningModule
 
 from mmduplex.errors import CacheError
 from mmduplex.schedules import warmup_cosine_schedule
-from tokenizer.bflow import BUNDLE_KIND, BFlowConfig, BFlowTokenizer
-from tokenizer.fidelity import EPS, normalize_features
+from mmduplex.tokenizer.bflow import BUNDLE_KIND, BFlowConfig, BFlowTokenizer
+from mmduplex.tokenizer.fidelity import EPS, normalize_features
 
 
 class BFlowModule(LightningModule):
-    """Trains a :class:`~tokenizer.bflow.BFlowTokenizer` to reconstruct frozen patch features from its tokens.
+    """Trains a :class:`~mmduplex.tokenizer.bflow.BFlowTokenizer` to reconstruct frozen patch features from its tokens.
 
     Args:
         config: the tokenizer's hyper-parameters (``dim`` and ``grid`` must match the feature cache).

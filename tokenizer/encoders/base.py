@@ -1,7 +1,8 @@
 """The frozen image encoder's common part: preprocessing, batched encoding and the weights fingerprint.
 
-Every encoder the project builds (:class:`tokenizer.encoder.FrozenCLIP` for open_clip vision transformers,
-:class:`tokenizer.efficientnet.FrozenEfficientNet` for the ImageNet EfficientNet-Lite trunks) is a
+Every encoder the project builds (:class:`mmduplex.tokenizer.encoders.factory.FrozenCLIP` for open_clip vision
+transformers,
+:class:`mmduplex.tokenizer.encoders.efficientnet.FrozenEfficientNet` for the ImageNet EfficientNet-Lite trunks) is a
 :class:`FrozenImageEncoder`: always in eval mode with gradients off, ``encode([T, H, W, 3] uint8)`` ->
 :class:`EncodedFrames` (patch features ``[T, P, D]`` on a ``grid`` of patches, a pooled embedding ``[T, E]``), and a
 ``fingerprint`` dict whose equality means identical encoders (a feature cache made by one is valid for the other).
@@ -44,7 +45,7 @@ class FrozenImageEncoder(nn.Module):
     """Preprocessing and batched, gradient-free encoding shared by the project's frozen image encoders.
 
     Args:
-        spec: the spec the encoder was created from (for :func:`tokenizer.encoder.create_encoder`).
+        spec: the spec the encoder was created from (for :func:`mmduplex.tokenizer.encoders.factory.create_encoder`).
         fingerprint: identity of the weights (``model``, ``pretrained``, ``weights_sha256``, ``image_size``, ...).
         image_size: side ``S`` of the square model input.
         grid: ``(rows, cols)`` of the patch-feature map.

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from mmduplex.errors import CheckpointError
-from tokenizer.image_encoder import EncodedFrames, FrozenImageEncoder, weights_sha256
+from mmduplex.tokenizer.encoders.base import EncodedFrames, FrozenImageEncoder, weights_sha256
 
 logger = logging.getLogger(__name__)
 

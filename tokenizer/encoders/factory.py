@@ -1,8 +1,8 @@
 """The frozen image encoders' factory, and open_clip's visual trunk as a per-frame patch-feature extractor.
 
 ``create_encoder(spec)`` is the one factory. ``efficientnet-lite0`` (the real ImageNet encoder that works
-offline, the demo's default; ``-lite1``/``-lite2`` too) is built by :mod:`tokenizer.efficientnet`. Any other
-``spec`` is ``MODEL[:PRETRAINED]`` (an open_clip model name and a pretrained tag or a local weights file, e.g.
+offline, the demo's default; ``-lite1``/``-lite2`` too) is built by :mod:`mmduplex.tokenizer.encoders.efficientnet`. Any
+other ``spec`` is ``MODEL[:PRETRAINED]`` (an open_clip model name and a pretrained tag or a local weights file, e.g.
 ``ViT-B-16:openai`` or ``ViT-B-16:/ckpt/open_clip_model.bin``), an open_clip ``hf-hub:``/``local-dir:`` name, or a
 bare local folder in open_clip's ``local-dir`` layout (``open_clip_config.json`` + weights). A model name without a
 tag is a random initialisation from a fixed seed, so every process builds the same weights; the built-in presets
@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from mmduplex.errors import CheckpointError
-from tokenizer.efficientnet import create_efficientnet, is_efficientnet_spec
-from tokenizer.image_encoder import EncodedFrames, FrozenImageEncoder, weights_sha256
+from mmduplex.tokenizer.encoders.base import EncodedFrames, FrozenImageEncoder, weights_sha256
+from mmduplex.tokenizer.encoders.efficientnet import create_efficientnet, is_efficientnet_spec
 
 __all__ = ["EncodedFrames", "FrozenCLIP", "FrozenImageEncoder", "create_encoder"]
 
@@ -142,7 +142,8 @@ def create_encoder(spec: str = "mmduplex-tiny", device: str | torch.device | Non
     """Build the frozen encoder named by ``spec`` (see the module docstring for the forms it takes).
 
     ``efficientnet-lite0`` (``-lite1``, ``-lite2``; optionally ``:imagenet`` or ``:PATH``) builds the real ImageNet
-    encoder of :mod:`tokenizer.efficientnet` from the weights registry; everything else is an open_clip ViT.
+    encoder of :mod:`mmduplex.tokenizer.encoders.efficientnet` from the weights registry; everything else is an
+    open_clip ViT.
 
     The fingerprint is ``{"model", "pretrained", "weights_sha256", "image_size"}``: the hash covers every
     tensor of the visual trunk, so equal fingerprints mean identical encoders (and a cache made by one can be

@@ -1,0 +1,1 @@
+"""Frozen image encoders: the factory (:func:`create_encoder`), EfficientNet-Lite and open_clip trunks."""
