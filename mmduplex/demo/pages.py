@@ -6,6 +6,7 @@
   reference events beside the model's lines (hits, misses and invented lines marked) and a strip of the video
   tokens each frame cost, with the events marked on it (inline SVG). No script beyond the cue list's, no network.
 - :func:`write_index`: ``DIR/index.html``: the results table, ``curve.png`` when present, a link per video.
+- :func:`write_pages`: the ``.vtt`` and page of every held-out video, then the index (the demo's last stage).
 
 Every ``src`` / ``href`` is relative, so the folder works when served over HTTP (browsers refuse a ``<track>`` from
 ``file://``). Pages are written atomically.

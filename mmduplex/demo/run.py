@@ -1,26 +1,33 @@
 """``mmduplex demo``: the whole path on the built-in synthetic set, offline, on a CPU, in minutes.
 
 Stages (each reuses the previous run's output when it is complete, so re-running is cheap; every output is written
-atomically, so a stage killed half-way is simply redone):
+atomically, so a stage killed half-way is simply redone; a folder holding a run made with other settings is refused):
 
-1. ``data/``      the synthetic commentary set (train / held-out split), :mod:`mmduplex.data.synthetic`;
-2. ``features/``  frozen ``mmduplex-tiny`` CLIP patch features of every video (both by
-   :func:`mmduplex.train.synthetic_cache.prepare_synthetic_cache`);
-3. ``tokenizer/`` the B-Flow tokenizer trained by ``recipes/tokenizer/tiny.yaml`` (+ the demo's overrides), saved
-   with the demo's token budget;
-4. ``bundle/``    the duplex model trained by ``recipes/duplex/tiny.yaml`` on B-Flow tokens, exported;
+1. ``data/``      the synthetic commentary set (train / held-out split, with the user's questions when
+   ``question_interval_s > 0``), :mod:`mmduplex.data.synthetic`;
+2. ``features/``  frozen image-encoder patch features of every video from :attr:`DemoConfig.encoder`
+   (``efficientnet-lite0-s8`` in ``recipes/demo/default.yaml``, the random ``mmduplex-tiny`` in ``smoke``), one
+   process per core (stages 1-2 by :func:`mmduplex.train.synthetic_cache.prepare_synthetic_cache`);
+3. ``tokenizer/`` the B-Flow tokenizer trained by the shipped recipe :attr:`DemoConfig.tokenizer_recipe`
+   (``recipes/tokenizer/lite0_s8.yaml`` in the default config) with the demo's sizes, saved with its token budget;
+   then B-Flow's tokens per frame on the training features, the rate the ``uniform_tokens`` baseline gets;
+4. ``bundle/``    the duplex model trained by the shipped recipe :attr:`DemoConfig.duplex_recipe`
+   (``recipes/duplex/demo.yaml``; ``smoke``: ``recipes/duplex/tiny.yaml``) on B-Flow tokens, exported;
    ``baselines/<name>/bundle`` the same recipe with the video stream zeroed (``text_only``) and with uniform pooled
-   tokens at B-Flow's measured token rate (``uniform_tokens``);
+   tokens at B-Flow's tokens per frame (``uniform_tokens``); each model at its :attr:`DemoConfig.model_lr`, if any;
 5. per model: its PAD bias tuned on training videos so it talks as much as the reference (the same rule for every
    model), then every held-out video streamed through :class:`~mmduplex.inference.session.DuplexSession` frame by frame
    and scored (:mod:`mmduplex.demo.stream`); the main model is also streamed with another video's features (the video
-   ablation). Stages 4-5 run per model in worker processes when ``workers > 1`` (:mod:`mmduplex.demo.stages`);
+   ablation) and, with questions, asked them while watching and through a LongVideoBench-format split ``lvb/``
+   (:mod:`mmduplex.demo.qa`). Stages 4-5 run per model in worker processes when ``workers > 1``
+   (:mod:`mmduplex.demo.stages`);
 6. ``<video>.vtt`` + ``<video>.html`` per held-out video and ``index.html`` (:mod:`mmduplex.demo.pages`),
    ``report.json`` (keys in ``docs/DESIGN.md``, every figure with its settings) and a results table on stdout.
 
 The terminal shows one progress line per stage and the results table (:func:`~mmduplex.demo.stages.quiet_frameworks`).
-The demo's sizes (videos, steps) are a :class:`DemoConfig`, read from ``recipes/demo/<name>.yaml`` (``default``:
-the full demo; ``smoke``: the reduced run the tests use). The training recipes themselves are the shipped ones.
+The demo's sizes, encoder and recipes are a :class:`DemoConfig`, read from ``recipes/demo/<name>.yaml``
+(``default``: the full demo; ``smoke``: the reduced run the tests use; ``smollm2`` / ``smollm2_lora``: the frozen
+SmolLM2 recipes, main model only). The training recipes themselves are the shipped ones.
 """
 
 from __future__ import annotations
