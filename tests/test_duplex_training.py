@@ -90,7 +90,7 @@ def test_resume_after_kill_matches_uninterrupted(duplex_data, tmp_path):
     argv = duplex_fit_args(duplex_data, killed_dir, *SMALL, "--trainer.max_steps=100000", *every)
     proc = subprocess.Popen(mmduplex_command() + argv, env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
-    checkpoint, deadline = None, time.monotonic() + 240
+    checkpoint, deadline = None, time.monotonic() + 900  # a guard against a hang only
     try:
         while checkpoint is None and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)

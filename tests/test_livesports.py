@@ -329,7 +329,7 @@ def test_prompt_verdicts_and_win_rate_arithmetic():
 
 
 def test_judge_client_against_a_local_stand_in(judge_server):
-    client = JudgeClient(judge_server, "judge-x", "k3y", timeout_s=10, retries=0)
+    client = JudgeClient(judge_server, "judge-x", "k3y", timeout_s=120, retries=0)
     model = {"v_1": "what a goal", "v_2": "nothing", "v_3": "goal"}
     baseline = {"v_1": "nothing", "v_2": "a goal", "v_3": "goal again", "v_4": "x"}
     judged = judge_all(client, model, baseline, {"v_1": "h", "v_2": "h", "v_3": "h", "v_4": "h"}, workers=2)
@@ -342,7 +342,7 @@ def test_judge_client_against_a_local_stand_in(judge_server):
 
 
 def test_judge_client_retries_server_errors_and_stops_on_refusals(judge_server):
-    client = JudgeClient(judge_server + "/chat/completions", "j", None, timeout_s=10, retries=2)
+    client = JudgeClient(judge_server + "/chat/completions", "j", None, timeout_s=120, retries=2)
     waits: list[float] = []
     client.sleep = waits.append
     _StandIn.failures = [503, 500]

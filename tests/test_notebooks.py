@@ -39,7 +39,9 @@ def _execute(name: str, demo_dir: Path, out_dir: Path, monkeypatch) -> nbformat.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(out_dir)}})
+    # Timeouts (per cell, kernel start) guard against a hang only: a busy machine may be slow.
+    client = NotebookClient(nb, timeout=900, startup_timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(out_dir)}})  # fmt: skip
     client.execute()
     return nb
 
