@@ -17,8 +17,9 @@ import pytest
 from delayed_echo import DelayedEcho
 
 from mmduplex.cli import main
-from mmduplex.commands.stream import _Lines, parse_ask, timestamp
+from mmduplex.commands.stream import parse_ask, printed_line, timestamp
 from mmduplex.errors import InputError
+from mmduplex.inference.commentary import LineCollector
 from mmduplex.io.outputs import LineBuilder, read_commentary
 
 REPORT_KEYS = ["steps", "step_hz", "rtf", "step_ms_p50", "step_ms_p95", "peak_rss_mb", "video_tokens_per_second"]
@@ -187,7 +188,8 @@ def test_ask_parsing():
 
 def test_subword_pieces_join_into_words():
     printed: list[str] = []
-    lines = _Lines(LineBuilder(pause_steps=2, max_words=10, min_display_s=1.0), printed.append)
+    builder = LineBuilder(pause_steps=2, max_words=10, min_display_s=1.0)
+    lines = LineCollector(builder, on_line=lambda line: printed.append(printed_line(line)))
     steps = [("red", True), ("dish", True), ("es", False), (None, False), (None, False), ("go", True)]
     for k, (word, start) in enumerate(steps):
         lines.push(SimpleNamespace(t=(k + 1) / 5, word=word, word_start=start))

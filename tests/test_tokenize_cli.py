@@ -46,7 +46,7 @@ def check_report(report: dict, fps: float) -> None:
 
 def test_tokenize_untrained_defaults(carphone, tmp_path, capsys):
     out = tmp_path / "tokens.json"
-    assert main(["tokenize", carphone, "--fps", "5", "--out", str(out)]) == 0
+    assert main(["tokenize", carphone, "--encoder", "mmduplex-tiny", "--fps", "5", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     check_report(report, 5.0)
     assert report["duration_s"] == pytest.approx(4.004, abs=0.01) and report["frames"] == 21
@@ -108,7 +108,7 @@ def test_untrained_counts_follow_motion(tmp_path):
         video = tmp_path / f"motion_{speed:g}.mp4"
         write_video(video, make_motion_video(30, 10.0, speed, num_shapes=2, seed=2), 10.0)
         out = tmp_path / f"motion_{speed:g}.json"
-        assert main(["tokenize", str(video), "--fps", "5", "--out", str(out)]) == 0
+        assert main(["tokenize", str(video), "--encoder", "mmduplex-tiny", "--fps", "5", "--out", str(out)]) == 0
         rates.append(json.loads(out.read_text())["tokens_per_second_after_first_keyframe"])
     assert rates[0] <= 1.0 and rates[0] < rates[1] < rates[2], rates
 

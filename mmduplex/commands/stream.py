@@ -1,7 +1,8 @@
 """``mmduplex stream VIDEO --checkpoint BUNDLE``: live duplex commentary, printed line by line as it is produced.
 
-``VIDEO`` is a file, ``-`` (a stream on stdin) or a URL PyAV opens; it is decoded incrementally at the bundle's fps
-(:func:`mmduplex.io.video.iter_video`) and driven through a :class:`mmduplex.inference.session.DuplexSession`. Each
+The command around the streaming loop (:class:`mmduplex.inference.commentary.Commentary`, what
+:meth:`mmduplex.DuplexModel.stream` returns): ``VIDEO`` is a file, ``-`` (a stream on stdin) or a URL PyAV opens,
+decoded incrementally at the bundle's fps and driven through a :class:`mmduplex.inference.session.DuplexSession`. Each
 finished commentary line is printed as ``[HH:MM:SS.d] text``. When the input ends (end of file or stream, or
 ``--max-seconds``), the session runs the steps the model still owes (the text lags the video by tau:
 :meth:`~mmduplex.inference.session.DuplexSession.flush`), so the last seconds are commented too; their lines carry times
@@ -19,7 +20,6 @@ import logging
 import math
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -126,100 +126,23 @@ def _check_args(args: argparse.Namespace) -> list[tuple[float | None, str]]:
     return [parse_ask(value) for value in args.ask]
 
 
-def _is_url(source: str) -> bool:
-    return "://" in source and not Path(source).exists()
-
-
 def timestamp(seconds: float) -> str:
     """``HH:MM:SS.d`` for the printed lines."""
     tenths = int(round(seconds * 10))
     return f"{tenths // 36000:02d}:{tenths // 600 % 60:02d}:{tenths // 10 % 60:02d}.{tenths % 10}"
 
 
-class RealtimePacer:
-    """The ``wait`` hook of :meth:`DuplexSession.run` for ``--realtime``: sleeps until each event's wall-clock time.
-
-    Stream time 0 is the wall-clock time of the first event. :meth:`lag` says how late a step started; a step is
-    late when it starts more than one step period after its due time (the model fell behind the video).
-    """
-
-    def __init__(self, step_hz: float) -> None:
-        self.period = 1.0 / step_hz
-        self.origin: float | None = None
-        self.slept_s = 0.0
-        self.late_steps = 0
-        self.max_lag_s = 0.0
-
-    def __call__(self, t: float) -> None:
-        now = time.perf_counter()
-        if self.origin is None:
-            self.origin = now - t
-        delay = self.origin + t - now
-        if delay > 0:
-            time.sleep(delay)
-            self.slept_s += delay
-
-    def record(self, due_s: float, started: float) -> None:
-        """Account for a step due at stream time ``due_s`` that started at wall-clock ``started``."""
-        lag = started - (self.origin or started) - due_s
-        self.max_lag_s = max(self.max_lag_s, lag)
-        if lag > self.period:
-            self.late_steps += 1
-
-
-class _Lines:
-    """Word pieces -> commentary lines (:meth:`mmduplex.io.outputs.LineBuilder.push_piece`); prints finished lines."""
-
-    def __init__(self, builder: Any, echo: Any) -> None:
-        self.builder, self.echo = builder, echo
-
-    def push(self, out: Any) -> None:
-        self._emit(self.builder.push_piece(out.t, out.word, out.word_start))
-
-    def flush(self) -> None:
-        self._emit(self.builder.flush())
-
-    def _emit(self, line: Any) -> None:
-        if line is not None:
-            self.echo(f"[{timestamp(line.start)}] {line.text}")
-
-
-def _stream(session, frames, end_s: float | None, pacer, questions: list[tuple[float | None, str]]):
-    """The session's steps over ``frames``, then the questions asked at ``end`` typed, then the flush."""
-    yield from session.run(frames, end_s=end_s, wait=pacer, flush=False)
-    if session.step_index == 0:
-        return
-    from mmduplex.lm.alignment import time_to_step
-
-    for t, text in questions:
-        if t is None:
-            session.ask(text)
-        elif time_to_step(t, session.step_hz) > session.step_index:  # would wait for a step the flush never runs
-            end_s = session.step_index / session.step_hz
-            log.warning("--ask %g:%s comes after the input's end (%.1f s): not asked (--ask end:TEXT)", t, text, end_s)
-    yield from session.flush(pacer)
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / (2**20 if sys.platform == "darwin" else 1024)
+def printed_line(line: Any) -> str:
+    """A commentary line as printed: ``[HH:MM:SS.d] text``."""
+    return f"[{timestamp(line.start)}] {line.text}"
 
 
 def run(args: argparse.Namespace) -> int:
     """Stream the video through the bundle's duplex model; print lines as produced; write the outputs at the end."""
-    from mmduplex.errors import VideoError
+    from mmduplex.errors import CheckpointError, VideoError
+    from mmduplex.inference.commentary import Commentary, is_url
     from mmduplex.inference.session import DuplexSession
-    from mmduplex.io.outputs import LineBuilder
-    from mmduplex.io.video import iter_video, probe_video
+    from mmduplex.io.video import probe_video
 
     questions = _check_args(args)
     session = DuplexSession.from_bundle(
@@ -232,97 +155,62 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if session.fps is None:
-        from mmduplex.errors import CheckpointError
-
         raise CheckpointError(args.checkpoint, "the bundle records no video fps")
     source = args.video
-    is_file = source != "-" and not _is_url(source)
+    is_file = source != "-" and not is_url(source)
     duration = probe_video(source).duration_s if is_file else None  # a missing or corrupt file fails here
-    encoder = session.encoder
-    size = encoder.image_size if encoder.resize_mode == "shortest" else None
-    for t, text in questions:
-        if t is not None:
-            session.ask(text, t=t)
-
-    hz = session.step_hz
     total_s = duration if args.max_seconds is None else min(args.max_seconds, duration or math.inf)
     progress = _progress(total_s if is_file else None)
     echo = progress.write if progress is not None else (lambda text: print(text, flush=True))
-    lines = _Lines(LineBuilder(max(1, round(args.line_pause * hz)), args.line_words, args.line_display), echo)
-    pacer = RealtimePacer(hz) if args.realtime else None
-    step_ms: list[float] = []
-    cache_peak, flush_steps, interrupted = 0, 0, False
-    started = time.perf_counter()
+
+    def on_step(out: Any) -> None:
+        if progress is not None and not out.flushed:
+            progress.update(1 / session.step_hz)
+
+    def not_asked(question: Any, end_s: float) -> None:
+        log.warning("--ask %g:%s comes after the input's end (%.1f s): not asked (--ask end:TEXT)",
+                    question.t, question.text, end_s)  # fmt: skip
+
+    commentary = Commentary(
+        session,
+        source,
+        ask=questions,
+        end_s=args.max_seconds,
+        realtime=args.realtime,
+        line_pause_s=args.line_pause,
+        line_words=args.line_words,
+        line_display_s=args.line_display,
+        on_step=on_step,
+        on_not_asked=not_asked,
+    )
+    interrupted = False
     try:
-        frames = iter_video(source, session.fps, size=size)
-        for out in _stream(session, frames, args.max_seconds, pacer, questions):
-            step_ms.append(out.elapsed_s * 1000)
-            if pacer is not None:
-                pacer.record(out.t, time.perf_counter() - out.elapsed_s)
-            cache_peak = max(cache_peak, session.cache.length)
-            lines.push(out)
-            flush_steps += out.flushed
-            if progress is not None and not out.flushed:
-                progress.update(1 / hz)
+        for line in commentary:
+            echo(printed_line(line))
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted at %.1f s of stream: writing what was streamed", session.time)
+        line = commentary.finish()
+        if line is not None:
+            echo(printed_line(line))
     finally:
         if progress is not None:
             progress.close()
-    wall = time.perf_counter() - started
-    lines.flush()
     if session.step_index == 0 and not interrupted:
         raise VideoError(source, f"no frame could be sampled at {session.fps:g} fps")
 
-    stream_s = session.step_index / hz  # the flushed steps included: they are steps the model ran
-    video_s = (session.step_index - flush_steps) / hz
-    compute_s = wall - (pacer.slept_s if pacer is not None else 0.0)
-    report = {
-        "steps": session.step_index,
-        "step_hz": hz,
-        "rtf": compute_s / stream_s if stream_s else None,
-        "step_ms_p50": _percentile(step_ms, 50),
-        "step_ms_p95": _percentile(step_ms, 95),
-        "peak_rss_mb": _peak_rss_mb(),
-        "video_tokens_per_second": session.video_tokens / video_s if video_s else None,
-        "stream_s": stream_s,
-        "video_s": video_s,
-        "flush_steps": flush_steps,
-        "compute_s": compute_s,
-        "frames": session.frames_pushed,
-        "fps": session.fps,
-        "video_tokens": session.video_tokens,
-        "dropped_video_tokens": session.dropped_video_tokens,
-        "cache_max_length": session.cache.max_length,
-        "cache_peak_length": cache_peak,
-        "sink": session.sink,
-        "window": session.window,
-        "realtime": bool(args.realtime),
-        "late_steps": pacer.late_steps if pacer is not None else None,
-        "max_lag_s": pacer.max_lag_s if pacer is not None else None,
-        "lines": len(lines.builder.lines),
-        "questions": [{"t": "end" if t is None else t, "text": text} for t, text in questions],
-        "settings": {
-            "temperature": session.temperature,
-            "top_k": session.top_k,
-            "pad_bias": session.pad_bias,
-            "seed": session.seed,
-        },
-        "video": source,
-        "checkpoint": str(args.checkpoint),
-        "interrupted": interrupted,
-    }
+    report = {**commentary.report(), "video": source, "checkpoint": str(args.checkpoint), "interrupted": interrupted}
     page_video = Path(source) if is_file else (None if source == "-" else source)
-    _write_outputs(args, lines.builder.lines, report, page_video)
-    if pacer is not None:
+    _write_outputs(args, commentary.lines, report, page_video)
+    if commentary.pacer is not None:
+        pacer = commentary.pacer
         kept_up = "kept up" if pacer.late_steps == 0 else f"fell behind: {pacer.late_steps} late steps"
         log.info("realtime: %s (max lag %.3f s)", kept_up, pacer.max_lag_s)
     log.info(
         "%d steps (%.1f s of stream) in %.1f s: rtf %.3f, %d lines",
         report["steps"],
-        stream_s,
-        compute_s,
+        report["stream_s"],
+        report["compute_s"],
         report["rtf"] or 0.0,
         report["lines"],
     )

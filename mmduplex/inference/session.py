@@ -46,13 +46,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mmduplex.errors import CheckpointError, InputError
+from mmduplex.inference.loop import StepLoop
 from mmduplex.lm.alignment import VideoSlotPacker, question_lines, time_to_step
 from mmduplex.lm.bundle import DuplexBundle, load_bundle
 from mmduplex.lm.kvcache import SinkWindowCache
 
 if TYPE_CHECKING:
     from mmduplex.tokenizer.base import FrameTokens
-    from mmduplex.tokenizer.encoders.factory import FrozenCLIP
+    from mmduplex.tokenizer.encoders.base import FrozenImageEncoder
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class DuplexSession:
         top_k: int | None = None,
         pad_bias: float = 0.0,
         seed: int = 0,
-        encoder: FrozenCLIP | None = None,
+        encoder: FrozenImageEncoder | None = None,
         device: str | torch.device | None = None,
     ) -> None:
         if not (math.isfinite(temperature) and temperature >= 0):
@@ -164,7 +165,7 @@ class DuplexSession:
         self.temperature, self.top_k, self.pad_bias, self.seed = float(temperature), top_k, float(pad_bias), seed
         self._encoder = encoder
         if encoder is not None:
-            self._check_encoder(encoder)
+            check_encoder(bundle, encoder)
         self.pad_id, self.epad_id = self.text_tokenizer.pad_id, self.text_tokenizer.epad_id
         self.max_video_backlog = self.model.slots_per_step * max(1, math.ceil(MAX_VIDEO_BACKLOG_S * self.step_hz))
         self.reset()  # builds the cache: an unsupported backbone is refused here, not at step 0
@@ -221,7 +222,7 @@ class DuplexSession:
     # ------------------------------------------------------------------ inputs
 
     @property
-    def encoder(self) -> FrozenCLIP:
+    def encoder(self) -> FrozenImageEncoder:
         """The frozen image encoder (built from the bundle's encoder spec on first use)."""
         if self._encoder is None:
             from mmduplex.tokenizer.encoders.factory import create_encoder
@@ -230,16 +231,9 @@ class DuplexSession:
             if spec is None:
                 raise CheckpointError("bundle", "the bundle records no encoder; pass encoder= or push features")
             encoder = create_encoder(spec, device=self.device)
-            self._check_encoder(encoder)
+            check_encoder(self.bundle, encoder)
             self._encoder = encoder
         return self._encoder
-
-    def _check_encoder(self, encoder: FrozenCLIP) -> None:
-        trained_on = self.bundle.encoder
-        if trained_on and dict(trained_on) != dict(encoder.fingerprint):
-            raise CheckpointError(
-                "encoder", f"the bundle was trained on encoder {trained_on}, got {encoder.fingerprint}"
-            )
 
     @torch.inference_mode()
     def push_frame(self, t: float, frame: torch.Tensor) -> FrameTokens:
@@ -371,13 +365,6 @@ class DuplexSession:
             elapsed_s=time.perf_counter() - start,
         )
 
-    def _steps_before(self, stop: int, wait: Callable[[float], None] | None) -> Iterator[StepOutput]:
-        """Run steps until ``step_index == stop``; each waits (``wait``) for its due time, the end of its span."""
-        while self.step_index < stop:
-            if wait is not None:
-                wait((self.step_index + 1) / self.step_hz)
-            yield self.step()
-
     def run(
         self,
         frames: Iterable[tuple[float, torch.Tensor]],
@@ -385,7 +372,8 @@ class DuplexSession:
         wait: Callable[[float], None] | None = None,
         flush: bool = True,
     ) -> Iterator[StepOutput]:
-        """Drive the session over a stream of ``(t, frame [H, W, 3] uint8)`` pairs; yield every step's output.
+        """Drive the session over a stream of ``(t, frame [H, W, 3] uint8)`` (or ``(t, patches [P, D])``) pairs;
+        yield every step's output: the streaming loop, :class:`~mmduplex.inference.loop.StepLoop`.
 
         Each frame is pushed before the step that contains it runs; a step runs as soon as a later frame arrives
         (or the stream ends). The input ends at ``end_s`` or after the last frame's display period
@@ -400,24 +388,7 @@ class DuplexSession:
             flush: run :meth:`flush` at the end of the input (``False``: stop at the input's last step, e.g. to go
                 on pushing frames or asking questions on the same session).
         """
-        last_t = None
-        for t, frame in frames:
-            t = float(t)
-            if end_s is not None and t >= end_s:
-                break
-            yield from self._steps_before(self._packer.frame_step(t), wait)
-            if wait is not None:
-                wait(t)
-            self.push_frame(t, frame)
-            last_t = t
-        if last_t is None:
-            return
-        end = last_t + 1.0 / self.fps if self.fps else (self._packer.frame_step(last_t) + 1) / self.step_hz
-        if end_s is not None:
-            end = min(end, end_s)
-        yield from self._steps_before(max(math.ceil(end * self.step_hz - 1e-6), self.step_index), wait)
-        if flush:
-            yield from self.flush(wait)
+        return iter(StepLoop(self, frames, end_s=end_s, wait=wait, after="flush" if flush else "stop"))
 
     def owed_steps(self) -> int:
         """Steps the model still owes at the end of the input (no new video coming).
@@ -459,3 +430,14 @@ class DuplexSession:
             out = self.step()
             out.flushed = True
             yield out
+
+
+def check_encoder(bundle: DuplexBundle, encoder: FrozenImageEncoder) -> None:
+    """Refuse an encoder other than the one the bundle was trained on (by fingerprint).
+
+    Raises:
+        CheckpointError: the fingerprints differ.
+    """
+    trained_on = bundle.encoder
+    if trained_on and dict(trained_on) != dict(encoder.fingerprint):
+        raise CheckpointError("encoder", f"the bundle was trained on encoder {trained_on}, got {encoder.fingerprint}")
