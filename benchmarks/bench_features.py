@@ -20,7 +20,7 @@ from mmduplex.io.video import read_video
 from mmduplex.tokenizer.encoders.factory import create_encoder
 from mmduplex.train.features import extract_features
 
-ENCODERS = ("mmduplex-tiny", "ViT-B-32")  # ViT-B-32 without a tag: random init, no download
+ENCODERS = ("mmduplex-tiny", "ViT-B-32:random")  # random weights: no download
 
 
 def main() -> None:

@@ -141,7 +141,7 @@ def large_bundle(quantize: str) -> tuple[DuplexBundle, object, int]:
     from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
     from mmduplex.tokenizer.encoders.factory import create_encoder
 
-    encoder = create_encoder("ViT-B-32", device="cpu")
+    encoder = create_encoder("ViT-B-32:random", device="cpu")
     text = build_word_tokenizer([f"w{i}" for i in range(QWEN_05B["vocab_size"] - 300)])
     dtype = "bfloat16" if quantize == "bf16" else "float32"
     torch.manual_seed(0)

@@ -4,13 +4,13 @@
    Qwen2.5-0.5B-shaped random LM (hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864, vocabulary 151,936;
    built from its config, nothing downloaded): steps/s and text tokens (= model steps) per second.
 2. The video side of one epoch over the synthetic set: patch features read from the cache versus decoding the
-   videos and running the encoder (``mmduplex-tiny``, and a random-initialised ``ViT-B-16`` for a real encoder's
+   videos and running the encoder (``mmduplex-tiny``, and ``ViT-B-16:random`` for a real encoder's
    cost), the frozen B-Flow tokenizer (the same work either way), and a memoised epoch (what
    :class:`mmduplex.train.duplex_module.DuplexModule` does after the first epoch: no video work at all).
 3. Whole training epochs of the tiny recipe (Lightning, ``mmduplex-tiny``): features from the cache with memoised
    video tokens, versus features computed on the fly by the encoder for every window (no cache, no memo).
 
-    python -m benchmarks.bench_training [--videos 8] [--qwen-steps 2] [--skip-qwen] [--encoders mmduplex-tiny ViT-B-16]
+    python -m benchmarks.bench_training [--videos 8] [--qwen-steps 2] [--skip-qwen] [--encoders NAME ...]
 """
 
 from __future__ import annotations
@@ -198,7 +198,10 @@ def main() -> None:
     parser.add_argument("--qwen-steps", type=int, default=2, help="timed optimiser steps, Qwen2.5-0.5B shape")
     parser.add_argument("--skip-qwen", action="store_true", help="skip the 0.5B-shaped model")
     parser.add_argument(
-        "--encoders", nargs="+", default=["mmduplex-tiny", "ViT-B-16"], help="encoders (ViT-B-16: random init)"
+        "--encoders",
+        nargs="+",
+        default=["mmduplex-tiny", "ViT-B-16:random"],
+        help="encoders (ViT-B-16:random: random weights)",
     )
     parser.add_argument("--vit-videos", type=int, default=3, help="synthetic videos for encoders other than tiny")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs timed per data path (0: skip)")

@@ -50,9 +50,9 @@ from mmduplex.eval.base import EvalTask, markdown_table
 from mmduplex.tokenizer.base import VideoTokenizer
 from mmduplex.tokenizer.baselines import CodecTokenizer, FrameDropTokenizer, UniformTokenizer, VideoLLMOnlineTokenizer
 from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
+from mmduplex.tokenizer.encoders.factory import DEFAULT_ENCODER, spec_of_fingerprint
 from mmduplex.tokenizer.fidelity import fidelity
 
-DEFAULT_ENCODER = "mmduplex-tiny"
 DEFAULT_FPS = 2.0
 UNTRAINED_NOTE = (
     "no --checkpoint: B-Flow runs with untrained weights; its token counts are valid, its fidelity only under the "
@@ -215,7 +215,7 @@ class TokenizerEval(EvalTask):
         videos: video files, encoded with ``encoder`` at ``fps`` into a temporary cache; or None with ``features``.
         checkpoint: a trained B-Flow bundle or Lightning checkpoint; None = untrained defaults (see the module).
         budgets: B-Flow target rates (tokens/s) evaluated besides the variable-rate mode.
-        encoder: encoder spec for ``videos`` (default: ``mmduplex-tiny``).
+        encoder: encoder name for ``videos`` (default: the checkpoint's encoder, else ``efficientnet-lite0``).
         fps: sampling rate for ``videos`` (default: the checkpoint's, else 2).
         reconstruction: ``"fixed"`` (one rule for all, default) or ``"native"`` (see the module docstring).
         progress: show a progress bar over videos.
@@ -326,18 +326,17 @@ class TokenizerEval(EvalTask):
             missing = [v for v in self.videos if not v.is_file()]
             if missing:
                 raise VideoError(missing[0], "video file not found")
-            fps = self.fps
-            if fps is None and self.checkpoint is not None:
-                fps = BFlowTokenizer.from_checkpoint(self.checkpoint).metadata.get("fps")
-            fps = float(fps or DEFAULT_FPS)
+            trained = {} if self.checkpoint is None else BFlowTokenizer.from_checkpoint(self.checkpoint).metadata
+            fps = float(self.fps or trained.get("fps") or DEFAULT_FPS)
+            encoder = self.encoder or spec_of_fingerprint(trained.get("encoder") or {}) or DEFAULT_ENCODER
             with tempfile.TemporaryDirectory(prefix="mmduplex-tokenizer-eval-") as tmp:
-                report = extract_features(self.videos, tmp, encoder=self.encoder or DEFAULT_ENCODER, fps=fps)
+                report = extract_features(self.videos, tmp, encoder=encoder, fps=fps)
                 if report.failed:
                     path, problem = next(iter(report.failed.items()))
                     raise VideoError(path, problem)
                 rows = self._evaluate_cache(Path(tmp))
             self._resolved.pop("cache_fps", None)
-            self._resolved["fps_used"] = fps
+            self._resolved.update(fps_used=fps, encoder=encoder)  # named, else the checkpoint's, else the default
         return {"rows": rows, "settings": self.settings}
 
     def markdown(self, results: Mapping[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import open_clip
 import pytest
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from mmduplex.errors import CheckpointError, InputError
-from mmduplex.tokenizer.encoders.factory import INIT_SEED, _weights_sha256, create_encoder
+from mmduplex.tokenizer.encoders.factory import INIT_SEED, _weights_sha256, create_encoder, spec_of_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_local_weights_file_and_folder_match_open_clip(tmp_path, tiny):
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):
-    with pytest.raises(CheckpointError, match="no-such-model"):
+    with pytest.raises(CheckpointError, match="no-such-model: unknown encoder"):
         create_encoder("no-such-model")
     missing = tmp_path / "missing.bin"
     with pytest.raises(CheckpointError, match="missing.bin: no such checkpoint file"):
@@ -147,9 +148,46 @@ def test_seed_constant_is_the_documented_one():
     assert INIT_SEED == 0
 
 
+def test_bare_open_clip_name_is_an_error_that_lists_the_forms():
+    """A bare open_clip name used to build random weights without a word: now it asks for the weights."""
+    with pytest.raises(CheckpointError) as info:
+        create_encoder("ViT-B-32", device="cpu")
+    message = str(info.value)
+    assert message.startswith("ViT-B-32: an open_clip model name needs its weights")
+    for form in ("ViT-B-32:TAG", "openai", "ViT-B-32:/path/to/weights", "ViT-B-32:random", "efficientnet-lite0"):
+        assert form in message, form
+    with pytest.raises(CheckpointError, match="unknown encoder 'ViT-Q-99'.*MODEL:random"):
+        create_encoder("ViT-Q-99", device="cpu")
+
+
+def test_random_weights_only_when_named_and_without_open_clip_chatter(tiny, caplog):
+    """Presets and ``MODEL:random`` are random by name: the same seeded weights, no "initialized randomly" warning
+    from open_clip (its factory is not used for them; nothing filters its log)."""
+    with caplog.at_level(logging.DEBUG):
+        named = create_encoder("mmduplex-tiny:random", device="cpu")
+    assert named.fingerprint == tiny.fingerprint and named.fingerprint["pretrained"] is None
+    assert not [r for r in caplog.records if "open_clip" in r.pathname], [r.getMessage() for r in caplog.records]
+    assert logging.getLogger().filters == []
+
+
+def test_spec_of_fingerprint_rebuilds_the_encoder(tiny):
+    """Bundles and caches record the fingerprint; it names the encoder again, ``MODEL:random`` for a random open_clip
+    model recorded when a bare name meant random weights (the weights, hence the fingerprint, are unchanged)."""
+    assert spec_of_fingerprint(tiny.fingerprint) == "mmduplex-tiny"
+    assert create_encoder(spec_of_fingerprint(tiny.fingerprint), device="cpu").fingerprint == tiny.fingerprint
+    old_vit = {"model": "ViT-B-16", "pretrained": None, "weights_sha256": "0" * 64, "image_size": 224}
+    assert spec_of_fingerprint(old_vit) == "ViT-B-16:random"
+    assert spec_of_fingerprint({"model": "ViT-B-16", "pretrained": "openai"}) == "ViT-B-16:openai"
+    assert spec_of_fingerprint({"model": "efficientnet-lite0-s8", "pretrained": "imagenet"}) == (
+        "efficientnet-lite0-s8:imagenet"
+    )
+    assert spec_of_fingerprint({"model": "hf-hub:org/clip", "pretrained": "hf-hub"}) == "hf-hub:org/clip"
+    assert spec_of_fingerprint({"model": "local-dir:clip", "pretrained": "local-dir"}) is None
+
+
 @pytest.mark.slow
 def test_vit_b32_random_init_shapes():
-    encoder = create_encoder("ViT-B-32", device="cpu")
+    encoder = create_encoder("ViT-B-32:random", device="cpu")
     assert (encoder.image_size, encoder.num_patches, encoder.width, encoder.embed_dim) == (224, 49, 768, 512)
     assert encoder.fingerprint["pretrained"] is None
     out = encoder.encode(_frames(1, 240, 320))

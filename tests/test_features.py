@@ -191,21 +191,22 @@ def test_cli_encodes_the_good_videos_and_names_the_bad_one(tmp_path, videos, cap
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(videos[0].read_bytes()[:300])  # truncated mp4
     out = tmp_path / "cache"
-    status = main(["features", str(videos[0]), str(bad), str(videos[1]), "--out", str(out), "--fps", "2"])
+    argv = ["features", str(videos[0]), str(bad), str(videos[1]), "--out", str(out), "--fps", "2"]
+    status = main([*argv, "--encoder", "mmduplex-tiny"])
     captured = capsys.readouterr()
     assert status == 1
     assert "2 encoded, 0 skipped (done), 1 failed" in captured.out and "frames/s" in captured.out
     assert f"mmduplex: error: {bad.resolve()}" in captured.err
     assert sorted(FeatureCache(out).keys()) == ["clip_0", "clip_1"]
 
-    assert main(["features", str(videos[0]), str(videos[1]), "--out", str(out)]) == 0
+    assert main(["features", str(videos[0]), str(videos[1]), "--out", str(out), "--encoder", "mmduplex-tiny"]) == 0
     assert "0 encoded, 2 skipped (done), 0 failed" in capsys.readouterr().out
 
     status = main(["features", str(videos[0]), "--out", str(out), "--encoder", "mmduplex-micro"])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1
     assert err[0].startswith(f"mmduplex: error: {out / INDEX_NAME}: made by another encoder")
-    assert main(["features", str(videos[0]), "--out", str(out), "--fps", "4"]) == 2
+    assert main(["features", str(videos[0]), "--out", str(out), "--fps", "4", "--encoder", "mmduplex-tiny"]) == 2
     assert "requested fps 4" in capsys.readouterr().err
 
 
@@ -218,7 +219,7 @@ def test_killed_run_resumes_without_corrupt_or_temporary_files(tmp_path):
         shutil.copy(real, copy)
         inputs.append(str(copy))
     out = tmp_path / "cache"
-    argv = ["features", *inputs, "--out", str(out), "--fps", "10"]
+    argv = ["features", *inputs, "--out", str(out), "--fps", "10", "--encoder", "mmduplex-tiny"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "mmduplex", *argv], env=env, stderr=subprocess.DEVNULL)
     try:
@@ -243,9 +244,28 @@ def test_killed_run_resumes_without_corrupt_or_temporary_files(tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path, videos):
     out = tmp_path / "cache"
-    command = [sys.executable, "-m", "mmduplex", "features", *map(str, videos), "--out", str(out)]
+    command = [sys.executable, "-m", "mmduplex", "features", *map(str, videos), "--out", str(out), "--encoder"]
+    command += ["mmduplex-tiny"]
     command += ["--devices", "2", "--accelerator", "cpu"]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("4 encoded") == 1  # rank 0 alone reports
     assert sorted(FeatureCache(out).keys()) == ["carphone_pristine", "clip_0", "clip_1", "clip_2"]
+
+
+@pytest.mark.real_weights
+def test_cli_default_encoder_is_the_real_efficientnet(tmp_path, capsys):
+    """`mmduplex features V --out D` without --encoder writes the real ImageNet EfficientNet-Lite0's features (the
+    encoder test_encoder.py shows knows ImageNet), never a random encoder's."""
+    video = sample_videos()["carphone"]
+    out = tmp_path / "cache"
+    assert main(["features", str(video), "--out", str(out), "--fps", "1"]) == 0
+    assert "1 encoded" in capsys.readouterr().out
+    lite0 = create_encoder("efficientnet-lite0", device="cpu")
+    cache = FeatureCache(out)
+    assert cache.fingerprint == lite0.fingerprint and cache.fingerprint["pretrained"] == "imagenet"
+    (key,) = cache.keys()
+    stored = cache.load(key).patches  # [T, 144, 112]
+    direct = lite0.encode(read_video(video, 1.0, size=lite0.image_size).frames).patches
+    assert stored.shape == direct.shape and stored.shape[1:] == (144, 112)
+    torch.testing.assert_close(stored, direct, rtol=1e-2, atol=2e-2)  # float16 storage

@@ -142,10 +142,11 @@ def test_videos_are_encoded_into_a_temporary_cache(tmp_path):
     (video,) = dataset.videos()
     out = tmp_path / "tok.json"
     argv = ["eval", "tokenizer", "--videos", str(video), "--fps", "2", "--budgets", "8", "--out", str(out)]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--encoder", "mmduplex-tiny"]) == 0
     data = json.loads(out.read_text())
     rows = {r["name"]: r for r in data["rows"]}
-    assert data["settings"]["fps_used"] == 2.0 and data["settings"]["encoder_fingerprint"]["model"]
+    assert data["settings"]["fps_used"] == 2.0 and data["settings"]["encoder"] == "mmduplex-tiny"
+    assert data["settings"]["encoder_fingerprint"]["model"] == "mmduplex-tiny"
     assert rows["uniform 16/frame"]["frames"] == rows["bflow 8 tok/s"]["frames"] > 0
 
 

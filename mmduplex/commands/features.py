@@ -1,11 +1,16 @@
-"""``mmduplex features VIDEOS... --out DIR``: frozen-CLIP features of many videos into a resumable shard cache."""
+"""``mmduplex features VIDEOS... --out DIR``: frozen image-encoder features of many videos into a resumable cache.
+
+Without ``--encoder`` the features are the real ImageNet EfficientNet-Lite0's (offline, from the weights registry);
+a random encoder only when named as one (``mmduplex-tiny``, ``MODEL:random``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-HELP = "Extract frozen-CLIP patch features of videos into safetensors shards + index (resumable)."
+HELP = "Extract frozen image-encoder patch features of videos into safetensors shards + index (resumable)."
+DEFAULT_ENCODER = "efficientnet-lite0"  # = mmduplex.tokenizer.encoders.factory.DEFAULT_ENCODER (not imported: torch)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,10 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="cache folder (index.json + <key>.safetensors)")
     parser.add_argument(
         "--encoder",
-        default="mmduplex-tiny",
-        metavar="MODEL[:PRETRAINED]",
-        help="open_clip model name with a pretrained tag or weights file, or a local checkpoint folder "
-        "(default: the random-initialised mmduplex-tiny preset)",
+        default=DEFAULT_ENCODER,
+        metavar="NAME",
+        help="efficientnet-lite0 (default: real ImageNet weights, offline), mmduplex-tiny (random, for tests), "
+        "an open_clip MODEL:TAG or MODEL:/path/to/weights, MODEL:random, or a local open_clip folder",
     )
     parser.add_argument("--fps", type=float, default=2.0, help="frames sampled per second of video (default: 2)")
     parser.add_argument(

@@ -46,9 +46,10 @@ class DemoConfig:
     tau it sets when the model speaks, so the latency the demo measures is about this plus tau."""
     fps: float = 2.0
     """Frame sampling rate of the features and of the streamed video."""
-    encoder: str = "mmduplex-tiny"
-    """The frozen CLIP (open_clip spec) the features come from."""
-    tokenizer_recipe: str = "tokenizer/tiny"
+    encoder: str = "efficientnet-lite0"
+    """The frozen image encoder the features come from (a name for
+    :func:`mmduplex.tokenizer.encoders.factory.create_encoder`; ``mmduplex-tiny`` is random, for tests)."""
+    tokenizer_recipe: str = "tokenizer/lite0"
     """Shipped recipe that trains B-Flow."""
     tokenizer_steps: int = 100
     """B-Flow training steps."""

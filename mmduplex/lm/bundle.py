@@ -87,11 +87,11 @@ class DuplexBundle:
 
     @property
     def encoder_spec(self) -> str | None:
-        """``MODEL[:PRETRAINED]`` of the encoder, for :func:`mmduplex.tokenizer.encoders.factory.create_encoder`."""
-        enc = self.encoder
-        if not enc:
-            return None
-        return f"{enc['model']}:{enc['pretrained']}" if enc.get("pretrained") else str(enc["model"])
+        """The encoder's name for :func:`mmduplex.tokenizer.encoders.factory.create_encoder` (``MODEL:random`` for a
+        random open_clip model, whatever name the bundle was made with)."""
+        from mmduplex.tokenizer.encoders.factory import spec_of_fingerprint
+
+        return spec_of_fingerprint(self.encoder) if self.encoder else None
 
     @property
     def fps(self) -> float | None:

@@ -35,7 +35,7 @@ from mmduplex.io.feature_cache import (
     video_key,
 )
 from mmduplex.io.video import read_video
-from mmduplex.tokenizer.encoders.factory import FrozenImageEncoder, create_encoder
+from mmduplex.tokenizer.encoders.factory import DEFAULT_ENCODER, FrozenImageEncoder, create_encoder
 
 __all__ = [
     "FORMAT",
@@ -158,7 +158,7 @@ def _check_args(fps: float, workers: int, batch_size: int) -> None:
 def extract_features(
     videos: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
-    encoder: str | FrozenImageEncoder = "mmduplex-tiny",
+    encoder: str | FrozenImageEncoder = DEFAULT_ENCODER,
     fps: float = 2.0,
     workers: int = 1,
     batch_size: int = 64,
@@ -304,7 +304,7 @@ class FeatureExtractor(LightningModule):
         Lightning). batch_size: frames per encoder forward pass.
     """
 
-    def __init__(self, encoder: str = "mmduplex-tiny", batch_size: int = 64) -> None:
+    def __init__(self, encoder: str = DEFAULT_ENCODER, batch_size: int = 64) -> None:
         super().__init__()
         self.encoder = create_encoder(encoder, device="cpu")
         self.batch_size = batch_size
