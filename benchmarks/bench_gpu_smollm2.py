@@ -1,7 +1,7 @@
 """The SmolLM2-135M projector recipe trained in bf16 on one CUDA GPU, then streamed there: the GPU path end to end.
 
-Run from the repository root on a machine with a CUDA GPU (the weights are prepared offline by
-``mmduplex weights get``, which this script calls)::
+Run from the repository root on a machine with a CUDA GPU (the recipe's backbone is the registry's offline copy
+``smollm2-135m-instruct-q4_1``, prepared by ``mmduplex weights get``, which this script calls)::
 
     python -m benchmarks.bench_gpu_smollm2 --out gpu_out --json gpu_out/figures.json
 
@@ -190,7 +190,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     paths = DemoPaths(out)
     figures: dict[str, Any] = {
         "machine": {**print_header("SmolLM2 projector recipe, trained and streamed on a GPU"), **gpu_info(args.device)},
-        "settings": {"argv": sys.argv[1:] if argv is None else argv, "demo": dataclasses.asdict(config)},
+        "settings": {
+            "argv": sys.argv[1:] if argv is None else argv,
+            "demo": dataclasses.asdict(config),
+            "backbone": _recipe(args.recipe)["model"]["init_args"]["backbone"],  # e.g. smollm2-135m-instruct-q4_1
+        },
         "stage_s": {},
     }
 
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     heldout = dataset.video_ids("heldout")
     figures["settings"]["videos"] = {"train": len(dataset.video_ids("train")), "heldout": len(heldout)}
     stage("tokenizer", train_tokenizer, config, paths)
-    backbone = _recipe(args.recipe)["model"]["init_args"]["backbone"]
+    backbone = figures["settings"]["backbone"]
     if isinstance(backbone, str) and find_entry(backbone) is not None:
         stage("weights", get_weights, backbone)
 

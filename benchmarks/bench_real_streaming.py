@@ -32,7 +32,7 @@ from benchmarks.bench_streaming import pct
 from benchmarks.common import QWEN_05B, print_header
 
 VARIANTS = ("smollm2-fp32", "smollm2-int8", "qwen05b-fp32", "qwen05b-int8")
-SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2 = "smollm2-135m-instruct-q4_1"  # the registry's offline copy of HuggingFaceTB/SmolLM2-135M-Instruct
 
 
 def build_session(variant: str, step_hz: float, fps: float, window: int):

