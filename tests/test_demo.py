@@ -191,8 +191,8 @@ def test_main_model_uses_the_video(smoke_demo):
 
 
 def test_breakdown_tool_matches_the_demo(smoke_demo):
-    """tools/demo_breakdown.py (cached features, the demo's PAD bias) reproduces the demo's held-out accuracy, and
-    its buckets partition the events."""
+    """``python -m mmduplex.demo.breakdown`` (cached features, the demo's PAD bias) reproduces the demo's held-out
+    accuracy, and its buckets partition the events."""
     tool = _breakdown_tool()
     report = json.loads((smoke_demo / "report.json").read_text())
     figures = tool.breakdown(smoke_demo, smoke_demo / "bundle")
@@ -214,13 +214,9 @@ def test_breakdown_tool_matches_the_demo(smoke_demo):
 
 
 def _breakdown_tool():
-    import importlib.util
+    from mmduplex.demo import breakdown
 
-    path = Path(__file__).parents[1] / "tools" / "demo_breakdown.py"
-    spec = importlib.util.spec_from_file_location("demo_breakdown", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return breakdown
 
 
 def test_breakdown_knows_when_each_frame_reached_the_model():

@@ -1,6 +1,6 @@
 """Where a demo model's commentary goes wrong: held-out event accuracy broken down by bucket and by stage.
 
-Usage: ``python tools/demo_breakdown.py DEMO_DIR [--bundle DIR] [--split heldout|train] [--videos N] [--pad-bias B]
+Usage: ``python -m mmduplex.demo.breakdown DEMO_DIR [--bundle DIR] [--split heldout|train] [--videos N] [--pad-bias B]
 [--json OUT]``.
 
 Streams the videos of ``DEMO_DIR`` (a ``mmduplex demo --out`` folder) from the demo's cached features through the
@@ -35,16 +35,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 WORDS = ("colour", "shape", "action")
 
