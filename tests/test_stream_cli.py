@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -112,14 +113,34 @@ def test_stream_says_the_last_line_after_the_last_frame(tiny_bundle, video, tmp_
     assert data["flush_steps"] == tau and data["steps"] == 30 + tau
 
 
-def test_realtime_paces_and_reports_lateness(tiny_bundle, video, tmp_path):
+class _VirtualClock:
+    """``time.perf_counter`` and ``time.sleep`` on a clock that moves only while someone sleeps: on it, computing takes
+    no time, so what pacing does is exact on a machine of any speed, however busy."""
+
+    def __init__(self) -> None:
+        self.now, self.slept = 1000.0, 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+
+
+def test_realtime_paces_and_reports_lateness(tiny_bundle, video, tmp_path, monkeypatch):
+    clock = _VirtualClock()
+    monkeypatch.setattr(time, "perf_counter", clock.perf_counter)
+    monkeypatch.setattr(time, "sleep", clock.sleep)
     report = tmp_path / "r.json"
     argv = ["stream", str(video), "--checkpoint", str(tiny_bundle), "--report", str(report), "--realtime",
             "--max-seconds", "1.5"]  # fmt: skip
     assert main(argv) == 0
     data = json.loads(report.read_text())
-    assert data["realtime"] is True and isinstance(data["late_steps"], int) and data["max_lag_s"] >= 0
-    assert data["steps"] == 8 + data["flush_steps"] and data["compute_s"] < 1.5  # the sleeping is not compute
+    assert data["realtime"] is True and data["steps"] == 8 + data["flush_steps"]
+    assert 1.0 <= clock.slept <= data["stream_s"]  # it waited for each frame's time (the last one at 1.0 s)
+    assert data["late_steps"] == 0 and data["max_lag_s"] == pytest.approx(0, abs=1e-9)
+    assert data["compute_s"] == pytest.approx(0, abs=1e-9)  # the sleeping is not compute
 
 
 def _tokenizer_bundle(folder: Path) -> Path:
