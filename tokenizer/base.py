@@ -20,6 +20,9 @@ from torch import nn
 from mmduplex.errors import InputError
 
 KINDS = ("key", "flow", "none")
+EMBEDDED_KINDS = ("key", "flow", "still")
+"""Kinds of token :class:`TokenEmbedder` marks apart; ``still`` is a flow-frame token that refreshes a still region
+(B-Flow's region mode); any other kind is embedded as ``flow``."""
 
 
 @dataclass
@@ -271,7 +274,8 @@ class TokenEmbedder(nn.Module):
         self.scale = float(scale)
         g = torch.Generator().manual_seed(0)
         kinds = torch.randint(0, 2, (2, dim), generator=g).float() * 2 - 1  # [2, D] +-1: key, flow
-        self.register_buffer("kind_embedding", kinds, persistent=False)
+        still = torch.randint(0, 2, (1, dim), generator=torch.Generator().manual_seed(1)).float() * 2 - 1  # [1, D]
+        self.register_buffer("kind_embedding", torch.cat([kinds, still]), persistent=False)  # [3, D]: + still
 
     def position(self, rc: torch.Tensor) -> torch.Tensor:
         """2-D sinusoidal position of ``[n, 2]`` (row, col) patch coordinates -> ``[n, D]``."""
@@ -285,7 +289,7 @@ class TokenEmbedder(nn.Module):
         n = values.shape[0]
         if n == 0:
             return values
-        kind_vec = self.kind_embedding[0 if kind == "key" else 1]  # [D]
+        kind_vec = self.kind_embedding[EMBEDDED_KINDS.index(kind) if kind in EMBEDDED_KINDS else 1]  # [D]
         time_vec = sinusoid(torch.tensor([float(since_key_s)]), self.dim)[0].to(values.device)  # [D]
         extra = (kind_vec + time_vec)[None, :] + position.to(values.device)  # [n, D]
         return values + (self.scale / math.sqrt(3.0)) * extra.to(values.dtype)

@@ -25,6 +25,14 @@ How a frame is handled (all in :meth:`BFlowTokenizer._advance`, the only place d
   it is affordable. Tokens after the first keyframe therefore never exceed ``target_rate`` times the duration.
 * The defaults are the untrained settings of ``mmduplex tokenize`` measured on EfficientNet-Lite0 features at 5 fps
   (``notebooks/LOG.md``, 2026-11-29); recipes set their own.
+* **What a flow token covers** (``flow_mode``, :mod:`mmduplex.tokenizer.flow`): ``"patch"`` (the default, and what
+  every bundle written before the field existed does) as above; ``"region"``: one token per connected changed
+  region (hysteresis, split between separate new blobs, tiled to ``region_max``), most changed first, its value
+  pooled (weighted towards what differs from the last keyframe), its position and extent embedded. The reference
+  follows every changed region, emitted or not, so nothing queues behind later frames (a stop is news at once, a
+  change past the caps is dropped); the stale-scene rule then measures motion against the last keyframe. With
+  ``refresh_interval_s`` the still regions that differ from the last keyframe (a shape that stopped) get a token of
+  kind ``still`` every interval, after the frame's changed regions.
 * **Tokens handed downstream** are the values plus fixed kind / time / position embeddings; with ``change_tokens``
   each also carries what changed at its region (``value - before``, zeros for keyframe tokens), width ``2D``.
 * **Reconstruction** (causal): the last keyframe's ``K`` tokens decoded to ``[P, D]`` (:class:`KeyCodec`), then
@@ -42,203 +50,37 @@ import json
 import math
 import os
 import pickle
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from mmduplex.errors import CheckpointError, InputError
 from mmduplex.fileio import atomic_dir
 from mmduplex.tokenizer.base import (
     FrameTokens,
     TokenEmbedder,
+    TokenizedVideo,
     TokenizerState,
     VideoTokenizer,
-    cell_centres,
     cell_layout,
     check_frames,
+    check_video,
     upsample_cells,
 )
+from mmduplex.tokenizer.bflow_config import BFlowConfig
+from mmduplex.tokenizer.codec import FlowDecoder, KeyCodec
 from mmduplex.tokenizer.fidelity import EPS, normalize_features
+from mmduplex.tokenizer.flow import POOL_FLOOR, Regions, find_regions, pool_regions
 
 BUNDLE_KIND = "bflow-tokenizer"
 BUNDLE_FORMAT = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INIT_SEED = 0
-RECONSTRUCTIONS = ("learned", "cells")
-
-
-@dataclass
-class BFlowConfig:
-    """Hyper-parameters of a B-Flow tokenizer (saved with every checkpoint and bundle)."""
-
-    dim: int
-    """Patch feature width D of the frozen encoder (the token width, or twice it with ``change_tokens``)."""
-    grid: tuple[int, int]
-    """Patch grid (h, w) of the encoder; P = h * w."""
-    num_key_tokens: int = 16
-    """K: tokens per keyframe."""
-    key_threshold: float = 0.5
-    """A keyframe is wanted when more than this fraction of the regions moved by more than ``key_motion``."""
-    key_motion: float = 0.5
-    """Motion ``1 - cos(x_t, S)`` a region needs to count towards the keyframe rule (the scene has gone stale)."""
-    flow_threshold: float = 0.4
-    """A region changed when its motion exceeds the frame's global motion (if compensated) by more than this."""
-    global_motion: bool = True
-    """Compensate global (camera) motion: a region's flow score is its motion minus the median region motion."""
-    flow_region: int = 1
-    """Flow regions are flow_region x flow_region patch blocks (1 = single patches); must divide the grid."""
-    max_flow_tokens: int | None = 8
-    """At most this many flow tokens per frame, the most changed first (None = one per region)."""
-    max_tokens_per_frame: int | None = None
-    """At most this many tokens in any frame (None = no cap): flow frames keep their most-changed regions; must be
-    >= num_key_tokens. Tie it to what the consumer carries per frame interval (duplex slots per step x steps/frame)."""
-    min_keyframe_interval_s: float = 2.0
-    """A wanted (not forced) keyframe waits until the last one is this old (s); bounds keyframes to K / this tok/s."""
-    max_keyframe_interval_s: float = 20.0
-    """A keyframe is forced when the last one is this old (s); a duplex recipe keeps it below the model's window."""
-    target_rate: float | None = None
-    """Token budget in tokens/s after the first keyframe (None = variable rate, thresholds only)."""
-    bucket_seconds: float = 2.0
-    """Token bucket capacity in seconds of budget (at least K tokens)."""
-    hidden_dim: int | None = None
-    """Width of the attention / MLP layers of the learned decoders (None = D)."""
-    embed_scale: float = 1.0
-    """RMS of the kind/time/position embeddings added to token values handed downstream (values have RMS 1)."""
-    change_tokens: bool = False
-    """Hand downstream what changed, not only what is there: each token is ``[embedded value, value - before]``
-    (width 2D), where ``before`` is what the tokens had described at the flow token's region (its reference
-    state); keyframe tokens carry zeros in the second half. A colour change in place then differs from an object
-    entering empty background, and motion from a new object. Decisions and reconstruction do not depend on it."""
-    reconstruction: str = "learned"
-    """``"learned"``: the trained decoders; ``"cells"``: the fixed rule every tokenizer can be judged by (key tokens
-    bilinearly upsampled from their cells, flow tokens copied to their regions). Decisions do not depend on it."""
-
-    def __post_init__(self) -> None:
-        self.grid = (int(self.grid[0]), int(self.grid[1]))
-        h, w = self.grid
-        problems = []
-        if self.dim < 2 or h < 1 or w < 1:
-            problems.append(f"need dim >= 2 and a positive grid, got dim={self.dim}, grid={self.grid}")
-        if self.num_key_tokens < 1 or self.num_key_tokens > h * w:
-            problems.append(f"num_key_tokens={self.num_key_tokens} must be in [1, {h * w}]")
-        if not 0.0 <= self.key_threshold <= 1.0:
-            problems.append(f"key_threshold={self.key_threshold} must be a fraction in [0, 1]")
-        if not 0.0 <= self.key_motion < 2.0:
-            problems.append(f"key_motion={self.key_motion} must be in [0, 2)")
-        if not 0.0 <= self.flow_threshold < 2.0:
-            problems.append(f"flow_threshold={self.flow_threshold} must be in [0, 2)")
-        if self.flow_region < 1 or h % self.flow_region or w % self.flow_region:
-            problems.append(f"flow_region={self.flow_region} must divide the {h}x{w} grid")
-        if self.max_flow_tokens is not None and self.max_flow_tokens < 0:
-            problems.append(f"max_flow_tokens={self.max_flow_tokens} must be >= 0")
-        if self.max_tokens_per_frame is not None and self.max_tokens_per_frame < self.num_key_tokens:
-            problems.append(
-                f"max_tokens_per_frame={self.max_tokens_per_frame} must be >= num_key_tokens={self.num_key_tokens}"
-            )
-        if not 0.0 <= self.min_keyframe_interval_s <= self.max_keyframe_interval_s:
-            problems.append(
-                f"min_keyframe_interval_s={self.min_keyframe_interval_s} must be in [0, max_keyframe_interval_s]"
-            )
-        if not self.max_keyframe_interval_s > 0:
-            problems.append(f"max_keyframe_interval_s={self.max_keyframe_interval_s} must be > 0")
-        if self.reconstruction not in RECONSTRUCTIONS:
-            problems.append(f"reconstruction={self.reconstruction!r} must be one of {RECONSTRUCTIONS}")
-        if not self.bucket_seconds > 0:
-            problems.append(f"bucket_seconds={self.bucket_seconds} must be > 0")
-        if self.target_rate is not None and not (
-            self.target_rate > 0 and self.target_rate * self.max_keyframe_interval_s >= self.num_key_tokens
-        ):
-            problems.append(
-                f"target_rate={self.target_rate} tok/s cannot afford a keyframe of {self.num_key_tokens} tokens "
-                f"every {self.max_keyframe_interval_s}s (need >={self.num_key_tokens / self.max_keyframe_interval_s:g})"
-            )
-        if problems:
-            raise InputError("config", "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BFlowConfig:
-        """Build from a plain dict (a bundle's ``config.json``); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError("config", f"unknown B-Flow config keys {unknown}")
-        return cls(**data)
-
-
-def _gaussian_bias(centres: torch.Tensor, grid: tuple[int, int], layout: tuple[int, int]) -> torch.Tensor:
-    """``[K, P]`` log-weights of a Gaussian around each cell centre (sigma = half a cell): soft spatial pooling."""
-    h, w = grid
-    rows, cols = torch.meshgrid(
-        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
-    )
-    patch_rc = torch.stack([rows, cols], dim=-1).reshape(-1, 2)  # [P, 2]
-    sigma = torch.tensor([h / layout[0], w / layout[1]]) / 2.0  # [2]
-    diff = (centres[:, None, :] - patch_rc[None, :, :]) / sigma  # [K, P, 2]
-    return -0.5 * (diff**2).sum(-1)
-
-
-class KeyCodec(nn.Module):
-    """Keyframe encoder (K learned queries attending over the patch grid) and decoder (P queries over the K tokens).
-
-    Key tokens are attention-weighted means of normalised patch features, so they live in the encoder's token space;
-    the attention logits are a content term plus a learned 2-D spatial bias initialised to soft cell pooling.
-    """
-
-    def __init__(self, dim: int, grid: tuple[int, int], num_tokens: int, hidden: int, generator: torch.Generator):
-        super().__init__()
-        layout = cell_layout(num_tokens, grid)
-        self.register_buffer("centres", cell_centres(layout, grid), persistent=False)  # [K, 2]
-        bias = _gaussian_bias(self.centres, grid, layout)  # [K, P]
-        num_patches = grid[0] * grid[1]
-        self.scale = 1.0 / math.sqrt(hidden)
-        self.enc_bias = nn.Parameter(bias.clone())
-        self.enc_query = nn.Parameter(nn.init.normal_(torch.empty(num_tokens, hidden), std=0.02, generator=generator))
-        self.enc_key = nn.Linear(dim, hidden, bias=False)
-        self.dec_bias = nn.Parameter(bias.t().contiguous())  # [P, K]
-        self.dec_query = nn.Parameter(nn.init.normal_(torch.empty(num_patches, hidden), std=0.02, generator=generator))
-        self.dec_key = nn.Linear(dim, hidden, bias=False)
-        self.dec_in = nn.Linear(dim, hidden)
-        self.dec_out = nn.Linear(hidden, dim)
-        for layer in (self.enc_key, self.dec_key, self.dec_in):
-            nn.init.normal_(layer.weight, std=1.0 / math.sqrt(dim), generator=generator)
-        nn.init.zeros_(self.dec_in.bias)
-        nn.init.zeros_(self.dec_out.weight)  # the decoder starts as pure attention mixing
-        nn.init.zeros_(self.dec_out.bias)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised patches ``[b, P, D]`` -> key token values ``[b, K, D]``."""
-        logits = torch.einsum("kh,bph->bkp", self.enc_query, self.enc_key(x)) * self.scale + self.enc_bias
-        return torch.softmax(logits, dim=-1) @ x  # [b, K, D]
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Key token values ``[b, K, D]`` -> reconstructed patches ``[b, P, D]``."""
-        logits = torch.einsum("ph,bkh->bpk", self.dec_query, self.dec_key(z)) * self.scale + self.dec_bias
-        mix = torch.softmax(logits, dim=-1) @ z  # [b, P, D]
-        return mix + self.dec_out(F.gelu(self.dec_in(mix)))
-
-
-class FlowDecoder(nn.Module):
-    """Flow token values ``[n, D]`` -> their regions' patches ``[n, r*r, D]`` (value + learned per-patch correction)."""
-
-    def __init__(self, dim: int, region: int, hidden: int, generator: torch.Generator) -> None:
-        super().__init__()
-        self.inp = nn.Linear(dim, hidden)
-        self.offset = nn.Parameter(nn.init.normal_(torch.empty(region * region, hidden), std=0.02, generator=generator))
-        self.out = nn.Linear(hidden, dim)
-        nn.init.normal_(self.inp.weight, std=1.0 / math.sqrt(dim), generator=generator)
-        nn.init.zeros_(self.inp.bias)
-        nn.init.zeros_(self.out.weight)  # starts as "every patch of the region gets the token's value"
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, values: torch.Tensor) -> torch.Tensor:
-        hidden = F.gelu(self.inp(values)[:, None, :] + self.offset[None])  # [n, r*r, H]
-        return values[:, None, :] + self.out(hidden)  # [n, r*r, D]
 
 
 @dataclass
@@ -255,6 +97,10 @@ class BFlowState(TokenizerState):
     """``[B, P, D]`` what the emitted tokens describe (normalised features)."""
     recon: torch.Tensor
     """``[B, P, D]`` the decoder's reconstruction from the tokens emitted so far."""
+    keyframe: torch.Tensor
+    """``[B, P, D]`` the features of the last keyframe (normalised; region mode's pooling weights and refresh)."""
+    last_refresh_t: torch.Tensor
+    """``[B]`` float64 time of the last refresh (or keyframe)."""
 
 
 @dataclass
@@ -264,7 +110,10 @@ class Decisions:
     is_key: torch.Tensor  # [B] bool
     key_values: torch.Tensor  # [num_key_frames, K, D], rows in the order of is_key.nonzero()
     flow_batch: torch.Tensor  # [n] long: video of each flow token (by video, then most changed first)
-    flow_region: torch.Tensor  # [n] long: region index
+    flow_position: torch.Tensor  # [n] long: region index (patch mode) or the patch nearest the region's centre
+    flow_patches: torch.Tensor  # [n, P] bool: the patches each flow token describes
+    flow_embedding: torch.Tensor  # [n, D]: position (and extent) embedding of each flow token
+    flow_still: torch.Tensor  # [n] bool: a refresh of a still region (region mode), not a change
     flow_values: torch.Tensor  # [n, D]
     flow_before: torch.Tensor  # [n, D]: what the tokens described at those regions before this frame
     n_tokens: torch.Tensor  # [B] long
@@ -295,11 +144,21 @@ class BFlowTokenizer(VideoTokenizer):
         self.embedder = TokenEmbedder(config.dim, config.embed_scale)
         patch_ids = torch.arange(h * w).reshape(h // r, r, w // r, r).permute(0, 2, 1, 3).reshape(-1, r * r)
         self.register_buffer("region_patches", patch_ids, persistent=False)  # [R, r*r]
+        patch_region = torch.empty(h * w, dtype=torch.long).scatter_(
+            0, patch_ids.reshape(-1), torch.arange(self.num_regions).repeat_interleave(r * r)
+        )
+        self.register_buffer("patch_region", patch_region, persistent=False)  # [P]: the region of each patch
         rows = (torch.arange(h // r, dtype=torch.float32) + 0.5) * r - 0.5
         cols = (torch.arange(w // r, dtype=torch.float32) + 0.5) * r - 0.5
         centres = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
         self.register_buffer("region_centres", centres, persistent=False)  # [R, 2]
         self.register_buffer("region_position", self.embedder.position(centres), persistent=False)  # [R, D]
+        patch_rc = torch.stack(
+            torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"),
+            dim=-1,
+        ).reshape(-1, 2)
+        self.register_buffer("patch_centres", patch_rc, persistent=False)  # [P, 2]
+        self.register_buffer("patch_position", self.embedder.position(patch_rc), persistent=False)  # [P, D]
         key_position = self.embedder.position(self.key_codec.centres)
         self.register_buffer("key_position", key_position, persistent=False)  # [K, D]
 
@@ -316,11 +175,40 @@ class BFlowTokenizer(VideoTokenizer):
             bucket=torch.zeros(batch_size, dtype=torch.float64, device=device),
             reference=torch.zeros(shape, device=device),
             recon=torch.zeros(shape, device=device),
+            keyframe=torch.zeros(shape, device=device),
+            last_refresh_t=torch.zeros(batch_size, dtype=torch.float64, device=device),
         )
 
     def _regions(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over each region's patches: ``[B, P, ...]`` -> ``[B, R, ...]``."""
         return x if self.config.flow_region == 1 else x[:, self.region_patches].mean(dim=2)
+
+    def _score(self, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-patch motion ``[B, P]`` -> per-region motion and flow score (beyond the camera's) ``[B, R]``."""
+        region_motion = self._regions(motion[..., None])[..., 0]  # [B, R]
+        if not self.config.global_motion:
+            return region_motion, region_motion
+        return region_motion, region_motion - region_motion.median(dim=-1, keepdim=True).values
+
+    def _candidates(self, x: torch.Tensor, score: torch.Tensor, t: torch.Tensor, state: BFlowState):
+        """Region mode: the changed regions, then the still regions due a refresh (ranked after them); the cells
+        of every changed region (emitted or not, they bring the reference up to date); and each region's motion
+        since the last keyframe (``[B, R]``, for the stale-scene rule: the reference follows every change, so only
+        the keyframe still says what the tokens have described)."""
+        cfg = self.config
+        cell_grid = (self.grid[0] // cfg.flow_region, self.grid[1] // cfg.flow_region)
+        grow = score > cfg.region_grow * cfg.flow_threshold  # [B, R]
+        since_key, new_since_key = self._score(1.0 - F.cosine_similarity(x, state.keyframe, dim=-1, eps=EPS))
+        new = new_since_key > cfg.flow_threshold  # [B, R]: differs from the last keyframe
+        cores = None if cfg.region_split is None else new_since_key > cfg.region_split * cfg.flow_threshold
+        changed = find_regions(score, score > cfg.flow_threshold, grow, cell_grid, cfg.region_max, cores)
+        touched = changed.cover(x.shape[0])  # [B, R]
+        if cfg.refresh_interval_s is None:
+            return changed, touched, since_key
+        due = state.started & (t - state.last_refresh_t >= cfg.refresh_interval_s)  # [B]
+        still = new & ~touched & due[:, None]
+        refresh = find_regions(new_since_key, still, still, cell_grid, cfg.region_max, still=True)
+        return changed.then(refresh, x.shape[0]), touched, since_key
 
     def _advance(self, patches: torch.Tensor, t: torch.Tensor, state: BFlowState) -> tuple[Decisions, BFlowState]:
         """Decide and reconstruct one frame per video (validated ``[B, P, D]``, ``[B]`` float64)."""
@@ -329,14 +217,16 @@ class BFlowTokenizer(VideoTokenizer):
         t = t.to(state.last_t.device)
         started = state.started
         num_key = cfg.num_key_tokens
+        region_mode = cfg.flow_mode == "region"
         with torch.no_grad():
             motion = 1.0 - F.cosine_similarity(x, state.reference, dim=-1, eps=EPS)  # [B, P]
-            region_motion = self._regions(motion[..., None])[..., 0]  # [B, R]
-            score = region_motion  # [B, R] flow score: motion beyond the camera's
-            if cfg.global_motion:
-                score = region_motion - region_motion.median(dim=-1, keepdim=True).values
-            changed = score > cfg.flow_threshold  # [B, R]
-            n_wanted = changed.sum(-1)  # [B]
+            region_motion, score = self._score(motion)  # [B, R] each; score: motion beyond the camera's
+            if region_mode:
+                candidates, touched, region_motion = self._candidates(x, score, t, state)
+                n_wanted = candidates.count(x.shape[0])  # [B]
+            else:
+                changed = score > cfg.flow_threshold  # [B, R]
+                n_wanted = changed.sum(-1)  # [B]
             for cap in (cfg.max_flow_tokens, cfg.max_tokens_per_frame):
                 if cap is not None:
                     n_wanted = n_wanted.clamp(max=cap)
@@ -358,17 +248,22 @@ class BFlowTokenizer(VideoTokenizer):
             n_flow = torch.where(flows, n_wanted, torch.zeros_like(n_wanted))  # [B]
             if cfg.target_rate is not None:
                 bucket = bucket - n_flow - torch.where(started & is_key, num_key, 0)
-            order = torch.argsort(-score, dim=-1, stable=True)  # [B, R] most changed first
-            num_regions = order.shape[1]
-            rank = torch.empty_like(order).scatter_(
-                1, order, torch.arange(num_regions, device=order.device).expand_as(order)
-            )
-            flow_batch, flow_region = (rank < n_flow[:, None]).nonzero(as_tuple=True)
-            emit_order = torch.argsort(flow_batch * num_regions + rank[flow_batch, flow_region])
-            flow_batch, flow_region = flow_batch[emit_order], flow_region[emit_order]  # by video, most changed first
+            if region_mode:
+                chosen = candidates.take(n_flow)
+                flow_batch = chosen.batch
+            else:
+                order = torch.argsort(-score, dim=-1, stable=True)  # [B, R] most changed first
+                num_regions = order.shape[1]
+                rank = torch.empty_like(order).scatter_(
+                    1, order, torch.arange(num_regions, device=order.device).expand_as(order)
+                )
+                flow_batch, flow_region = (rank < n_flow[:, None]).nonzero(as_tuple=True)
+                emit_order = torch.argsort(flow_batch * num_regions + rank[flow_batch, flow_region])
+                flow_batch, flow_region = flow_batch[emit_order], flow_region[emit_order]  # by video, most changed 1st
 
         recon = state.recon.clone()
         reference = state.reference.clone()
+        keyframe = state.keyframe
         key_index = is_key.nonzero(as_tuple=True)[0]
         key_values = x.new_zeros(0, num_key, self.feature_dim)
         if key_index.numel():
@@ -378,21 +273,24 @@ class BFlowTokenizer(VideoTokenizer):
             else:
                 recon[key_index] = upsample_cells(key_values, self.grid, self.key_layout, "bilinear")
             reference[key_index] = x[key_index]
-        flow_values = flow_before = x.new_zeros(0, self.feature_dim)
-        if flow_batch.numel():
-            flow_values = self._regions(x)[flow_batch, flow_region]  # [n, D]
-            flow_before = self._regions(state.reference)[flow_batch, flow_region]  # [n, D]
-            ids = self.region_patches[flow_region]  # [n, r*r]
-            if cfg.reconstruction == "learned":
-                recon[flow_batch[:, None], ids] = self.flow_decoder(flow_values)
-            else:
-                recon[flow_batch[:, None], ids] = flow_values[:, None, :].expand(-1, ids.shape[1], -1)
-            reference[flow_batch[:, None], ids] = x[flow_batch[:, None], ids]
+            keyframe = keyframe.clone()
+            keyframe[key_index] = x[key_index].detach()
+        if region_mode:
+            flow = self._region_tokens(x, state, chosen, recon)
+            updated = (touched | chosen.cover(x.shape[0])) & flows[:, None]  # [B, R]: emitted or dropped
+            reference = torch.where(updated[:, self.patch_region, None], x, reference)
+        else:
+            flow = self._patch_tokens(x, state, flow_batch, flow_region, recon)
+            if flow_batch.numel():
+                ids = self.region_patches[flow_region]  # [n, r*r]
+                reference[flow_batch[:, None], ids] = x[flow_batch[:, None], ids]
         last_key_t = torch.where(is_key, t, state.last_key_t)
+        last_refresh_t = state.last_refresh_t
+        if cfg.refresh_interval_s is not None:
+            due = is_key | (flows & (t - state.last_refresh_t >= cfg.refresh_interval_s))
+            last_refresh_t = torch.where(due, t, last_refresh_t)
         n_tokens = torch.where(is_key, num_key, n_flow)
-        decisions = Decisions(
-            is_key, key_values, flow_batch, flow_region, flow_values, flow_before, n_tokens, t - last_key_t
-        )
+        decisions = Decisions(is_key, key_values, flow_batch, *flow, n_tokens, t - last_key_t)
         new_state = BFlowState(
             last_t=t,
             started=torch.ones_like(started),
@@ -400,8 +298,43 @@ class BFlowTokenizer(VideoTokenizer):
             bucket=bucket,
             reference=reference.detach(),
             recon=recon,
+            keyframe=keyframe,
+            last_refresh_t=last_refresh_t,
         )
         return decisions, new_state
+
+    def _patch_tokens(self, x, state, flow_batch, flow_region, recon):
+        """Patch mode: the values of the chosen regions, written into ``recon`` (in place)."""
+        flow_values = flow_before = x.new_zeros(0, self.feature_dim)
+        ids = self.region_patches[flow_region]  # [n, r*r]
+        if flow_batch.numel():
+            flow_values = self._regions(x)[flow_batch, flow_region]  # [n, D]
+            flow_before = self._regions(state.reference)[flow_batch, flow_region]  # [n, D]
+            if self.config.reconstruction == "learned":
+                recon[flow_batch[:, None], ids] = self.flow_decoder(flow_values)
+            else:
+                recon[flow_batch[:, None], ids] = flow_values[:, None, :].expand(-1, ids.shape[1], -1)
+        members = torch.zeros(flow_region.shape[0], self.num_patches, dtype=torch.bool, device=x.device)
+        members[torch.arange(flow_region.shape[0], device=x.device)[:, None], ids] = True
+        still = torch.zeros_like(flow_batch, dtype=torch.bool)
+        return flow_region, members, self.region_position[flow_region], still, flow_values, flow_before
+
+    def _region_tokens(self, x, state, chosen: Regions, recon):
+        """Region mode: pooled values of the chosen regions, written into ``recon`` (in place)."""
+        batch = chosen.batch
+        members = chosen.cells[:, self.patch_region]  # [n, P]
+        weight = (1.0 - F.cosine_similarity(x, state.keyframe, dim=-1, eps=EPS)).clamp(min=POOL_FLOOR)  # [B, P]
+        values, embedding, position = pool_regions(x, batch, members, weight, self.patch_position, self.patch_centres)
+        before = pool_regions(state.reference, batch, members, weight, self.patch_position, self.patch_centres)[0]
+        if batch.numel():
+            cell_row, cell = chosen.cells.nonzero(as_tuple=True)  # every (region, cell) pair
+            ids = self.region_patches[cell]  # [k, r*r]
+            if self.config.reconstruction == "learned":
+                decoded = self.flow_decoder(values)[cell_row]  # [k, r*r, D]
+            else:
+                decoded = values[cell_row, None, :].expand(-1, ids.shape[1], -1)
+            recon[batch[cell_row][:, None], ids] = decoded
+        return position, members, embedding, chosen.still, values, before
 
     def _widen(self, tokens: torch.Tensor, change: torch.Tensor | None) -> torch.Tensor:
         """With ``change_tokens``: ``[n, D]`` tokens -> ``[n, 2D]`` with the change (zeros for ``None``)."""
@@ -424,16 +357,31 @@ class BFlowTokenizer(VideoTokenizer):
                 continue
             mine = decisions.flow_batch == b
             if bool(mine.any()):
-                regions = decisions.flow_region[mine]
-                values = decisions.flow_values[mine]
-                tokens = self.embedder(values, "flow", since, self.region_position[regions])
+                values, embedding = decisions.flow_values[mine], decisions.flow_embedding[mine]
+                still = decisions.flow_still[mine]  # changed regions come first, still ones (if any) after
+                changed = self.embedder(values[~still], "flow", since, embedding[~still])
+                tokens = torch.cat([changed, self.embedder(values[still], "still", since, embedding[still])])
                 tokens = self._widen(tokens, values - decisions.flow_before[mine])
-                out.append(FrameTokens(float(t[b]), "flow", tokens, regions.cpu()))
+                out.append(FrameTokens(float(t[b]), "flow", tokens, decisions.flow_position[mine].cpu()))
             else:
                 out.append(
                     FrameTokens(float(t[b]), "none", decisions.flow_values.new_zeros(0, self.token_dim), empty_pos)
                 )
         return out
+
+    def trace(self, patches: torch.Tensor, timestamps: torch.Tensor) -> tuple[TokenizedVideo, list[Decisions]]:
+        """:meth:`tokenize` plus each frame's :class:`Decisions` (which patches each flow token describes, which are
+        still-region refreshes): for benchmarks and inspection; the tokens are :meth:`tokenize`'s."""
+        timestamps = check_video(patches, timestamps, self.grid, self.feature_dim)
+        state = self.init_state(1)
+        frames, recons, trail = [], [], []
+        for i in range(patches.shape[0]):
+            t = timestamps[i : i + 1].to(state.last_t.device)
+            decisions, state = self._advance(patches[i : i + 1], t, state)
+            frames.extend(self._frame_tokens(decisions, t))
+            recons.append(state.recon)
+            trail.append(decisions)
+        return TokenizedVideo(frames=frames, recon=torch.cat(recons, dim=0), timestamps=timestamps), trail
 
     def _step(self, patches: torch.Tensor, t: torch.Tensor, state: BFlowState):
         decisions, state = self._advance(patches, t, state)
