@@ -4,7 +4,8 @@ mode).
 The video is streamed through a :class:`~mmduplex.inference.session.DuplexSession` once; every question is then asked
 on a ``copy()`` of that session, so the prepared state is never modified.
 
-Streaming a video (:meth:`DuplexResponder.prepare_video`): the sampled frames and the kept subtitles are taken in the
+Streaming a video (:meth:`DuplexResponder.prepare_video`, through the streaming loop
+:class:`~mmduplex.inference.loop.StepLoop`): the sampled frames and the kept subtitles are taken in the
 reference's interleaved order (:func:`~mmduplex.eval.longvideobench_data.interleave`); frames are pushed at their
 timestamps and subtitles typed on the user stream at their mid-times (``ask(text, t)``). Steps between events run
 with whatever video has arrived (usually none). Sparse frames of a long video would leave long runs of empty steps; with
@@ -38,8 +39,8 @@ import torch
 
 from mmduplex.errors import InputError
 from mmduplex.eval.longvideobench_data import Subtitle, interleave
+from mmduplex.inference.loop import Question, StepLoop, feed, spoken_words
 from mmduplex.inference.session import DuplexSession, StepOutput
-from mmduplex.lm.alignment import time_to_step
 from mmduplex.lm.text import UNK_TOKEN
 
 
@@ -125,27 +126,16 @@ class DuplexResponder:
             raise InputError("frames", f"expected [T, H, W, 3] with T = {len(timestamps)}, got {tuple(frames.shape)}")
         session = self._session.copy()
         session.reset()
-        skipped = 0  # steps cut out of the stream so far (all later events move back by as many steps)
-        last_frame_step = -1
-        for item in interleave(timestamps, subtitles):
-            video_t = float(timestamps[item]) if isinstance(item, int) else item.mid
-            step = time_to_step(video_t, self.step_hz) - skipped
-            if self.max_gap_steps is not None:
-                allowed = max(self.max_gap_steps, session.pending_user_tokens)
-                excess = step - session.step_index - allowed
-                if excess > 0:
-                    skipped += excess
-                    step -= excess
-            t = video_t - skipped / self.step_hz  # stream time of the event
-            _run_until(session, step)
-            if isinstance(item, int):
-                session.push_frame(t, frames[item])
-                last_frame_step = max(last_frame_step, step)
-            elif item.text.split():  # a blank subtitle has no token to type
-                session.ask(item.text, t)
-        while session.step_index <= last_frame_step or session.pending_user_tokens or session.pending_video_tokens:
-            session.step()
-        self.skipped_steps += skipped
+        events = [
+            (float(timestamps[item]), frames[item]) if isinstance(item, int) else Question(item.mid, item.text)
+            for item in interleave(timestamps, subtitles)
+        ]
+        loop = StepLoop(
+            session, events, after="drain", hold_s=0.0, max_gap_steps=self.max_gap_steps, late_questions="wait"
+        )
+        for _ in loop:
+            pass
+        self.skipped_steps += loop.skipped_steps
         return session
 
     # ------------------------------------------------------------------ questions
@@ -155,27 +145,14 @@ class DuplexResponder:
         if not isinstance(state, DuplexSession):
             raise InputError("state", f"expected the DuplexSession from prepare_video, got {type(state).__name__}")
         session = state.copy()
-        session.ask(prompt)
-        out = session.step()
-        while session.pending_user_tokens:
-            out = session.step()
-        return session, out
+        return session, feed(session, prompt)
 
     def answer(self, state: DuplexSession, prompt: str) -> str:
         """The model's spoken reply to ``prompt`` typed after the video: every word of its ``max_answer_steps`` reply
         steps (``""`` if it stays silent)."""
         session, out = self._ask(state, prompt)
-        words: list[str] = []
-        for step in range(self.max_answer_steps):
-            if step > 0:
-                out = session.step()
-            if out.word is None:
-                continue
-            if words and not out.word_start:
-                words[-1] += out.word
-            else:
-                words.append(out.word)
-        return " ".join(words)
+        outputs = [out] + [session.step() for _ in range(self.max_answer_steps - 1)]
+        return " ".join(word for _, word in spoken_words(outputs))
 
     def letter_logprobs(self, state: DuplexSession, prompt: str, letters: Sequence[str]) -> dict[str, float]:
         """Log-probability of each letter as the first reply token after ``prompt`` (``-inf``: not one token)."""
@@ -189,9 +166,3 @@ class DuplexResponder:
             single = len(ids) == 1 and ids[0] != unknown and ids[0] < logprobs.numel()
             result[letter] = float(logprobs[ids[0]]) if single else -math.inf
         return result
-
-
-def _run_until(session: DuplexSession, step: int) -> None:
-    """Step ``session`` until ``step_index == step`` (nothing to do when it is already there or past)."""
-    while session.step_index < step:
-        session.step()

@@ -62,14 +62,14 @@ def context_text(event: Event, context: str, context_words: int | None) -> str:
 def commentate(session: DuplexSession, frames: torch.Tensor, times: Sequence[float], end_s: float, context: str) -> str:
     """Stream one clip (``frames`` [T, H, W, 3] uint8 at clip times ``times``, ending at ``end_s``) after typing
     ``context``; return the words said during the clip, subword pieces joined."""
+    from mmduplex.inference.loop import feed
+
     session.reset()
     if context.split():
-        session.ask(context)
-        while session.pending_user_tokens:  # the context goes out before the clip: its replies are not commentary
-            session.step()
+        feed(session, context)  # the context goes out before the clip: its replies are not commentary
     offset = session.time
     stream = ((offset + float(t), frame) for t, frame in zip(times, frames, strict=True))
-    said = [out for out in session.run(stream, end_s=offset + end_s) if out.word is not None]
+    said = [out for out in session.run(stream, end_s=offset + end_s) if out.word is not None]  # the streaming loop
     # a piece that does not start a word is glued to the previous one
     return "".join(out.word if i and not out.word_start else " " + out.word.strip() for i, out in enumerate(said))[1:]
 
@@ -195,13 +195,14 @@ class LiveSportsEval(EvalTask):
 
     def _generate(self, events: Sequence[Event]) -> tuple[dict[str, Prediction], dict[str, Any]]:
         """Model mode: stream every event's clip through the bundle; returns the predictions and run facts."""
+        from mmduplex.inference.commentary import frame_size
         from mmduplex.inference.session import DuplexSession
         from mmduplex.io.video import read_video
 
         session = DuplexSession.from_bundle(self.checkpoint, temperature=self.temperature, pad_bias=self.pad_bias)
         if session.fps is None:
             raise CheckpointError(self.checkpoint, "the bundle records no video fps")
-        size = session.encoder.image_size if session.encoder.resize_mode == "shortest" else None
+        size = frame_size(session.encoder)
         chosen = list(events[: self.limit] if self.limit else events)
         missing = sorted({e.video for e in chosen if not (self.data_root / VIDEO_DIR / e.video).is_file()})
         if chosen and len(missing) == len({e.video for e in chosen}):

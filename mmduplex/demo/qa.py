@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,6 @@ from mmduplex.data.synthetic_questions import KINDS, cut_question
 from mmduplex.eval.answer_parser import LETTERS
 from mmduplex.eval.longvideobench_data import L1_CATEGORIES
 from mmduplex.fileio import write_json_atomic
-from mmduplex.lm.alignment import time_to_step
 
 if TYPE_CHECKING:
     import torch
@@ -68,27 +67,26 @@ def stream_asking(
     patches: torch.Tensor,
     questions: Sequence[SyntheticQuestion],
 ) -> tuple[list[StepOutput], list[AskedQuestion]]:
-    """Stream cached features ``[T, P, D]`` at ``times`` (reset first) and ask ``questions`` at their times.
+    """Stream cached features ``[T, P, D]`` at ``times`` (reset first) and ask ``questions`` at their times, through
+    the streaming loop (:class:`~mmduplex.inference.loop.StepLoop`).
 
     Returns:
         Every step's output (flush included) and one :class:`AskedQuestion` per question (``fed_s`` set).
     """
-    from mmduplex.demo.stream import feature_steps
+    from mmduplex.demo.stream import feature_pairs
+    from mmduplex.inference.loop import Question, StepLoop, timeline
 
     session.reset()
     asked = [AskedQuestion(q) for q in sorted(questions, key=lambda q: q.t)]
-    upcoming = list(asked)
+    typed = [Question(item.question.t, item.question.text) for item in asked]
+    item_of = {id(question): item for question, item in zip(typed, asked, strict=True)}
+    loop = StepLoop(session, timeline(feature_pairs(times, patches), typed))
     typing: list[AskedQuestion] = []  # asked, last token not fed yet
     outputs: list[StepOutput] = []
-    steps: Iterator[StepOutput] = feature_steps(session, times, patches)
-    while True:
-        while upcoming and time_to_step(upcoming[0].question.t, session.step_hz) <= session.step_index:
-            item = upcoming.pop(0)
-            session.ask(item.question.text, item.question.t)
-            typing.append(item)
-        out = next(steps, None)
-        if out is None:
-            break
+    seen = 0  # questions of loop.asked taken into typing
+    for out in loop:  # those typed since the last step were typed before this one ran
+        typing += [item_of[id(question)] for question, _ in loop.asked[seen:]]
+        seen = len(loop.asked)
         outputs.append(out)
         if typing and session.pending_user_tokens == 0:  # every question asked so far has been fed
             for item in typing:

@@ -2,7 +2,8 @@
 
 - :func:`stream_video` streams a video file frame by frame through the bundle's frozen encoder (the real path, as
   ``mmduplex stream`` does); :func:`stream_features` streams cached patch features (the same tokenizer and slot
-  packer after the encoder; used for the PAD-bias search and the video ablation).
+  packer after the encoder; used for the PAD-bias search and the video ablation). Both run the one streaming loop,
+  :class:`mmduplex.inference.commentary.Commentary`, with the demo's line settings.
 - :func:`score_videos` gives a model's figures on held-out videos: the event figures of
   :mod:`mmduplex.eval.commentary`, ``talk_ratio`` (the model's speaking time, the union of its cue spans, over the
   reference's, the union of its word spans), ``event_accuracy_by_objects`` (events grouped by the number of
@@ -18,7 +19,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +35,7 @@ from mmduplex.eval.commentary import (
     speaking_s,
     tally_events,
 )
+from mmduplex.inference.commentary import Commentary, LineCollector, open_frames
 from mmduplex.io.outputs import CommentaryLine, LineBuilder
 from mmduplex.lm.alignment import time_to_step
 
@@ -77,19 +78,11 @@ def lines_of(
     outputs: Iterable[StepOutput], pause_steps: int
 ) -> tuple[list[CommentaryLine], int, list[tuple[float, str]]]:
     """The commentary lines of a stream's step outputs, the number of steps, and every ``(t, word)`` said."""
-    builder = LineBuilder(pause_steps=pause_steps, max_words=MAX_WORDS_PER_LINE, min_display_s=MIN_DISPLAY_S)
-    steps = 0
-    words: list[tuple[float, str]] = []
+    collector = LineCollector(LineBuilder(pause_steps, MAX_WORDS_PER_LINE, MIN_DISPLAY_S))
     for out in outputs:
-        builder.push_piece(out.t, out.word, out.word_start)
-        steps += 1
-        if out.word is not None:
-            if words and not out.word_start:
-                words[-1] = (words[-1][0], words[-1][1] + out.word)
-            else:
-                words.append((out.t, out.word))
-    builder.flush()
-    return builder.lines, steps, words
+        collector.push(out)
+    collector.flush()
+    return collector.lines, collector.steps, collector.words
 
 
 def _counting(session: DuplexSession, frames: Iterable[tuple[float, Any]], counts: list[tuple[float, int]]):
@@ -104,47 +97,38 @@ def _counting(session: DuplexSession, frames: Iterable[tuple[float, Any]], count
         counts.append((last[0], session.video_tokens + session.dropped_video_tokens - last[1]))
 
 
+def _stream(
+    session: DuplexSession, video_id: str, source: Any, pause_steps: int, counts: list[tuple[float, int]] | None = None
+) -> StreamResult:
+    """``source`` streamed through ``session`` (reset first) by the streaming loop, with the end-of-input flush."""
+    commentary = Commentary(
+        session, source, pause_steps=pause_steps, line_words=MAX_WORDS_PER_LINE, line_display_s=MIN_DISPLAY_S
+    )
+    lines = list(commentary)
+    steps, tokens = commentary.steps, session.video_tokens + session.dropped_video_tokens
+    return StreamResult(
+        video_id, lines, steps, commentary.wall_s, steps / session.step_hz, tokens, counts or [], commentary.words
+    )
+
+
 def stream_video(session: DuplexSession, video: Path, pause_steps: int) -> StreamResult:
-    """Stream one video file through ``session`` (reset first) frame by frame, with the end-of-input flush."""
-    from mmduplex.io.video import iter_video
-
-    session.reset()
+    """Stream one video file through ``session`` (reset first) frame by frame, with the end-of-input flush: the
+    path ``mmduplex stream`` takes, with the demo's line settings."""
     counts: list[tuple[float, int]] = []
-    start = time.perf_counter()
-    frames = iter_video(video, fps=session.fps, size=session.encoder.image_size)  # as the feature cache was made
-    lines, steps, words = lines_of(session.run(_counting(session, frames, counts)), pause_steps)
-    compute = time.perf_counter() - start
-    tokens = session.video_tokens + session.dropped_video_tokens
-    return StreamResult(video.stem, lines, steps, compute, steps / session.step_hz, tokens, counts, words)
+    frames = open_frames(video, session)  # decoded as the feature cache was made
+    return _stream(session, video.stem, _counting(session, frames, counts), pause_steps, counts)
 
 
-def feature_steps(session: DuplexSession, times: Sequence[float], patches: torch.Tensor) -> Iterator[StepOutput]:
-    """:meth:`DuplexSession.run` on cached features: each frame's patches ``[P, D]`` pushed before the step that
-    holds its time, steps up to the end of the last frame's display period, then the flush."""
-    last_t = None
-    for t, frame in zip(times, patches, strict=True):
-        while session.step_index < time_to_step(float(t), session.step_hz):
-            yield session.step()
-        session.push_features(float(t), frame)
-        last_t = float(t)
-    if last_t is None:
-        return
-    end = math.ceil((last_t + 1.0 / session.fps) * session.step_hz - 1e-6)
-    while session.step_index < end:
-        yield session.step()
-    yield from session.flush()
+def feature_pairs(times: Sequence[float], patches: torch.Tensor) -> Iterator[tuple[float, torch.Tensor]]:
+    """Cached patch features ``[T, P, D]`` shown at ``times`` as the ``(t, patches [P, D])`` pairs the loop takes."""
+    return zip((float(t) for t in times), patches, strict=True)
 
 
 def stream_features(
     session: DuplexSession, video_id: str, times: Sequence[float], patches: torch.Tensor, pause_steps: int
 ) -> StreamResult:
     """Stream cached patch features ``[T, P, D]`` shown at ``times`` through ``session`` (reset first)."""
-    session.reset()
-    start = time.perf_counter()
-    lines, steps, words = lines_of(feature_steps(session, times, patches), pause_steps)
-    tokens = session.video_tokens + session.dropped_video_tokens
-    compute = time.perf_counter() - start
-    return StreamResult(video_id, lines, steps, compute, steps / session.step_hz, tokens, words=words)
+    return _stream(session, video_id, feature_pairs(times, patches), pause_steps)
 
 
 # ----------------------------------------------------------------------------------------------- scoring
