@@ -5,23 +5,28 @@ A task is constructed from its settings, :meth:`EvalTask.run` computes a results
 (``results.json`` -> ``results.md``), both atomically. :meth:`EvalTask.evaluate` does both.
 
 The ``mmduplex eval <task>`` command (:mod:`mmduplex.commands.eval`) is generic over tasks: each task class also
-declares its command-line flags (:meth:`EvalTask.add_arguments`) and builds itself from the merged
-flags / ``--config`` YAML / defaults (:meth:`EvalTask.from_settings`), so a new task is one class plus one line
-in ``mmduplex.commands.eval.TASKS``.
+declares its command-line flags with their types (:meth:`EvalTask.add_arguments`) and their defaults
+(:attr:`EvalTask.defaults`); :meth:`EvalTask.parser` makes them a jsonargparse parser with ``--config FILE`` (a YAML of
+settings) and ``--print_config``, which checks flags and YAML values alike; the task builds itself from the parsed
+settings (:meth:`EvalTask.from_settings`). A new task is one class plus one line in ``mmduplex.commands.eval.TASKS``.
 """
 
 from __future__ import annotations
 
 import abc
-import argparse
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from mmduplex.errors import InputError
 from mmduplex.fileio import write_text_atomic
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
 
 class EvalTask(abc.ABC):
@@ -30,11 +35,8 @@ class EvalTask(abc.ABC):
     name: ClassVar[str] = ""
     """The ``mmduplex eval`` subcommand name."""
 
-    help: ClassVar[str] = ""
-    """One-line description shown by ``mmduplex eval --help``."""
-
     defaults: ClassVar[Mapping[str, Any]] = {}
-    """Default value of every setting the command line / ``--config`` may give (key = argparse ``dest``)."""
+    """Default value of every setting the command line / ``--config`` may give (key = the flag's ``dest``)."""
 
     required: ClassVar[Sequence[str]] = ()
     """Settings that must be given (on the command line or in the ``--config`` YAML)."""
@@ -54,8 +56,37 @@ class EvalTask(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Declare the task's flags. Every flag must use ``default=argparse.SUPPRESS`` (see :attr:`defaults`)."""
+    def add_arguments(cls, parser: ArgumentParser) -> None:
+        """Declare the task's flags on a jsonargparse parser, each with its ``type`` (which also checks the values a
+        ``--config`` YAML gives); their defaults come from :attr:`defaults`, one entry per flag."""
+
+    @classmethod
+    def parser(cls, prog: str | None = None, description: str | None = None) -> ArgumentParser:
+        """The task's settings parser: ``--config FILE``, ``--out FILE``, the task's flags and ``--print_config``.
+
+        ``--config`` applies where it stands on the command line: flags after it override it (as in ``mmduplex
+        fit``). Errors raise ``jsonargparse.ArgumentError`` rather than exit; ``--help`` and ``--print_config`` print
+        and raise ``SystemExit(0)``.
+        """
+        from jsonargparse import ActionConfigFile, ArgumentParser
+
+        parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, default_env=False)
+        parser.add_argument(
+            "--config",
+            action=ActionConfigFile,
+            metavar="FILE",
+            help="YAML of settings (e.g. recipes/eval/*.yaml; keys are the flag names, with - or _); "
+            "flags after it override it",
+        )
+        parser.add_argument(
+            "--out",
+            type=str | None,
+            metavar="FILE",
+            help="results JSON (to run); a markdown table is written beside it",
+        )
+        cls.add_arguments(parser)
+        parser.set_defaults({"out": None, **cls.defaults})
+        return parser
 
     @classmethod
     @abc.abstractmethod
@@ -81,6 +112,20 @@ class EvalTask(abc.ABC):
         if out is not None:
             self.write(results, out)
         return results
+
+
+def settings_error(where: str | os.PathLike, error: Exception) -> InputError:
+    """A jsonargparse parse error as one clear line: ``KEY: invalid value 'V'`` for a value of the wrong type,
+    ``unknown setting 'KEY'`` for a key no flag or field declares, else jsonargparse's own words on one line."""
+    text = str(error)
+    key = re.match(r'Parser key "([^"]+)":', text)
+    given = re.search(r"(?:Given|Got) value: (.*)$", text, re.MULTILINE)
+    if key and given and key[1] != "config":
+        return InputError(where, f"{key[1]}: invalid value {given[1].strip()!r}")
+    unknown = re.search(r"Option '([^']+)' is not accepted|Key \"([^\"]+)\" is not expected", text)
+    if unknown:
+        return InputError(where, f"unknown setting {unknown[1] or unknown[2]!r} (see --help)")
+    return InputError(where, " ".join(text.split()))
 
 
 def to_json(value: Any) -> Any:

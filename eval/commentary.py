@@ -31,7 +31,6 @@ Aggregates over videos pool everything (micro): events, lines, windows, words an
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import json
 import logging
@@ -40,13 +39,16 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from mmduplex.errors import AnnotationError, InputError
 from mmduplex.eval.base import EvalTask, markdown_table
 from mmduplex.io.outputs import CommentaryLine, read_commentary
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +481,6 @@ class CommentaryEval(EvalTask):
     """
 
     name = "commentary"
-    help = "Live commentary: event accuracy/precision/latency and transcript ROUGE-L, BLEU, word timing, talk ratio."
     defaults = {"predictions": None, "reference": None, "tolerance": 3.0, "window": 10.0}
     required = ("predictions", "reference")
 
@@ -550,32 +551,31 @@ class CommentaryEval(EvalTask):
         return "\n".join(parts)
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        s = argparse.SUPPRESS
+    def add_arguments(cls, parser: ArgumentParser) -> None:
         parser.add_argument(
             "--predictions",
-            action="append",
-            default=s,
+            nargs="+",
+            action="extend",
+            type=str,
             metavar="PATH",
-            help="commentary .vtt/.srt/.jsonl file or folder, named after its video (repeatable)",
+            help="commentary .vtt/.srt/.jsonl files or folders, named after their videos (repeatable; adds to the "
+            "--config list)",
         )
         parser.add_argument(
             "--reference",
-            action="append",
-            default=s,
+            nargs="+",
+            action="extend",
+            type=str,
             metavar="FILE",
-            help="LiveCC transcripts.jsonl and/or synthetic events.jsonl (repeatable)",
+            help="LiveCC transcripts.jsonl and/or synthetic events.jsonl (repeatable; adds to the --config list)",
         )
         parser.add_argument(
             "--tolerance",
             type=float,
-            default=s,
             metavar="S",
-            help="seconds a matching word may come after the event / reference word (3.0)",
+            help="seconds a matching word may come after the event / reference word",
         )
-        parser.add_argument(
-            "--window", type=float, default=s, metavar="S", help="window length in seconds for ROUGE-L / BLEU (10.0)"
-        )
+        parser.add_argument("--window", type=float, metavar="S", help="window length in seconds for ROUGE-L / BLEU")
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> CommentaryEval:

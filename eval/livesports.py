@@ -24,13 +24,12 @@ the user gives (LiveCC's is GPT-4o's captions), asked in both orders, as a win r
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mmduplex.errors import CheckpointError, InputError, VideoError
 from mmduplex.eval.base import EvalTask, markdown_table
@@ -39,6 +38,7 @@ from mmduplex.fileio import write_text_atomic
 
 if TYPE_CHECKING:
     import torch
+    from jsonargparse import ArgumentParser
 
     from mmduplex.inference.session import DuplexSession
 
@@ -119,10 +119,6 @@ class LiveSportsEval(EvalTask):
     """
 
     name = "livesports"
-    help = (
-        "LiveSports-3K CC: ROUGE-L / BLEU of a LiveCC prediction JSONL (or of a bundle's commentary, --checkpoint) "
-        "against the human ASR; optional LLM-judge win rate against a baseline (--judge-url)."
-    )
     defaults = {
         "data_root": None,
         "predictions": None,
@@ -313,26 +309,25 @@ class LiveSportsEval(EvalTask):
         return "\n".join(parts)
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        s = argparse.SUPPRESS
+    def add_arguments(cls, parser: ArgumentParser) -> None:
         add = parser.add_argument
-        add("--data-root", default=s, metavar="DIR", help="LiveSports-3K-CC.json (or the CSV files) and videos/")
-        add("--predictions", default=s, metavar="FILE", help="LiveCC prediction JSONL to score (or --checkpoint)")
-        add("--checkpoint", default=s, metavar="BUNDLE", help="inference bundle: stream each event's clip through it")
-        add("--predictions-out", default=s, metavar="FILE", help="model mode: default <out stem>.predictions.jsonl")
-        add("--limit", type=int, default=s, metavar="N", help="model mode: only the first N events")
-        add("--context", choices=CONTEXTS, default=s, help="typed before each clip: title and/or preasr_text (both)")
-        add("--context-words", type=int, default=s, metavar="N", help="keep the last N words of preasr_text (all)")
-        add("--temperature", type=float, default=s, metavar="T", help="model mode: sampling temperature (0, greedy)")
-        add("--pad-bias", type=float, default=s, metavar="B", help="model mode: PAD-logit bias, > 0 quieter (0)")
-        add("--judge-url", default=s, metavar="URL", help="OpenAI-compatible chat-completions endpoint of the judge")
-        add("--judge-model", default=s, metavar="NAME", help="judge model name (LiveCC: gpt-4o-2024-08-06)")
-        add("--judge-api-key-env", default=s, metavar="VAR", help="env variable holding the API key (OPENAI_API_KEY)")
-        add("--baseline-predictions", default=s, metavar="FILE", help="the judge's baseline (LiveCC: GPT-4o's)")
-        add("--judge-out", default=s, metavar="FILE", help="judgments JSONL (default <out stem>.judgments.jsonl)")
-        add("--judge-timeout", type=float, default=s, metavar="S", help="seconds per judge request (60)")
-        add("--judge-retries", type=int, default=s, metavar="N", help="retries on network errors, 429, 5xx (3)")
-        add("--judge-workers", type=int, default=s, metavar="N", help="judge requests in flight (1)")
+        add("--data-root", type=str | None, metavar="DIR", help="LiveSports-3K-CC.json (or the CSV files) and videos/")
+        add("--predictions", type=str | None, metavar="FILE", help="LiveCC prediction JSONL to score (or --checkpoint)")
+        add("--checkpoint", type=str | None, metavar="BUNDLE", help="inference bundle: stream each event's clip")
+        add("--predictions-out", type=str | None, metavar="FILE", help="model mode (<out stem>.predictions.jsonl)")
+        add("--limit", type=int | None, metavar="N", help="model mode: only the first N events (default: all)")
+        add("--context", type=Literal[CONTEXTS], help="typed before each clip: title and/or preasr_text")
+        add("--context-words", type=int | None, metavar="N", help="keep the last N words of preasr_text (default: all)")
+        add("--temperature", type=float | None, metavar="T", help="model mode: sampling temperature (0, greedy)")
+        add("--pad-bias", type=float | None, metavar="B", help="model mode: PAD-logit bias, > 0 quieter (0)")
+        add("--judge-url", type=str | None, metavar="URL", help="the judge's OpenAI-compatible chat endpoint")
+        add("--judge-model", type=str | None, metavar="NAME", help="judge model name (LiveCC: gpt-4o-2024-08-06)")
+        add("--judge-api-key-env", type=str, metavar="VAR", help="environment variable holding the judge's API key")
+        add("--baseline-predictions", type=str | None, metavar="FILE", help="the judge's baseline (LiveCC: GPT-4o's)")
+        add("--judge-out", type=str | None, metavar="FILE", help="judgments JSONL (default <out stem>.judgments.jsonl)")
+        add("--judge-timeout", type=float, metavar="S", help="seconds per judge request")
+        add("--judge-retries", type=int, metavar="N", help="retries on network errors, 429, 5xx")
+        add("--judge-workers", type=int, metavar="N", help="judge requests in flight")
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> LiveSportsEval:

@@ -22,12 +22,11 @@ always present); ``counts`` gives the number of questions per group.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mmduplex.errors import InputError
 from mmduplex.eval.answer_parser import LETTERS, parse_response
@@ -53,6 +52,7 @@ from mmduplex.fileio import write_text_atomic
 
 if TYPE_CHECKING:
     import torch
+    from jsonargparse import ArgumentParser
 
 __all__ = [
     "DEFAULT_MAX_ANSWER_STEPS",
@@ -182,10 +182,6 @@ class LongVideoBenchEval(EvalTask):
     """
 
     name = "longvideobench"
-    help = (
-        "LongVideoBench val: score a predictions JSONL with the reference answer parser (needs only lvb_val.json), "
-        "or ask a duplex bundle (--checkpoint) through a streaming session."
-    )
     defaults = {
         "data_root": None,
         "predictions": None,
@@ -322,59 +318,57 @@ class LongVideoBenchEval(EvalTask):
         return "\n".join(parts)
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        s = argparse.SUPPRESS
-        parser.add_argument("--data-root", default=s, metavar="DIR", help="extracted LongVideoBench folder (required)")
-        parser.add_argument(
+    def add_arguments(cls, parser: ArgumentParser) -> None:
+        from jsonargparse import ActionYesNo
+
+        add = parser.add_argument
+        add("--data-root", type=str | None, metavar="DIR", help="extracted LongVideoBench folder (required)")
+        add(
             "--predictions",
-            default=s,
+            type=str | None,
             metavar="FILE",
             help='JSONL of {"id": ..., "response": "..."} to score (predictions mode; exclusive with --checkpoint)',
         )
-        parser.add_argument(
+        add(
             "--checkpoint",
-            default=s,
+            type=str | None,
             metavar="BUNDLE",
             help="duplex inference bundle folder to ask (model mode; exclusive with --predictions)",
         )
-        parser.add_argument("--annotations", default=s, metavar="NAME", help="annotation file in DIR (lvb_val.json)")
-        parser.add_argument(
+        add("--annotations", type=str, metavar="NAME", help="annotation file in DIR")
+        add(
             "--frames",
-            type=int,
-            default=s,
+            type=int | None,
             metavar="N",
             help="max frames per video, sampled as the reference does (model mode default: frames at the bundle's "
             f"fps, or {REFERENCE_FRAMES} if it records none; predictions mode: recorded)",
         )
-        parser.add_argument(
+        add(
             "--subtitles",
-            action=argparse.BooleanOptionalAction,
-            default=s,
+            action=ActionYesNo(no_prefix="no-"),
+            type=bool | None,
             help="interleave subtitles (model mode: used, default on; predictions mode: recorded as stated)",
         )
-        parser.add_argument(
+        add(
             "--scoring",
-            choices=SCORING_MODES,
-            default=s,
+            type=Literal[SCORING_MODES] | None,
             help="model mode: parse the generated answer (generation, default) or take the most likely letter",
         )
-        parser.add_argument(
+        add(
             "--responses-out",
-            default=s,
+            type=str | None,
             metavar="FILE",
             help="model mode: responses JSONL (rescorable with --predictions); default <out stem>.responses.jsonl",
         )
-        parser.add_argument(
+        add(
             "--max-answer-steps",
-            type=int,
-            default=s,
+            type=int | None,
             metavar="K",
             help=f"model mode: most steps of a generated reply (default {DEFAULT_MAX_ANSWER_STEPS})",
         )
-        parser.add_argument(
+        add(
             "--max-gap-steps",
-            type=int,
-            default=s,
+            type=int | None,
             metavar="K",
             help="model mode: run at most K empty steps between frames/subtitles, skip the rest (default: run all)",
         )

@@ -32,7 +32,6 @@ rule its fidelity is meaningless (the learned keyframe decoder is random); the s
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import tempfile
@@ -40,7 +39,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from tqdm import tqdm
@@ -52,6 +51,9 @@ from mmduplex.tokenizer.baselines import CodecTokenizer, FrameDropTokenizer, Uni
 from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
 from mmduplex.tokenizer.encoders.factory import DEFAULT_ENCODER, spec_of_fingerprint
 from mmduplex.tokenizer.fidelity import fidelity
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
 DEFAULT_FPS = 2.0
 UNTRAINED_NOTE = (
@@ -222,7 +224,6 @@ class TokenizerEval(EvalTask):
     """
 
     name = "tokenizer"
-    help = "Tokenizer rate vs fidelity: B-Flow at token budgets and variable rate against the baselines."
     defaults = {
         "features": None,
         "videos": None,
@@ -355,35 +356,45 @@ class TokenizerEval(EvalTask):
         return "\n".join(parts) + "\n" + markdown_table(headers, rows)
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        s = argparse.SUPPRESS
-        parser.add_argument("--features", default=s, metavar="DIR", help="feature cache folder (mmduplex features)")
-        parser.add_argument(
-            "--videos", nargs="+", action="extend", default=s, metavar="VIDEO", help="videos to encode instead"
-        )
-        parser.add_argument(
-            "--checkpoint", default=s, metavar="CKPT", help="trained B-Flow bundle or checkpoint (default: untrained)"
-        )
-        parser.add_argument(
-            "--budgets",
+    def add_arguments(cls, parser: ArgumentParser) -> None:
+        add = parser.add_argument
+        add("--features", type=str | None, metavar="DIR", help="feature cache folder (mmduplex features)")
+        add(
+            "--videos",
             nargs="+",
             action="extend",
+            type=str,
+            metavar="VIDEO",
+            help="videos to encode instead (repeatable; adds to the --config list)",
+        )
+        add(
+            "--checkpoint",
+            type=str | None,
+            metavar="CKPT",
+            help="trained B-Flow bundle or checkpoint (default: untrained)",
+        )
+        add(
+            "--budgets",
+            nargs="+",
             type=float,
-            default=s,
             metavar="R",
-            help="B-Flow token budgets in tokens/s (8 16 32 64; variable rate is always evaluated too)",
+            help="B-Flow token budgets in tokens/s (variable rate is always evaluated too)",
         )
-        parser.add_argument(
-            "--encoder", default=s, metavar="MODEL[:PRETRAINED]", help=f"encoder for --videos ({DEFAULT_ENCODER})"
+        add(
+            "--encoder",
+            type=str | None,
+            metavar="NAME",
+            help=f"encoder for --videos (default: the checkpoint's, else {DEFAULT_ENCODER}; mmduplex-tiny is random)",
         )
-        parser.add_argument(
-            "--fps", type=float, default=s, help=f"sampling rate for --videos (checkpoint's, else {DEFAULT_FPS:g})"
+        add(
+            "--fps",
+            type=float | None,
+            help=f"sampling rate for --videos (default: the checkpoint's, else {DEFAULT_FPS:g})",
         )
-        parser.add_argument(
+        add(
             "--reconstruction",
-            choices=list(RECONSTRUCTION_RULES),
-            default=s,
-            help="fidelity rule: fixed = one rule for every tokenizer (default), native = each as shipped",
+            type=Literal[tuple(RECONSTRUCTION_RULES)],
+            help="fidelity rule: fixed = one rule for every tokenizer, native = each as shipped",
         )
 
     @classmethod

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from mmduplex.cli import main
 from mmduplex.demo.run import DemoConfig
@@ -302,8 +303,8 @@ def test_pages_load_in_chromium(smoke_demo, served_demo, tmp_path):
 
 
 def test_demo_print_config_and_bad_recipe(tmp_path, capsys):
-    assert main(["demo", "--config", "smoke", "--print-config"]) == 0
-    assert json.loads(capsys.readouterr().out)["num_videos"] == 80
+    assert main(["demo", "--config", "smoke", "--print_config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["num_videos"] == 80
     bad = tmp_path / "bad.yaml"
     bad.write_text("num_vidoes: 3\n")
     assert main(["demo", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2

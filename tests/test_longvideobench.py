@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -129,27 +128,43 @@ def test_config_file_and_flag_precedence(lvb, tmp_path):
     assert (settings["frames"], settings["subtitles"], settings["predictions"]) == (64, True, str(preds))
 
 
-EVAL_RECIPES = sorted((Path(__file__).parents[1] / "recipes" / "eval").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("recipe", EVAL_RECIPES, ids=lambda p: p.name)
-def test_every_eval_recipe_resolves(recipe, capsys):
-    """recipes/eval/<task>_<name>.yaml are `mmduplex eval <task> --config` files, not LightningCLI recipes."""
-    from mmduplex.commands.eval import TASKS
-
-    task = next(t for t in TASKS if recipe.name.startswith(t + "_"))
-    assert cli.main(["eval", task, "--config", str(recipe), "--print-config"]) == 0
-    assert f"task: {task}" in capsys.readouterr().out
-
-
 def test_config_errors(tmp_path, capsys):
+    """A recipe value is checked by the flag's type, as a command-line value is; one line on stderr, exit 2."""
     config = tmp_path / "bad.yaml"
     config.write_text("frames: many\n")
-    assert cli.main(["eval", "longvideobench", "--config", str(config), "--print-config"]) == 2
+    assert cli.main(["eval", "longvideobench", "--config", str(config), "--print_config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mmduplex: error: eval longvideobench: frames: invalid value 'many'", err
+    assert cli.main(["eval", "longvideobench", "--frames", "many", "--print_config"]) == 2
     assert "frames: invalid value 'many'" in capsys.readouterr().err
     config.write_text("frame: 16\n")
-    assert cli.main(["eval", "longvideobench", "--config", str(config), "--print-config"]) == 2
+    assert cli.main(["eval", "longvideobench", "--config", str(config), "--print_config"]) == 2
     assert "unknown setting 'frame'" in capsys.readouterr().err
+    config.write_text("subtitles: perhaps\n")
+    assert cli.main(["eval", "longvideobench", "--config", str(config), "--print_config"]) == 2
+    assert "not boolean: perhaps" in capsys.readouterr().err
+    config.write_text("scoring: loudest\n")
+    assert cli.main(["eval", "longvideobench", "--config", str(config), "--print_config"]) == 2
+    assert "scoring: invalid value 'loudest'" in capsys.readouterr().err
+    assert cli.main(["eval", "longvideobench", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml" in capsys.readouterr().err
+
+
+def test_print_config_resolves_defaults_recipe_and_flags_in_order(tmp_path, capsys):
+    """``--print_config`` prints the settings as YAML (a file ``--config`` reads back); a flag after ``--config``
+    overrides it."""
+    import yaml
+
+    config = tmp_path / "lvb.yaml"
+    config.write_text("data-root: /data/lvb\nframes: 64\nsubtitles: true\n")
+    argv = ["eval", "longvideobench", "--config", str(config), "--frames", "16", "--no-subtitles", "--print_config"]
+    assert cli.main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data_root"] == "/data/lvb" and printed["frames"] == 16 and printed["subtitles"] is False
+    assert printed["annotations"] == "lvb_val.json"  # a default
+    config.write_text(yaml.safe_dump(printed))
+    assert cli.main(["eval", "longvideobench", "--config", str(config), "--print_config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == printed
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
 """Sub-parsers that define their flags only when used, so ``mmduplex --help`` imports no heavy module.
 
 A :class:`LazyArgumentParser` is created with a ``populate`` callable; its flags are added the first time it parses
-arguments or formats its help. ``mmduplex --help`` therefore only needs each command's one-line ``HELP``, and
-``mmduplex eval --help`` only each task's help text; the modules that define a command's or task's flags (and, for
-running, the models) are imported when that command or task is the one given.
+arguments or formats its help. ``mmduplex --help`` therefore only needs each command's one-line ``HELP``; the modules
+that define a command's flags (and, for running, the models) are imported when that command is the one given.
+``mmduplex eval TASK`` hands the rest of its command line to the task's own jsonargparse parser
+(:func:`mmduplex.commands.eval.task_parser`), as ``fit`` hands its line to LightningCLI.
 """
 
 from __future__ import annotations

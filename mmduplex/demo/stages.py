@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,20 +109,37 @@ class DemoConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> DemoConfig:
-        """Read a demo recipe (a YAML mapping of :class:`DemoConfig` fields); unknown keys are an error."""
+        """Read a demo recipe: a YAML mapping of :class:`DemoConfig` fields, checked by jsonargparse against the
+        fields' types (the dataclass is the schema); an unknown key or a value of the wrong type is an error.
+
+        Raises:
+            InputError: the file is unreadable, not a mapping of known fields, or holds a value of the wrong type.
+        """
         import yaml
+        from jsonargparse import ArgumentError, ArgumentParser
+
+        from mmduplex.eval.base import settings_error
 
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as err:
-            raise InputError(path, f"unreadable demo recipe: {err}") from err
-        if not isinstance(data, dict):
+            raise InputError(path, f"unreadable demo recipe: {' '.join(str(err).split())}") from err
+        if not isinstance(data, dict | None):
             raise InputError(path, "a demo recipe must be a mapping of DemoConfig fields")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(path, f"unknown demo settings {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        parser = ArgumentParser(exit_on_error=False, default_env=False)
+        parser.add_class_arguments(cls)
+        try:
+            settings = parser.parse_object(data or {}).as_dict()
+        except ArgumentError as err:
+            raise settings_error(path, err) from err
+        return cls(**settings)
+
+    def to_yaml(self) -> str:
+        """The settings as a YAML demo recipe (what ``mmduplex demo --print_config`` prints; :meth:`from_yaml` reads
+        it back)."""
+        import yaml
+
+        return yaml.safe_dump(json.loads(json.dumps(asdict(self))), sort_keys=False)
 
 
 @dataclass
