@@ -150,6 +150,24 @@ def test_videos_are_encoded_into_a_temporary_cache(tmp_path):
     assert rows["uniform 16/frame"]["frames"] == rows["bflow 8 tok/s"]["frames"] > 0
 
 
+def test_videos_default_to_the_checkpoints_encoder(tmp_path, capsys):
+    """Without --encoder, videos are encoded by the encoder the checkpoint was trained on (named again from its
+    recorded fingerprint), not by a default that would not fit it."""
+    from mmduplex.data.synthetic import SyntheticConfig, generate_dataset
+    from mmduplex.tokenizer.encoders.factory import create_encoder
+
+    dataset = generate_dataset(tmp_path / "synthetic", SyntheticConfig(num_videos=1, duration_s=(3, 3)))
+    (video,) = dataset.videos()
+    bflow = BFlowTokenizer(BFlowConfig(dim=64, grid=(12, 12)))
+    bflow.metadata = {"encoder": create_encoder("mmduplex-tiny", device="cpu").fingerprint, "fps": 2.0}
+    bflow.save_pretrained(tmp_path / "bflow")
+    out = tmp_path / "tok.json"
+    argv = ["eval", "tokenizer", "--videos", str(video), "--checkpoint", str(tmp_path / "bflow"), "--budgets", "8"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["encoder"] == "mmduplex-tiny" and settings["fps_used"] == 2.0
+
+
 def test_bad_inputs_are_refused(cache_dir):
     with pytest.raises(Exception, match="give exactly one"):
         TokenizerEval()
