@@ -1,0 +1,233 @@
+"""B-Flow's region flow tokens (``flow_mode: region``): a stop reaches the tokens within one frame, a token covers
+a moving object whole and two objects get one each, still regions are refreshed, bundles written before the mode
+existed load and behave unchanged, and the real-footage targets of ``mmduplex tokenize`` hold in region mode.
+Streaming == batch, causality and rate control of region mode are in ``tests/test_bflow.py`` (parametrised)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mmduplex.errors import InputError
+from mmduplex.tokenizer import BFlowConfig, BFlowTokenizer
+from mmduplex.tokenizer.bflow import BUNDLE_KIND
+from mmduplex.tokenizer.fidelity import normalize_features
+
+D, GRID, FPS = 32, (12, 12), 5.0
+P = GRID[0] * GRID[1]
+REGION = {"flow_mode": "region"}
+NEW_KEYS = ("flow_mode", "region_grow", "region_max", "region_split", "refresh_interval_s")
+
+
+def make(**changes) -> BFlowTokenizer:
+    return BFlowTokenizer(BFlowConfig(dim=D, grid=GRID, **changes)).eval()
+
+
+def times(num_frames: int) -> torch.Tensor:
+    return torch.arange(num_frames, dtype=torch.float64) / FPS
+
+
+def scene(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random background ``[h, w, D]`` and two object values ``[2, D]``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*GRID, D, generator=g), torch.randn(2, D, generator=g)
+
+
+def block_path(cols: list[int], row: int = 4, side: int = 3, seed: int = 0) -> torch.Tensor:
+    """``[T, P, D]``: one ``side x side`` block at ``row``, at column ``cols[t]`` in frame ``t``."""
+    background, things = scene(seed)
+    frames = []
+    for col in cols:
+        frame = background.clone()
+        frame[row : row + side, col : col + side] = things[0]
+        frames.append(frame.reshape(P, D))
+    return torch.stack(frames)
+
+
+def patches_of(rows: range, cols: range) -> set[int]:
+    return {r * GRID[1] + c for r in rows for c in cols}
+
+
+def test_a_stop_reaches_the_tokens_within_one_frame():
+    """A 3x3 block moves 2 patches a frame (12 changed patches per frame, more than the cap of 8), then stops. In
+    region mode the frame after the stop has no token; patch mode is still paying off its backlog there."""
+    cols = [0, 2, 4, 6, 8] + [8] * 6  # the block reaches its final place in frame 4
+    x, ts = block_path(cols), times(len(cols))
+    region = make(**REGION).tokenize(x, ts)
+    assert [f.kind for f in region.frames[1:5]] == ["flow"] * 4
+    assert region.n_tokens[5:] == [0] * 6, region.n_tokens
+    patch = make().tokenize(x, ts)
+    assert patch.n_tokens[1:5] == [8] * 4 and patch.n_tokens[5] > 0, patch.n_tokens  # the old mode's backlog
+
+
+def test_a_rendered_stop_reaches_the_tokens_within_one_frame():
+    """The same on the demo's encoder (EfficientNet-Lite0 cut at stride 8, 96 px, 2 fps) and a rendered circle moving
+    at the synthetic set's speed (30 px/s) that stops at 2.0 s: region mode is silent from the next frame on."""
+    from mmduplex.data.synthetic import render_video
+    from mmduplex.data.synthetic_world import ShapeTrack, VideoSpec
+    from mmduplex.tokenizer.encoders.factory import create_encoder
+
+    track = ShapeTrack(0, "circle", 20.0, ((0.0, 15.0, 40.0), (2.0, 75.0, 40.0), (6.0, 75.0, 40.0)), ((0.0, "red"),))
+    spec = VideoSpec("stop", 60, 10.0, 96, 96, background_seed=3, shapes=(track,))
+    frames = torch.from_numpy(render_video(spec)[::5].copy())  # 2 fps: t = 0, 0.5, ..., 5.5; the stop is frame 4
+    encoder = create_encoder("efficientnet-lite0-s8", device="cpu")
+    with torch.inference_mode():
+        patches = encoder.encode(frames).patches
+    ts = torch.arange(12, dtype=torch.float64) / 2.0
+    config = {"dim": encoder.width, "grid": encoder.grid, "max_tokens_per_frame": 20, "max_keyframe_interval_s": 8.0}
+    region = BFlowTokenizer(BFlowConfig(**config, **REGION)).eval().tokenize(patches, ts)
+    assert all(n > 0 for n in region.n_tokens[1:5]), region.n_tokens  # it moves: tokens every frame
+    assert region.n_tokens[5:] == [0] * 7, region.n_tokens
+    patch = BFlowTokenizer(BFlowConfig(**config)).eval().tokenize(patches, ts)
+    assert patch.n_tokens[5] > 0, patch.n_tokens
+
+
+def test_a_region_token_covers_a_moving_object_whole():
+    """A 2x2 block moving two patches a frame: one token per frame, covering where it was and where it is, placed and
+    valued where it is now once its keyframe place is behind it (pooling weighted by what differs from the
+    keyframe)."""
+    cols = [0, 2, 4, 6, 8, 10]
+    x, ts = block_path(cols, row=5, side=2), times(len(cols))
+    tok = make(**REGION)
+    out, trail = tok.trace(x, ts)
+    block = normalize_features(x[0, 5 * GRID[1]])
+    for i in range(1, len(cols)):
+        assert out.n_tokens[i] == 1, out.n_tokens
+        covered = set(trail[i].flow_patches[0].nonzero().flatten().tolist())
+        assert covered == patches_of(range(5, 7), range(cols[i - 1], cols[i] + 2)), (i, sorted(covered))
+        if i >= 2:
+            assert out.frames[i].positions.item() in patches_of(range(5, 7), range(cols[i], cols[i] + 2))
+            assert torch.cosine_similarity(trail[i].flow_values[0], block, dim=0) > 0.9
+    tiles = make(**REGION, region_max=2).tokenize(x, ts)  # tiles of 2x2 patches: the same change as 2 tokens
+    assert tiles.n_tokens[1:] == [2] * 5
+
+
+def test_two_objects_whose_changes_touch_get_a_token_each():
+    """Two blocks moving side by side with a faint change between them (an encoder's receptive field): hysteresis
+    joins the faint cells into one changed region, split again between the two blobs that are new since the
+    keyframe; without the split (``region_split: None``) they share one token."""
+    background, things = scene(1)
+    frames = []
+    noise = torch.randn(GRID[1], D, generator=torch.Generator().manual_seed(2))
+    for t in range(5):  # both 2x2 blocks move two patches a frame
+        frame = background.clone()
+        frame[2:4, 2 * t : 2 * t + 2] = things[0]  # rows 2-3
+        frame[5:7, 2 * t : 2 * t + 2] = things[1]  # rows 5-6
+        if t:  # row 4 between them changes a little (1 - cos ~ 0.3: above region_grow * threshold, below threshold)
+            span = slice(2 * t - 2, 2 * t + 2)
+            frame[4, span] = 0.7 * background[4, span] + 0.7 * noise[span] * (-1) ** t
+        frames.append(frame.reshape(P, D))
+    x, ts = torch.stack(frames), times(5)
+    split = make(**REGION, region_max=None).trace(x, ts)[1]
+    whole = make(**REGION, region_max=None, region_split=None).trace(x, ts)[1]
+    for i in range(1, 5):
+        assert whole[i].flow_patches.shape[0] == 1
+        assert split[i].flow_patches.shape[0] == 2
+        regions = [set(m.nonzero().flatten().tolist()) for m in split[i].flow_patches]
+        a, b = patches_of(range(2, 4), range(2 * i, 2 * i + 2)), patches_of(range(5, 7), range(2 * i, 2 * i + 2))
+        assert any(r >= a and not r & b for r in regions) and any(r >= b and not r & a for r in regions), regions
+
+
+def test_a_still_object_is_refreshed_between_keyframes():
+    """After a block stops, ``refresh_interval_s`` brings it back as a ``still`` token (its own kind embedding) at
+    most one interval later, and again every interval; without the refresh nothing comes until the keyframe."""
+    cols = [0, 2, 4] + [4] * 17  # stops in frame 2; 4 s of still block after it
+    x, ts = block_path(cols), times(len(cols))
+    refreshed = make(**REGION, refresh_interval_s=1.0)
+    out, trail = refreshed.trace(x, ts)
+    still_frames = [i for i, d in enumerate(trail) if bool(d.flow_still.any())]
+    assert still_frames == [5, 10, 15], still_frames  # every 1 s (5 frames) from the keyframe on
+    block = patches_of(range(4, 7), range(4, 7))
+    for i in still_frames:
+        assert trail[i].flow_still.all() and out.frames[i].kind == "flow"
+        regions = [set(m.nonzero().flatten().tolist()) for m in trail[i].flow_patches]
+        assert block in regions, regions  # (the block's keyframe place, now background, is refreshed too)
+        value, embedding = trail[i].flow_values, trail[i].flow_embedding
+        since = float(trail[i].since_key_s[0])
+        assert torch.equal(out.frames[i].tokens, refreshed.embedder(value, "still", since, embedding))
+        assert not torch.allclose(out.frames[i].tokens, refreshed.embedder(value, "flow", since, embedding))
+    assert make(**REGION).tokenize(x, ts).n_tokens[3:] == [0] * 17
+
+
+def test_bundles_written_before_flow_mode_load_and_behave_unchanged(tmp_path):
+    """An old bundle / Lightning checkpoint (a config without the new keys) loads as patch mode and emits exactly what
+    patch mode emits; patch mode's decisions are pinned to those of the code before region mode existed."""
+    g = torch.Generator().manual_seed(3)
+    background, things = torch.randn(*GRID, D, generator=g), torch.randn(3, D, generator=g)
+    starts = torch.randint(0, GRID[0] - 2, (3, 2), generator=g)
+    frames = []
+    for t in range(12):
+        frame = background.clone()
+        for k in range(3):
+            col = int(starts[k, 1]) + t % 8
+            frame[int(starts[k, 0]) : int(starts[k, 0]) + 2, col : col + 2] = things[k]
+        frames.append(frame.reshape(P, D))
+    x, ts = torch.stack(frames), times(12)
+    tok = make(target_rate=20.0)
+    with torch.no_grad():
+        for param in tok.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=g))
+    expected = tok.tokenize(x, ts)
+    tok.save_pretrained(tmp_path / "bundle")
+    meta = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    for key in NEW_KEYS:
+        del meta["config"][key]
+    (tmp_path / "bundle" / "config.json").write_text(json.dumps(meta))
+    old = BFlowTokenizer.from_pretrained(tmp_path / "bundle")
+    assert old.config == tok.config and old.config.flow_mode == "patch"
+    state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
+    torch.save({"mmduplex_kind": BUNDLE_KIND, "bflow_config": meta["config"], "state_dict": state}, tmp_path / "a.ckpt")
+    for loaded in (old, BFlowTokenizer.from_checkpoint(tmp_path / "a.ckpt")):
+        out = loaded.tokenize(x, ts)
+        assert out.n_tokens == expected.n_tokens
+        for a, b in zip(out.frames, expected.frames, strict=True):
+            assert torch.equal(a.tokens, b.tokens) and torch.equal(a.positions, b.positions)
+        assert torch.equal(out.recon, expected.recon)
+    # pinned: patch mode's decisions on this input, as the code before flow_mode made them
+    assert expected.n_tokens == [16, 4, 4, 3, 5, 4, 3, 4, 5, 4, 4, 4], expected.n_tokens
+    assert [f.positions.tolist() for f in expected.frames[1:3]] == [[5, 53, 41, 51], [16, 84, 18, 4]]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"flow_mode": "blobs"}, "flow_mode='blobs' must be one of"),
+        ({**REGION, "region_grow": 0.0}, "region_grow=0.0 must be in"),
+        ({**REGION, "region_max": 0}, "region_max=0 must be >= 1"),
+        ({**REGION, "region_split": 0.0}, "region_split=0.0 must be > 0"),
+        ({"refresh_interval_s": 2.0}, "needs flow_mode 'region'"),
+        ({**REGION, "refresh_interval_s": 0.0}, "must be > 0"),
+    ],
+)
+def test_bad_region_settings_raise_input_error(changes, message):
+    with pytest.raises(InputError, match=message):
+        make(**changes)
+
+
+def test_region_mode_keeps_the_real_footage_targets():
+    """``mmduplex tokenize``'s targets for its untrained defaults, in region mode (the defaults plus ``flow_mode:
+    region`` and a 2 s refresh) on real ImageNet features at 5 fps: <= 32 tokens/s on every shipped mp4 (camera
+    motion does not flood the stream); static costs nothing after its keyframe, slow drift a little, fast motion
+    more."""
+    from mmduplex.data.samples import sample_videos
+    from mmduplex.data.synthetic import make_motion_video
+    from mmduplex.io.video import read_video
+    from mmduplex.tokenizer.encoders.factory import create_encoder
+
+    encoder = create_encoder("efficientnet-lite0", device="cpu")
+    tokenizer = BFlowTokenizer(BFlowConfig(dim=encoder.width, grid=encoder.grid, refresh_interval_s=2.0, **REGION))
+    for name, path in sample_videos().items():
+        clip = read_video(path, fps=5.0)
+        with torch.inference_mode():
+            out = tokenizer.eval().tokenize(encoder.encode(torch.as_tensor(clip.frames)).patches, clip.timestamps)
+        duration = len(clip.timestamps) / 5.0
+        assert out.tokens_total / duration <= 32.0, (name, out.tokens_total / duration)
+    stamps = torch.arange(50, dtype=torch.float64) / 5.0
+    rates = []
+    for speed, shapes in ((0.0, 2), (6.0, 1), (150.0, 3)):  # px/s at 192 px: static, slow drift, fast motion
+        frames = torch.from_numpy(make_motion_video(50, 5.0, speed, num_shapes=shapes, size=encoder.image_size, seed=5))
+        with torch.inference_mode():
+            rates.append(tokenizer.tokenize(encoder.encode(frames).patches, stamps).tokens_after_first_key / 10.0)
+    assert rates[0] == 0.0 and rates[0] < rates[1] < rates[2], rates
