@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -270,6 +271,31 @@ def objects_on_screen(tracks: Iterable[TrackLike], event: EventLike, width: int,
         if centre[0] + half > 0 and centre[0] - half < width and centre[1] + half > 0 and centre[1] - half < height:
             seen.add(track.shape_id)
     return len(seen - {None}) or 1
+
+
+def shapes_seen_before(
+    tracks: Iterable[TrackLike], event: EventLike, width: int, height: int, step_s: float = 0.05
+) -> int:
+    """Other shapes (its own excluded) that had any part inside the ``width`` x ``height`` frame at some time before
+    the event: the video's history of objects the model must keep apart. Tracks are sampled every ``step_s`` s."""
+    own = getattr(event, "shape_id", None)
+    times = [k * step_s for k in range(max(0, math.ceil(event.t / step_s)))]
+    count = 0
+    for track in tracks:
+        if track.shape_id == own:
+            continue
+        half = track.size / 2
+        for t in times:
+            centre = track.position(t)
+            if centre is not None and -half < centre[0] < width + half and -half < centre[1] < height + half:
+                count += 1
+                break
+    return count
+
+
+def history_bucket(count: int) -> str:
+    """The ``event_accuracy_by_history`` key of an event after ``count`` other shapes: ``"0"`` or ``"1+"``."""
+    return "0" if count == 0 else "1+"
 
 
 def object_bucket(count: int) -> str:

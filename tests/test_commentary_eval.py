@@ -15,10 +15,12 @@ from mmduplex.eval.commentary import (
     accuracy_by_group,
     aggregate_event_metrics,
     event_metrics,
+    history_bucket,
     load_lines,
     match_events,
     object_bucket,
     objects_on_screen,
+    shapes_seen_before,
     speaking_s,
     timed_words,
     tokens,
@@ -316,6 +318,21 @@ def test_objects_on_screen_counts_any_part_inside_the_frame():
     assert objects_on_screen([partly_in], event, 96, 96) == 2  # the event's own shape always counts
     assert [object_bucket(n) for n in (1, 2, 3)] == ["1", "2+", "2+"]
     assert accuracy_by_group([("1", True), ("1", False), ("2+", False)]) == {"1": 0.5, "2+": 0.0}
+
+
+def test_history_counts_other_shapes_seen_earlier_in_the_video():
+    event = Event(5.0, "red", "square", "stops", 0)
+    own = _track(0, [(0.0, 50.0, 50.0), (10.0, 50.0, 50.0)])
+    gone = _track(1, [(0.0, 50.0, 50.0), (2.0, 50.0, 50.0)])  # on screen, left before the event: history
+    never_in = _track(2, [(0.0, -11.0, 50.0), (10.0, -11.0, 50.0)])  # right edge at -1 px all along
+    later = _track(3, [(6.0, 50.0, 50.0), (9.0, 50.0, 50.0)])  # appears after the event
+    entering = _track(4, [(0.0, -30.0, 50.0), (4.0, 10.0, 50.0)])  # crosses the left edge at 1.9 s
+    assert shapes_seen_before([own], event, 96, 96) == 0  # its own shape is not history
+    assert shapes_seen_before([own, never_in, later], event, 96, 96) == 0
+    assert shapes_seen_before([own, gone, never_in, later, entering], event, 96, 96) == 2
+    early = Event(1.0, "red", "square", "enters", 0)
+    assert shapes_seen_before([own, gone, entering], early, 96, 96) == 1  # entering is not inside before 1.9 s
+    assert [history_bucket(n) for n in (0, 1, 3)] == ["0", "1+", "1+"]
 
 
 def test_speaking_time_is_the_union_of_spans():

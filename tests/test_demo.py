@@ -33,6 +33,7 @@ REPORT_KEYS = {
     "settings",
     "baselines",
     "event_accuracy_by_objects",
+    "event_accuracy_by_history",
     "talk_ratio",
     "video_ablation",
 }
@@ -43,6 +44,7 @@ FIGURES = {
     "video_tokens_per_second",
     "talk_ratio",
     "event_accuracy_by_objects",
+    "event_accuracy_by_history",
     "event_accuracy_by_action",
     "rtf",
     "pad_bias",
@@ -120,6 +122,9 @@ def test_trained_model_beats_text_only(smoke_demo):
 def test_every_model_reports_the_same_figures(smoke_demo):
     report = json.loads((smoke_demo / "report.json").read_text())
     assert set(report["event_accuracy_by_objects"]) == {"1", "2+"}
+    assert set(report["event_accuracy_by_history"]) == {"0", "1+"}
+    details = report["details"]["bflow"]
+    assert sum(details["events_by_history"].values()) == details["events"]  # the buckets partition the events
     assert set(report["details"]["bflow"]) >= FIGURES
     for name in ("bflow", "text_only", "uniform_tokens"):
         figures = report["details"]["bflow"] if name == "bflow" else report["baselines"][name]

@@ -88,6 +88,7 @@ REPORT_FIGURES = (
     "video_tokens_per_second",
     "talk_ratio",
     "event_accuracy_by_objects",
+    "event_accuracy_by_history",
     "rtf",
 )
 """The main model's figures at the top of report.json (every model's are under ``details`` / ``baselines``)."""

@@ -29,9 +29,11 @@ import torch
 from mmduplex.eval.commentary import (
     EventTally,
     accuracy_by_group,
+    history_bucket,
     match_events,
     object_bucket,
     objects_on_screen,
+    shapes_seen_before,
     speaking_s,
     tally_events,
 )
@@ -150,6 +152,12 @@ def event_objects(dataset: SyntheticDataset, video_id: str) -> list[int]:
     return [objects_on_screen(spec.shapes, event, spec.width, spec.height) for event in dataset.events(video_id)]
 
 
+def event_history(dataset: SyntheticDataset, video_id: str) -> list[int]:
+    """Other shapes on screen earlier in the video than each of its events (from the planned shape tracks)."""
+    spec = dataset.spec(video_id)
+    return [shapes_seen_before(spec.shapes, event, spec.width, spec.height) for event in dataset.events(video_id)]
+
+
 @dataclass
 class VideoScore:
     """One video's commentary matched against its reference, item by item (what a video page shows)."""
@@ -170,6 +178,7 @@ def score_videos(
     total = EventTally()
     outcomes: list[tuple[str, bool]] = []
     by_action: list[tuple[str, bool]] = []
+    by_history: list[tuple[str, bool]] = []
     spoken = reference = 0.0
     scores = []
     for result in results:
@@ -178,6 +187,8 @@ def score_videos(
         objects = event_objects(dataset, result.video_id)
         total += tally_events(result.lines, events, tolerance_s)
         outcomes += [(object_bucket(n), lat is not None) for n, lat in zip(objects, match.latencies, strict=True)]
+        history = event_history(dataset, result.video_id)
+        by_history += [(history_bucket(n), lat is not None) for n, lat in zip(history, match.latencies, strict=True)]
         by_action += [(event.action, lat is not None) for event, lat in zip(events, match.latencies, strict=True)]
         spoken += speaking_s((line.start, line.end) for line in result.lines)
         reference += speaking_s((w.start, w.end) for w in words.get(result.video_id, []))
@@ -197,6 +208,8 @@ def score_videos(
         "event_accuracy_by_objects": {key: by_objects.get(key) for key in ("1", "2+")},
         "events_by_objects": {key: sum(1 for g, _ in outcomes if g == key) for key in ("1", "2+")},
         "event_accuracy_by_action": accuracy_by_group(by_action),
+        "event_accuracy_by_history": {key: accuracy_by_group(by_history).get(key) for key in ("0", "1+")},
+        "events_by_history": {key: sum(1 for g, _ in by_history if g == key) for key in ("0", "1+")},
     }
     return figures, scores
 
