@@ -70,9 +70,8 @@ def stream(variant: str, seconds: float, step_hz: float, fps: float, window: int
 
     session, params = build_session(variant, step_hz, fps, window)
     frames = torch.as_tensor(make_motion_video(round(seconds * fps), fps, speed=40.0, size=192))  # [T, S, S, 3]
-    for k in range(3):  # warm-up (oneDNN kernels), not timed
-        session.push_frame(k / fps, frames[k])
-        session.step()
+    for _ in session.run([(0.0, frames[0])], end_s=3 / step_hz, flush=False):  # warm-up (oneDNN), not timed
+        pass
     session.reset()
     start = time.perf_counter()
     outs = list(session.run(((k / fps, f) for k, f in enumerate(frames)), end_s=seconds))

@@ -21,16 +21,20 @@ Prints, with the machine:
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import torch
 
 from benchmarks.common import QWEN_05B, print_header
+from mmduplex.inference.commentary import open_frames
+from mmduplex.inference.loop import StepLoop
 from mmduplex.inference.session import DuplexSession
 from mmduplex.lm.bundle import DuplexBundle, export_bundle, load_bundle
 
@@ -67,21 +71,24 @@ def motion_video(seconds: float, fps: float, size: int) -> torch.Tensor:
     return torch.from_numpy(make_motion_video(round(seconds * fps), fps, speed=25.0, num_shapes=3, size=size))
 
 
+def looping(features: torch.Tensor, fps: float) -> Iterator[tuple[float, torch.Tensor]]:
+    """``(t, patches [P, D])`` at ``fps`` for ever, cycling through cached features ``[T, P, D]``."""
+    for frame in itertools.count():
+        yield frame / fps, features[frame % features.shape[0]]
+
+
 @torch.inference_mode()
 def long_stream(session: DuplexSession, features: torch.Tensor, minutes: float) -> dict:
     """Feed looping cached features for ``minutes``; per-step latencies and RSS around the marks; 5-min snapshot."""
-    hz, fps = session.step_hz, session.fps
+    hz = session.step_hz
     marks = {round(2 * 60 * hz): "2 min", round(minutes * 60 * hz): f"{minutes:g} min"}
     snapshot_at = round(5 * 60 * hz)
     span = round(60 * hz)  # latency statistics over the minute before each mark
     total = max(marks)
-    frame, latencies, result, snapshot = 0, [], {}, None
+    latencies, result, snapshot = [], {}, None
     started = time.perf_counter()
-    for k in range(total):
-        while frame / fps < (k + 1) / hz:  # every frame of step k arrives before it runs
-            session.push_features(frame / fps, features[frame % features.shape[0]])
-            frame += 1
-        latencies.append(session.step().elapsed_s * 1e3)
+    for k, out in enumerate(StepLoop(session, looping(features, session.fps), end_s=total / hz, after="stop")):
+        latencies.append(out.elapsed_s * 1e3)
         if k + 1 == snapshot_at:
             snapshot = session.copy()
         if k + 1 in marks:
@@ -123,13 +130,12 @@ def recompute_speedup(session: DuplexSession, history_steps: int, repeats: int) 
 
 def video_rtf(session: DuplexSession, seconds: float, work: Path) -> float:
     """End-to-end RTF from an mp4 file: decode (PyAV) + encode + tokenize + step, as ``mmduplex stream`` does."""
-    from mmduplex.io.video import iter_video, write_video
+    from mmduplex.io.video import write_video
 
     path = work / "motion.mp4"
     write_video(path, motion_video(seconds, 10.0, 96), fps=10.0)
-    encoder = session.encoder
     start = time.perf_counter()
-    steps = sum(1 for _ in session.run(iter_video(path, session.fps, size=encoder.image_size)))
+    steps = sum(1 for _ in session.run(open_frames(path, session)))
     return (time.perf_counter() - start) / (steps / session.step_hz)
 
 
@@ -161,9 +167,8 @@ def large_stream(quantize: str, seconds: float, window: int, repeats: int) -> di
     bundle, encoder, params = large_bundle(quantize)
     session = DuplexSession(bundle, sink=4, window=window, encoder=encoder)
     frames = motion_video(seconds, 2.0, encoder.image_size)
-    for t in range(3):  # warm-up (oneDNN kernels), not timed
-        session.push_frame(t / 2.0, frames[t])
-        session.step()
+    for _ in session.run([(0.0, frames[0])], end_s=3 / session.step_hz, flush=False):  # warm-up (oneDNN), not timed
+        pass
     session.reset()
     start = time.perf_counter()
     outs = list(session.run(((k / 2.0, f) for k, f in enumerate(frames)), end_s=seconds))
