@@ -3,9 +3,16 @@
 A sample is one window of one clip: the video's cache key, the clip's start in the video, the window's offset and
 length (seconds) and the clip's words and user questions: ``[time s from the clip start, text]`` pairs, a LiveCC
 ``query`` at 0 and each question a user asks mid-clip (the user text item's ``"questions"``) at its own time, so a
-window cut from the middle of the clip gets it at its real offset. :class:`mmduplex.train.duplex_module.DuplexModule`
-puts samples on its step grid (so the stream settings live in the model only) and tokenizes the cached features with its
-frozen video tokenizer.
+window cut from the middle of the clip gets it at its real offset.
+
+The data path: when training starts, :class:`mmduplex.train.duplex_module.DuplexModule` hands over its frozen video
+tokenizer and its step grid (:meth:`DuplexDataModule.prepare_tokens` on the first rank, then
+:meth:`DuplexDataModule.use_step_grid` on every rank), so the stream settings still live in the model only. The
+tokenizer's tokens of every video are computed once into a sharded :class:`~mmduplex.train.token_store.TokenStore`
+beside the features (``tokens``), and the loaders' workers build each window's tensors
+(:class:`~mmduplex.train.windows.WindowTensorDataset`): batches arrive as stacked tensors and the training step runs
+only the model. Without a step grid the loaders hand over lists of window descriptions, which the module puts on its
+grid itself (the in-process reference path).
 
 By default (no ``transcripts``) it uses the synthetic commentary set, built on first use together with its feature
 cache by :func:`mmduplex.train.synthetic_cache.prepare_synthetic_cache`; its ``split.json`` gives train / held-out.
@@ -32,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mmduplex.data.transcripts import TimedClip, load_livecc_jsonl
 from mmduplex.errors import CacheError, InputError
+from mmduplex.train.windows import StepGrid, WindowTensorDataset, stack_windows
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +61,7 @@ class WindowDataset(Dataset):
 
 
 def collate_windows(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Batches stay lists of window descriptions; the model makes the tensors."""
+    """Batches of window descriptions (no step grid given): the model makes the tensors."""
     return list(samples)
 
 
@@ -102,7 +110,7 @@ class DuplexDataModule(LightningDataModule):
         video_root: folder the transcripts' relative video paths are resolved against (default: the JSONL's).
         window_stride_s: distance between window starts (``None``: ``window_s``, no overlap).
         batch_size: windows per batch (per device).
-        num_workers: data-loading processes.
+        num_workers: data-loading processes (they build the window tensors, and the token store on first use).
         seed: seed of the window order.
         synthetic_dir: where the synthetic set lives / is generated when ``transcripts`` is ``None``.
         synthetic_videos: number of synthetic videos to generate (``None``: the generator's default).
@@ -113,6 +121,9 @@ class DuplexDataModule(LightningDataModule):
             ``choice_fraction`` (0: none).
         encoder: encoder spec used when building the synthetic set's cache.
         fps: frame rate used when building the synthetic set's cache.
+        tokens: the token store's folder (``None``: ``<features>/tokens/<tokenizer digest>``); a store made by another
+            tokenizer is refused.
+        token_shard_mb: size of a token-store shard (MB of tokens).
     """
 
     def __init__(
@@ -132,6 +143,8 @@ class DuplexDataModule(LightningDataModule):
         synthetic_end_questions: float = 0.0,
         encoder: str = "mmduplex-tiny",
         fps: float = 2.0,
+        tokens: str | None = None,
+        token_shard_mb: float = 256.0,
     ) -> None:
         super().__init__()
         if not window_s > 0 or batch_size < 1 or num_workers < 0:
@@ -158,6 +171,10 @@ class DuplexDataModule(LightningDataModule):
         self.synthetic_end_questions = float(synthetic_end_questions)
         self.encoder = encoder
         self.fps = fps
+        self.tokens = tokens
+        self.token_shard_mb = float(token_shard_mb)
+        self.grid: StepGrid | None = None
+        self.store = None
         self.cache = None
         self.train_samples: list[dict[str, Any]] = []
         self.val_samples: list[dict[str, Any]] = []
@@ -294,14 +311,51 @@ class DuplexDataModule(LightningDataModule):
         self.setup()
         return self.cache.load(key)
 
+    def token_store_root(self, fingerprint: dict[str, Any]) -> Path:
+        """Where the token store of the tokenizer with ``fingerprint`` lives (``tokens``, or beside the features)."""
+        from mmduplex.train.token_store import TokenStore
+
+        return Path(self.tokens) if self.tokens else TokenStore.default_root(self.features, fingerprint)
+
+    def _keys(self) -> set[str]:
+        return {s["key"] for s in self.train_samples} | {s["key"] for s in self.val_samples}
+
+    def prepare_tokens(self, tokenizer: Any, fingerprint: dict[str, Any]) -> None:
+        """Bring the token store up to date for every training and validation video (first rank only)."""
+        from mmduplex.train.token_store import TokenStore
+
+        self.setup()
+        store = TokenStore(self.token_store_root(fingerprint), fingerprint)
+        store.update(self.cache, self._keys(), tokenizer, num_workers=self.num_workers, shard_mb=self.token_shard_mb)
+
+    def use_step_grid(self, grid: StepGrid, fingerprint: dict[str, Any]) -> None:
+        """From now on the loaders return window tensors on ``grid``, video tokens read from the token store.
+
+        Raises:
+            CacheError: the store lacks some of the videos (:meth:`prepare_tokens` was not run) or was made by
+                another tokenizer.
+        """
+        from mmduplex.train.token_store import TokenStore
+
+        self.setup()
+        store = TokenStore(self.token_store_root(fingerprint), fingerprint)
+        missing = self._keys() - set(store.keys())
+        if missing:
+            raise CacheError(store.index_path, f"no tokens for {len(missing)} videos, e.g. {sorted(missing)[:3]}")
+        self.grid, self.store = grid, store
+
     def _loader(self, samples: list[dict[str, Any]], sampler: Any = None) -> DataLoader:
+        if self.grid is None:
+            dataset, collate = WindowDataset(samples), collate_windows
+        else:
+            dataset, collate = WindowTensorDataset(samples, self.grid, self.store), stack_windows
         return DataLoader(
-            WindowDataset(samples),
+            dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=collate_windows,
+            collate_fn=collate,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -1,13 +1,16 @@
 """``DuplexModule``: Lightning training of the duplex model on windows of timed transcripts + cached video features.
 
 The constructor is the schema (``mmduplex fit --config recipes/duplex/<name>.yaml``). The frozen video tokenizer
-(B-Flow or a baseline, injected by ``class_path``) turns cached patch features into frame tokens once per video —
-it is frozen and deterministic, so its output is memoised and later epochs do not recompute it. Each batch of
-windows from :class:`mmduplex.train.duplex_datamodule.DuplexDataModule` is put on the step grid here
-(:mod:`mmduplex.lm.alignment`), so the stream settings live in one place. Everything
-:func:`mmduplex.lm.bundle.export_bundle` needs (text tokenizer files, backbone config, video tokenizer description,
-encoder fingerprint and fps, stream settings) is stored in the checkpoint as plain JSON values, so the checkpoint loads
-with ``torch.load(weights_only=True)``.
+(B-Flow or a baseline, injected by ``class_path``) turns cached patch features into frame tokens; it is frozen and
+deterministic, so when training starts (:meth:`DuplexModule.setup`) its tokens of every video are computed once into
+a token store beside the features, and the module hands its step grid (:class:`~mmduplex.train.windows.StepGrid`)
+to :class:`mmduplex.train.duplex_datamodule.DuplexDataModule`, whose loader workers build the window tensors: the
+training step runs only the model. A batch that arrives as a list of window descriptions (a loader without the grid)
+is put on the step grid here (:meth:`DuplexModule.collate`, the in-process reference the workers' tensors equal).
+
+Everything :func:`mmduplex.lm.bundle.export_bundle` needs (text tokenizer files, backbone config, video tokenizer
+description, encoder fingerprint and fps, stream settings) is stored in the checkpoint as plain JSON values, so the
+checkpoint loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from mmduplex.lm.bundle import DUPLEX_KIND, describe_video_tokenizer
 from mmduplex.lm.model import DuplexLM, LoraSettings, LossWeights, apply_lora, build_backbone, text_loss
 from mmduplex.lm.text import load_text_tokenizer
 from mmduplex.schedules import warmup_cosine_schedule
+from mmduplex.train.windows import StepGrid
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +190,49 @@ class DuplexModule(LightningModule):
         self.video_tokenizer.eval()
         return self
 
-    def on_fit_start(self) -> None:
-        """Check the feature cache fits the video tokenizer and record its encoder fingerprint and fps."""
-        info = self.trainer.datamodule.feature_info()
+    def _check_features(self, info: dict[str, Any]) -> None:
         expected = (int(self.video_tokenizer.num_patches), int(self.video_tokenizer.feature_dim))
         if tuple(info["patch_shape"]) != expected:
             raise CacheError(
                 info["cache_dir"],
                 f"features are [P, D] = {list(info['patch_shape'])} but the video tokenizer expects {list(expected)}",
             )
+
+    def step_grid(self) -> StepGrid:
+        """The stream settings a window is built on (a picklable value for the data-loader workers)."""
+        hp = self.hparams
+        return StepGrid.of(
+            self.text_tokenizer,
+            step_hz=float(hp.step_hz),
+            delay_steps=int(hp.delay_steps),
+            slots_per_step=int(hp.slots_per_step),
+            user_slots_per_step=int(self.model.user_slots_per_step),
+            token_dim=int(self.model.token_dim),
+        )
+
+    def setup(self, stage: str) -> None:
+        """Hand the data module the step grid and the token store of the video tokenizer (built on the first rank
+        while the others wait), so its loader workers build the window tensors."""
+        trainer = self.trainer
+        data = getattr(trainer, "datamodule", None)
+        if data is None or not hasattr(data, "use_step_grid"):
+            return
+        if self.video_tokenizer_spec is None:
+            log.warning("video tokenizer not described: its tokens are not stored, windows are built in the step")
+            return
+        from mmduplex.train.token_store import tokenizer_fingerprint
+
+        self._check_features(data.feature_info())
+        fingerprint = tokenizer_fingerprint(self.video_tokenizer, self.video_tokenizer_spec)
+        if trainer.is_global_zero:
+            data.prepare_tokens(self.video_tokenizer, fingerprint)
+        trainer.strategy.barrier("mmduplex-token-store")
+        data.use_step_grid(self.step_grid(), fingerprint)
+
+    def on_fit_start(self) -> None:
+        """Check the feature cache fits the video tokenizer and record its encoder fingerprint and fps."""
+        info = self.trainer.datamodule.feature_info()
+        self._check_features(info)
         self.feature_meta = {"encoder": dict(info["encoder"]), "fps": float(info["fps"])}
         window_s = getattr(self.trainer.datamodule, "window_s", None)
         if window_s is not None:
@@ -273,8 +311,8 @@ class DuplexModule(LightningModule):
         """Teacher-forced logits ``[B, S, V]`` of a collated batch."""
         return self.model(batch["text_ids"], batch["video_slots"], batch["video_mask"], batch["user_ids"]).logits
 
-    def _step(self, batch: list[dict[str, Any]], stage: str) -> torch.Tensor:
-        tensors = self.collate(batch)
+    def _step(self, batch: dict[str, torch.Tensor] | list[dict[str, Any]], stage: str) -> torch.Tensor:
+        tensors = batch if isinstance(batch, dict) else self.collate(batch)
         logits = self(tensors)
         loss, stats = text_loss(
             logits, tensors["text_ids"], self.text_tokenizer.pad_id, self.text_tokenizer.epad_id, self.loss_weights
@@ -285,13 +323,13 @@ class DuplexModule(LightningModule):
             self.log(f"{stage}/{name}", value, batch_size=size, sync_dist=stage != "train")
         return loss
 
-    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor] | list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: dict[str, torch.Tensor] | list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
 
-    def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
+    def test_step(self, batch: dict[str, torch.Tensor] | list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
 
     def configure_optimizers(self) -> dict[str, Any]:
