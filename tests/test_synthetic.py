@@ -193,13 +193,37 @@ def test_split_is_deterministic_and_disjoint(tiny):
     train, heldout = tiny.video_ids("train"), tiny.video_ids("heldout")
     assert len(heldout) == 1 and len(train) == 2
     assert sorted(train + heldout) == tiny.video_ids()
-    assert json.loads((tiny.root / "split.json").read_text()) == {"train": train, "heldout": heldout}
+    assert json.loads((tiny.root / "split.json").read_text()) == {"train": train, "val": [], "heldout": heldout}
+    assert tiny.video_ids("val") == []
     assert [c.video for c in tiny.clips("heldout")] == [os.fspath(p) for p in tiny.videos("heldout")]
     with pytest.raises(InputError):
         tiny.video_ids("test")
     many = SyntheticConfig(num_videos=20, heldout_fraction=0.25)
     assert len(_split(many)["heldout"]) == 5 and _split(many) == _split(many)
     assert _split(SyntheticConfig(num_videos=20, heldout_fraction=0.25, seed=1)) != _split(many)
+
+
+def test_a_split_written_before_val_existed_reads_as_an_empty_val(tiny, tmp_path):
+    import shutil
+
+    root = shutil.copytree(tiny.root, tmp_path / "old")
+    split = json.loads((root / "split.json").read_text())
+    (root / "split.json").write_text(json.dumps({"train": split["train"], "heldout": split["heldout"]}))
+    old = SyntheticDataset(root)
+    assert old.video_ids("val") == [] and old.video_ids("heldout") == tiny.video_ids("heldout")
+
+
+def test_val_split_leaves_the_heldout_videos_where_they_were():
+    """Settings are chosen on val; adding it takes videos from train only, so held-out figures stay comparable."""
+    without = _split(SyntheticConfig(num_videos=40, heldout_fraction=0.2))
+    with_val = _split(SyntheticConfig(num_videos=40, heldout_fraction=0.2, val_fraction=0.1))
+    assert with_val["heldout"] == without["heldout"] and len(with_val["val"]) == 4 and len(with_val["train"]) == 28
+    assert set(with_val["val"]) <= set(without["train"]) and not set(with_val["val"]) & set(with_val["train"])
+    assert sorted(with_val["train"] + with_val["val"] + with_val["heldout"]) == sorted(
+        without["train"] + without["heldout"]
+    )
+    with pytest.raises(InputError, match="val_fraction"):
+        SyntheticConfig(num_videos=40, heldout_fraction=0.5, val_fraction=0.5)
 
 
 def test_complete_dataset_is_reused_other_config_regenerated(tmp_path):

@@ -13,7 +13,7 @@ Layout written by :func:`generate_dataset` (atomically: a temporary folder renam
     DIR/events.jsonl         {"video", "duration", "events": [{"t", "colour", "shape", "action", "shape_id"}],
                               "questions": [{"t", "text", "kind", "category", "answer", "choices", "end_t",
                               "answer_t"}]}  (the "questions" key only when the video has questions)
-    DIR/split.json           {"train": [...], "heldout": [...]} video ids
+    DIR/split.json           {"train": [...], "val": [...], "heldout": [...]} video ids
 
 Questions (``question_interval_s > 0``) are stored as LiveCC would carry them: the user text item of a record gets
 ``"questions": [{"time", "text"}]`` (video time) and the answers are words of the assistant's ``text_stream``; their
@@ -83,16 +83,25 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 MANIFEST = "manifest.json"
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "val", "heldout")
 
 
 def _split(config: SyntheticConfig) -> dict[str, list[str]]:
+    """Held-out videos first in a seeded order, then val, the rest train: a val split never moves held-out videos."""
     order = np.random.default_rng([config.seed]).permutation(config.num_videos)
     held = round(config.num_videos * config.heldout_fraction)
     if config.heldout_fraction > 0 and config.num_videos >= 2:
         held = min(max(held, 1), config.num_videos - 1)
+    val = round(config.num_videos * config.val_fraction)
+    if config.val_fraction > 0:
+        val = min(max(val, 1), config.num_videos - held - 1)
+    if val < 0 or held + val >= config.num_videos:
+        raise InputError(
+            "val_fraction", f"no training videos left: {config.num_videos} videos, {held} held out, {val} val"
+        )
     return {
-        "train": sorted(video_id(int(i)) for i in order[held:]),
+        "train": sorted(video_id(int(i)) for i in order[held + val :]),
+        "val": sorted(video_id(int(i)) for i in order[held : held + val]),
         "heldout": sorted(video_id(int(i)) for i in order[:held]),
     }
 
@@ -292,12 +301,13 @@ class SyntheticDataset:
         return self.root / "events.jsonl"
 
     def video_ids(self, split: str | None = None) -> list[str]:
-        """Video ids of ``split`` (``"train"`` or ``"heldout"``; ``None`` for all), sorted."""
+        """Video ids of ``split`` (``"train"``, ``"val"`` or ``"heldout"``; ``None`` for all), sorted. A data set
+        written before val splits existed has an empty val split."""
         if split is None:
             return list(self._ids)
         if split not in SPLITS:
             raise InputError("split", f"must be one of {SPLITS} or None, got {split!r}")
-        return list(self.split[split])
+        return list(self.split.get(split, []))
 
     def videos(self, split: str | None = None) -> list[Path]:
         """Video files of ``split`` (``"train"``, ``"heldout"`` or ``None`` for all), sorted by id."""

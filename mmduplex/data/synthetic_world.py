@@ -61,7 +61,10 @@ class SyntheticConfig:
     shading: float = DEFAULT_SHADING
     """Depth of the shape shading (circles radial, triangles vertical, squares flat); 0 draws flat shapes."""
     heldout_fraction: float = 0.2
-    """Share of the videos in the held-out split."""
+    """Share of the videos in the held-out split (scored once per configuration, never used to choose settings)."""
+    val_fraction: float = 0.0
+    """Share of the videos in the val split, on which settings are chosen; drawn after the held-out videos, so adding
+    a val split moves videos out of train and leaves the held-out set as it was."""
     seed: int = 0
     """Seed of everything random; different seeds give different data."""
     question_interval_s: float = 0.0
@@ -97,6 +100,10 @@ class SyntheticConfig:
             "word_duration_s": (self.word_duration_s > 0, "must be > 0"),
             "shading": (0 <= self.shading < 1, "must be in [0, 1)"),
             "heldout_fraction": (0 <= self.heldout_fraction < 1, "must be in [0, 1)"),
+            "val_fraction": (
+                0 <= self.val_fraction < 1 - self.heldout_fraction,
+                "must be in [0, 1 - heldout_fraction)",
+            ),
             "question_interval_s": (0 <= self.question_interval_s < math.inf, "must be >= 0 (0: no questions)"),
             "choice_fraction": (0 <= self.choice_fraction <= 1, "must be in [0, 1]"),
             "question_tokens_per_step": (self.question_tokens_per_step >= 1, "must be >= 1"),
