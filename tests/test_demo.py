@@ -23,6 +23,7 @@ import yaml
 from mmduplex.cli import main
 from mmduplex.demo.run import DemoConfig
 from mmduplex.io.outputs import read_vtt
+from mmduplex.recipes import recipe_path
 
 REPORT_KEYS = {
     "event_accuracy",
@@ -96,10 +97,7 @@ def test_demo_writes_report_outputs_and_bundle(smoke_demo, capsys):
         assert (smoke_demo / f"{vid}.vtt").read_text().startswith("WEBVTT")
         assert "<track" in (smoke_demo / f"{vid}.html").read_text()
     assert (smoke_demo / "bundle" / "config.json").is_file()
-    assert (
-        report["settings"]["demo"]["num_videos"]
-        == DemoConfig.from_yaml(__import__("recipes").recipe_path("demo/smoke")).num_videos
-    )
+    assert report["settings"]["demo"]["num_videos"] == DemoConfig.from_yaml(recipe_path("demo/smoke")).num_videos
 
 
 def test_rerun_reuses_every_stage(smoke_demo, capsys):
@@ -324,7 +322,7 @@ def test_each_model_trains_at_its_own_learning_rate(tmp_path):
     from mmduplex.errors import InputError
     from mmduplex.tokenizer.bflow import BFlowConfig, BFlowTokenizer
 
-    config = DemoConfig.from_yaml(__import__("recipes").recipe_path("demo/smoke"))
+    config = DemoConfig.from_yaml(recipe_path("demo/smoke"))
     paths = DemoPaths(tmp_path)
     BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2)).save_pretrained(paths.tokenizer)
     tuned = replace(config, model_lr={"uniform_tokens": 0.001})
@@ -396,7 +394,7 @@ def test_a_run_recorded_before_a_setting_existed_is_reused_at_its_default(tmp_pa
     from mmduplex.demo.run import SETTINGS_FILE, DemoPaths, check_reusable
     from mmduplex.errors import InputError
 
-    config = DemoConfig.from_yaml(__import__("recipes").recipe_path("demo/smoke"))
+    config = DemoConfig.from_yaml(recipe_path("demo/smoke"))
     older = {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k != "ablation_videos"}
     (tmp_path / SETTINGS_FILE).write_text(json.dumps(older))
     check_reusable(DemoPaths(tmp_path), config)  # the default: the same run
