@@ -351,8 +351,9 @@ def test_fidelity_definition():
         fidelity(x, x[:4])
 
 
-def test_a_few_training_steps_reduce_the_loss():
-    module = BFlowModule(BFlowConfig(dim=D, grid=GRID, num_key_tokens=4), lr=1e-2)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_few_training_steps_reduce_the_loss(mode):
+    module = BFlowModule(BFlowConfig(dim=D, grid=GRID, num_key_tokens=4, **mode), lr=1e-2)
     g = torch.Generator().manual_seed(0)
     rows = torch.arange(P) // GRID[1] * 3 // GRID[0]  # [P]: three horizontal bands (a structured scene)
     scenes = torch.randn(4, 3, D, generator=g)[:, rows] + 0.1 * torch.randn(4, P, D, generator=g)  # [4, P, D]
