@@ -7,12 +7,14 @@ module only finds and describes candidate regions):
 * **Changed regions**: cells whose flow score exceeds ``flow_threshold`` are seeds; a region is a connected set
   (8-neighbourhood) of cells scoring above ``region_grow * flow_threshold`` that holds a seed (hysteresis: the
   fringe a moving object leaves in a real encoder's receptive field joins its region instead of trickling out later).
-  A region wider or taller than ``region_max`` cells is cut into tiles of at most that side, so one token never
-  stands for half the frame. Regions are ranked by their summed flow score (the largest change first).
+  A region holding several blobs of cells new since the keyframe (beyond ``region_split * flow_threshold``) is split
+  into one region per blob, its other cells joining the nearest blob, so two objects whose changes touch get a token
+  each. A region wider or taller than ``region_max`` cells is cut into tiles of at most that side, so one token
+  never stands for half the frame. Regions are ranked by their summed flow score (the largest change first).
 * **Still regions** (the periodic refresh): cells whose current features differ from the last keyframe's by more
   than ``flow_threshold`` (beyond the frame's median difference) and that do not change now: what appeared since the
-  keyframe and stayed (a shape that stopped, a shape that entered and stands still). Found the same way, seeds =
-  members, ranked after every changed region.
+  keyframe and stayed (a shape that stopped, a shape that entered and stands still; also the place a shape shown
+  by the keyframe has left). Found the same way (seeds = members), ranked after every changed region.
 * **What a token carries**: its value is the region's features pooled with weights ``1 - cos(x, keyframe)``
   (floor :data:`POOL_FLOOR`): the part of the region that is new since the last full description (where an object
   now is) outweighs the part that went back to it (the background an object vacated). Its position embedding is
