@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +23,7 @@ import yaml
 
 from mmduplex.cli import main
 from mmduplex.demo.run import DemoConfig
+from mmduplex.errors import InputError
 from mmduplex.io.outputs import read_vtt
 from mmduplex.recipes import recipe_path
 
@@ -315,6 +317,40 @@ def test_demo_print_config_and_bad_recipe(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_data_seed_and_training_seed_are_separate(tmp_path, capsys, monkeypatch):
+    """``--seed`` retrains on the same data (Lightning's seed, the batch order); ``--data-seed`` makes other data."""
+    from mmduplex.demo import stages
+
+    assert main(["demo", "--config", "smoke", "--seed", "3", "--data-seed", "5", "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["seed"], printed["data_seed"], printed["score_split"]) == (3, 5, "heldout")
+    config = DemoConfig.from_yaml(recipe_path("demo/smoke"))
+    seen = []
+    monkeypatch.setattr(
+        "mmduplex.train.synthetic_cache.prepare_synthetic_cache",
+        lambda data, features, synthetic, **_: seen.append(synthetic),
+    )
+    paths = stages.DemoPaths(tmp_path)
+    for seed, data_seed in ((0, 0), (1, 0), (0, 2)):
+        stages.make_data(replace(config, seed=seed, data_seed=data_seed), paths)
+        args = stages.duplex_fit_args(replace(config, seed=seed, data_seed=data_seed), paths, "bflow", 4)
+        assert args[args.index("--seed_everything") + 1] == str(seed)
+        assert args[args.index("--data.init_args.seed") + 1] == str(seed)
+    assert [s.seed for s in seen] == [0, 0, 2]  # the data depend on the data seed alone
+
+
+def test_score_split_val_needs_a_val_split(capsys):
+    config = DemoConfig.from_yaml(recipe_path("demo/smoke"))
+    with pytest.raises(InputError, match="score_split"):
+        replace(config, score_split="val")
+    assert replace(config, score_split="val", val_fraction=0.1).score_split == "val"
+    with pytest.raises(InputError, match="selected_on"):
+        replace(config, selected_on="test")
+    with pytest.raises(SystemExit):  # argparse's choices: usage and exit status 2
+        main(["demo", "--config", "smoke", "--score-split", "test", "--print_config"])
+    assert "invalid choice: 'test'" in capsys.readouterr().err
+
+
 def test_each_model_trains_at_its_own_learning_rate(tmp_path):
     from dataclasses import replace
 
@@ -351,6 +387,7 @@ class _TalksBelow:
     that switches from silence to talking at one bias, like the text-only baseline)."""
 
     step_hz, fps = 5.0, 2.0
+    cache = SimpleNamespace(length=0)
 
     def __init__(self, threshold: float) -> None:
         self.threshold, self.pad_bias = threshold, 0.0
@@ -365,9 +402,10 @@ class _TalksBelow:
     def step(self):
         k, self.step_index = self.step_index, self.step_index + 1
         talk = self.pad_bias < self.threshold and k % 10 == 0
-        return SimpleNamespace(t=(k + 1) / self.step_hz, word="red" if talk else None, word_start=True)
+        return SimpleNamespace(t=(k + 1) / self.step_hz, word="red" if talk else None, word_start=True, elapsed_s=0.0,
+                               flushed=False)  # fmt: skip
 
-    def flush(self):
+    def flush(self, wait=None):
         return iter(())
 
 

@@ -20,7 +20,21 @@ HELP = "Run the whole pipeline on the built-in synthetic set (offline, CPU, minu
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the data set and training (default: recipe's)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="training seed: retrains every model on the same data (default: recipe's)",
+    )
+    parser.add_argument(
+        "--data-seed", type=int, default=None, help="seed of the synthetic data set and its splits (default: recipe's)"
+    )
+    parser.add_argument(
+        "--score-split",
+        choices=("heldout", "val"),
+        default=None,
+        help="split the models are scored on: val while choosing settings, heldout for the report (default: recipe's)",
+    )
     parser.add_argument(
         "--config",
         default=None,
@@ -42,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
             shipped = ", ".join(p.stem for p in sorted((mmduplex.recipes.RECIPES_DIR / "demo").glob("*.yaml")))
             raise InputError("--config", f"no demo recipe {source!r}: a YAML path or one of {shipped}") from err
     config = DemoConfig.from_yaml(path)
-    if args.seed is not None:
-        config = replace(config, seed=args.seed)
+    overrides = {"seed": args.seed, "data_seed": args.data_seed, "score_split": args.score_split}
+    config = replace(config, **{key: value for key, value in overrides.items() if value is not None})
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0

@@ -254,7 +254,9 @@ def write_index(path: str | os.PathLike, report: dict[str, Any], videos: Sequenc
     return write_text_atomic(path, _page("mmduplex demo", body))
 
 
-def write_pages(root: Path, dataset: Any, scores: Sequence[Any], report: dict[str, Any] | None = None) -> None:
+def write_pages(
+    root: Path, dataset: Any, scores: Sequence[Any], report: dict[str, Any] | None = None, split: str = "heldout"
+) -> None:
     """Each held-out video's ``<video>.vtt`` and page in ``root`` and, given the ``report``, ``index.html``.
 
     Args:
@@ -263,7 +265,7 @@ def write_pages(root: Path, dataset: Any, scores: Sequence[Any], report: dict[st
     """
     from mmduplex.io.outputs import write_vtt
 
-    durations = {Path(clip.video).stem: clip.end_s - clip.start_s for clip in dataset.clips("heldout")}
+    durations = {Path(clip.video).stem: clip.end_s - clip.start_s for clip in dataset.clips(split)}
     summaries = []
     for score in scores:
         vid = score.video_id

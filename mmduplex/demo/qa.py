@@ -195,8 +195,10 @@ def ask_heldout(
     plain: Sequence[StreamResult],
     tolerance_s: float,
     pause_steps: int,
+    split: str = "heldout",
 ) -> dict[str, Any]:
-    """The report's ``qa`` figures but ``lvb``: every held-out video streamed with its questions typed at their times.
+    """The report's ``qa`` figures but ``lvb``: every video of ``split`` streamed with its questions typed at their
+    times.
 
     Args:
         session: the main model's session (at its PAD bias).
@@ -208,13 +210,14 @@ def ask_heldout(
             happens to name the answer, the open-question figure's floor).
         tolerance_s: the answer window after a question's last token (s).
         pause_steps: silent steps that end a commentary line.
+        split: the videos asked (``heldout`` for the report, ``val`` while choosing settings).
     """
     from mmduplex.demo.stream import StreamResult, lines_of, score_videos
     from mmduplex.io.feature_cache import video_key
 
     words_without = {result.video_id: result.words for result in plain}
     with_q, asked_all, control_all = [], [], []
-    for vid in dataset.video_ids("heldout"):
+    for vid in dataset.video_ids(split):
         record = cache.load(video_key(dataset.video_path(vid)))
         outputs, asked = stream_asking(session, record.timestamps.tolist(), record.patches, dataset.questions(vid))
         lines, steps, words = lines_of(outputs, pause_steps)
@@ -224,8 +227,8 @@ def ask_heldout(
         score_answers(control, words_without.get(vid, []), tolerance_s)
         asked_all += asked
         control_all += control
-    figures_with, _ = score_videos(with_q, dataset, tolerance_s)
-    figures_without, _ = score_videos(plain, dataset, tolerance_s)
+    figures_with, _ = score_videos(with_q, dataset, tolerance_s, split)
+    figures_without, _ = score_videos(plain, dataset, tolerance_s, split)
     open_q = [a for a in asked_all if not a.question.choices]
     choice_q = [a for a in asked_all if a.question.choices]
     latencies = [a.latency_s for a in asked_all if a.latency_s is not None]
@@ -249,12 +252,14 @@ def ask_heldout(
     }
 
 
-def lvb_results(dataset: SyntheticDataset, bundle: Path, out_dir: Path, fps: float, seed: int) -> dict[str, Any] | None:
-    """The report's ``qa.lvb``: ``out_dir/lvb`` written from the held-out videos (:func:`write_lvb_split`) and asked
-    through ``bundle`` as ``eval longvideobench`` does with its defaults (``out_dir/lvb_results.json``); ``None``
-    when no held-out video has an answerable cut."""
+def lvb_results(
+    dataset: SyntheticDataset, bundle: Path, out_dir: Path, fps: float, seed: int, split: str = "heldout"
+) -> dict[str, Any] | None:
+    """The report's ``qa.lvb``: ``out_dir/lvb`` written from the videos of ``split`` (:func:`write_lvb_split`) and
+    asked through ``bundle`` as ``eval longvideobench`` does with its defaults (``out_dir/lvb_results.json``);
+    ``None`` when no such video has an answerable cut."""
     root = out_dir / "lvb"
-    if not write_lvb_split(dataset, dataset.video_ids("heldout"), root, fps, seed):
+    if not write_lvb_split(dataset, dataset.video_ids(split), root, fps, seed):
         return None
     return run_lvb(root, bundle, out_dir / "lvb_results.json")
 

@@ -40,7 +40,14 @@ class DemoConfig:
     duration_s: tuple[float, float] = (10.0, 30.0)
     """Range of video durations (s)."""
     heldout_fraction: float = 0.2
-    """Share of the videos held out for streaming evaluation."""
+    """Share of the videos held out: scored once per configuration for the report, never used to choose settings."""
+    val_fraction: float = 0.0
+    """Share of the videos in the val split, on which settings are chosen (0: no val split)."""
+    score_split: str = "heldout"
+    """Split the models are streamed and scored on: ``val`` while choosing settings, ``heldout`` for the report."""
+    selected_on: str | None = None
+    """The split this recipe's chosen values (learning rates, budgets, thresholds) were selected on, as the report's
+    ``settings.selected_on`` says (``None``: not recorded)."""
     word_delay_s: tuple[float, float] = (0.3, 0.5)
     """Range of the reference commentary's delay from an event to its first word (s): with the model's text delay
     tau it sets when the model speaks, so the latency the demo measures is about this plus tau."""
@@ -72,8 +79,10 @@ class DemoConfig:
     """Silent steps that end a commentary line."""
     baselines: tuple[str, ...] = BASELINES
     """Baselines trained and scored next to the main model."""
+    data_seed: int = 0
+    """Seed of the synthetic data set (its videos and splits) and of the LongVideoBench split's option order."""
     seed: int = 0
-    """Seed of the data set and of training."""
+    """Seed of training (initialisation, batch order): another seed retrains every model on the same data."""
     threads: int | None = None
     """torch CPU threads of each model's training and streaming process (``None``: torch's default). Tiny models run
     fastest on one thread: more threads mostly add synchronisation, and oversubscription slows them a lot."""
@@ -106,6 +115,11 @@ class DemoConfig:
         if self.num_videos < 2 or not 0 < self.heldout_fraction < 1 or not self.fps > 0 or self.workers < 1:
             problem = f"need num_videos >= 2, 0 < heldout_fraction < 1, fps > 0, workers >= 1; got {self}"
             raise InputError("demo", problem)
+        if self.score_split not in ("val", "heldout") or (self.score_split == "val" and not self.val_fraction > 0):
+            problem = f"must be 'heldout' or 'val' (with val_fraction > 0); got {self.score_split!r}"
+            raise InputError("demo.score_split", problem)
+        if self.selected_on not in (None, "train", "val", "heldout"):
+            raise InputError("demo.selected_on", f"must be train, val, heldout or null; got {self.selected_on!r}")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> DemoConfig:
@@ -178,10 +192,11 @@ def make_data(config: DemoConfig, paths: DemoPaths):
         num_videos=config.num_videos,
         duration_s=config.duration_s,
         heldout_fraction=config.heldout_fraction,
+        val_fraction=config.val_fraction,
         word_delay_s=config.word_delay_s,
         question_interval_s=config.question_interval_s,
         choice_fraction=config.choice_fraction,
-        seed=config.seed,
+        seed=config.data_seed,
     )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return prepare_synthetic_cache(  # one encoder process per core (a second thread gains the encoder little)
@@ -337,11 +352,11 @@ def stream_and_score(
         tuning = tune_pad_bias(session, dataset, cache, ids, config.talk_ratio_target, config.pause_steps)
         timings[f"pad_bias_{name}"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    heldout = dataset.video_ids("heldout")[:limit]
-    results = [stream_video(session, dataset.video_path(vid), config.pause_steps) for vid in heldout]
-    figures, scores = score_videos(results, dataset, config.tolerance_s)
-    streamed = {Path(clip.video).stem: clip.end_s - clip.start_s for clip in dataset.clips("heldout")}
-    figures.update(rate_figures(results, sum(streamed[vid] for vid in heldout)))
+    scored = dataset.video_ids(config.score_split)[:limit]
+    results = [stream_video(session, dataset.video_path(vid), config.pause_steps) for vid in scored]
+    figures, scores = score_videos(results, dataset, config.tolerance_s, config.score_split)
+    streamed = {Path(clip.video).stem: clip.end_s - clip.start_s for clip in dataset.clips(config.score_split)}
+    figures.update(rate_figures(results, sum(streamed[vid] for vid in scored)))
     figures["pad_bias"] = session.pad_bias
     figures["pad_bias_search"] = tuning
     timings[f"stream_{name}"] = round(time.perf_counter() - t0, 2)
@@ -357,7 +372,7 @@ def evaluate_model(
 
     figures, scores, _, _ = stream_and_score(name, config, paths, dataset)
     if write_outputs:
-        write_pages(paths.root, dataset, scores)
+        write_pages(paths.root, dataset, scores, split=config.score_split)
     return figures
 
 
@@ -369,7 +384,7 @@ def run_video_ablation(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: 
     from mmduplex.io.feature_cache import FeatureCache
 
     session = DuplexSession.from_bundle(paths.model_bundle("bflow"), pad_bias=pad_bias)
-    ids = dataset.video_ids("heldout")[: config.ablation_videos]
+    ids = dataset.video_ids(config.score_split)[: config.ablation_videos]
     cache = FeatureCache(paths.features)
     figures = video_ablation(session, dataset, cache, config.tolerance_s, config.pause_steps, ids)
     return {**figures, "pad_bias": pad_bias}
@@ -383,7 +398,10 @@ def run_questions(config: DemoConfig, paths: DemoPaths, dataset, pad_bias: float
     from mmduplex.io.feature_cache import FeatureCache
 
     session = DuplexSession.from_bundle(paths.model_bundle("bflow"), pad_bias=pad_bias)
-    figures = ask_heldout(session, dataset, FeatureCache(paths.features), plain, config.tolerance_s, config.pause_steps)
+    cache = FeatureCache(paths.features)
+    figures = ask_heldout(
+        session, dataset, cache, plain, config.tolerance_s, config.pause_steps, split=config.score_split
+    )
     return {**figures, "pad_bias": pad_bias}
 
 
@@ -392,7 +410,8 @@ def run_lvb_split(config: DemoConfig, paths: DemoPaths, dataset) -> dict[str, An
     (:func:`~mmduplex.demo.qa.lvb_results`)."""
     from mmduplex.demo.qa import lvb_results
 
-    return lvb_results(dataset, paths.model_bundle("bflow"), paths.root, config.fps, config.seed)
+    bundle = paths.model_bundle("bflow")
+    return lvb_results(dataset, bundle, paths.root, config.fps, config.data_seed, split=config.score_split)
 
 
 # ----------------------------------------------------------------------------------------------- per model

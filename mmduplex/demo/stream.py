@@ -136,8 +136,9 @@ def stream_features(
 # ----------------------------------------------------------------------------------------------- scoring
 
 
-def reference_words(dataset: SyntheticDataset, split: str) -> dict[str, list]:
-    """Video id -> its reference words in video time (:class:`~mmduplex.data.transcripts.Word`)."""
+def reference_words(dataset: SyntheticDataset, split: str | None) -> dict[str, list]:
+    """Video id -> its reference words in video time (:class:`~mmduplex.data.transcripts.Word`), for the videos of
+    ``split`` (``None``: every video)."""
     from mmduplex.data.transcripts import Word
 
     return {
@@ -171,9 +172,10 @@ class VideoScore:
 
 
 def score_videos(
-    results: Sequence[StreamResult], dataset: SyntheticDataset, tolerance_s: float, split: str = "heldout"
+    results: Sequence[StreamResult], dataset: SyntheticDataset, tolerance_s: float, split: str | None = None
 ) -> tuple[dict[str, Any], list[VideoScore]]:
-    """A model's figures over ``results`` (micro-pooled) and each video's item-by-item match."""
+    """A model's figures over ``results`` (micro-pooled) and each video's item-by-item match (``split``: where the
+    results' videos are, to read fewer transcripts; ``None``: look in every split)."""
     words = reference_words(dataset, split)
     total = EventTally()
     outcomes: list[tuple[str, bool]] = []
@@ -321,7 +323,7 @@ def video_ablation(
     pause_steps: int,
     ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The model streamed over each held-out video (``ids``, default all) with the next one's cached features
+    """The model streamed over each held-out video (``ids``, default all held out) with the next one's cached features
     (cyclically; a shorter donor is looped), at the video's own frame times, scored against the video's own events."""
     from mmduplex.io.feature_cache import video_key
 
