@@ -84,6 +84,7 @@ def test_stream_api_equals_the_command(tiny_bundle, duplex_data, tmp_path):
     """``DuplexModel.stream`` and ``mmduplex stream`` run the same loop: the same lines and report figures."""
     import mmduplex
     from mmduplex.cli import main
+    from mmduplex.errors import InputError
     from mmduplex.io.outputs import read_commentary
 
     video = sorted((duplex_data["synthetic_dir"] / "videos").glob("*.mp4"))[0]
@@ -98,6 +99,8 @@ def test_stream_api_equals_the_command(tiny_bundle, duplex_data, tmp_path):
     figures, data = commentary.report(), json.loads(report.read_text())
     for key in ("steps", "flush_steps", "frames", "video_tokens", "lines", "questions", "video_s", "stream_s"):
         assert figures[key] == data[key], key
+    with pytest.raises(InputError, match="runs once"):
+        next(iter(commentary))
 
 
 def test_stream_takes_frames_or_features_as_they_come(tiny_bundle):

@@ -111,7 +111,7 @@ class Commentary:
     ``"end"`` after the last frame); a question timed after the input's end is not typed (``on_not_asked``). When
     the input ends, the steps the model still owes run (the flush) and the open line is finished, so the last lines
     carry times after the last frame. After iterating (or after :meth:`finish`, e.g. on an interrupt), ``lines``,
-    ``words`` and :meth:`report` hold the whole stream.
+    ``words`` and :meth:`report` hold the whole stream. A commentary streams once.
 
     Args:
         session: the session to stream through.
@@ -178,6 +178,8 @@ class Commentary:
         return self.collector.steps
 
     def __iter__(self) -> Iterator[CommentaryLine]:
+        if self.loop is not None:
+            raise InputError("Commentary", "a stream runs once; its lines are in .lines (stream again for a new run)")
         session = self.session
         if self.reset:
             session.reset()
