@@ -136,3 +136,22 @@ def test_import_mmduplex_is_light_and_lists_its_names():
         assert getattr(mmduplex, name) is not None
     with pytest.raises(AttributeError, match="no_such_name"):
         mmduplex.no_such_name  # noqa: B018
+
+
+def test_load_takes_a_bundle_written_before_the_package_move(tiny_bundle, tmp_path):
+    """A bundle naming ``tokenizer.bflow.BFlowTokenizer`` (the tokenizer installed as a top-level package then) loads
+    through ``mmduplex.load`` and streams as the same bundle does."""
+    import torch
+
+    import mmduplex
+
+    old = tmp_path / "old_bundle"
+    shutil.copytree(tiny_bundle, old)
+    config = json.loads((old / "config.json").read_text())
+    assert config["video_tokenizer"]["class_path"] == "mmduplex.tokenizer.bflow.BFlowTokenizer"
+    config["video_tokenizer"]["class_path"] = "tokenizer.bflow.BFlowTokenizer"
+    (old / "config.json").write_text(json.dumps(config))
+    frames = torch.randint(0, 255, (4, 96, 96, 3), dtype=torch.uint8)  # [T, H, W, 3]
+    pairs = [(k / 2.0, frame) for k, frame in enumerate(frames)]
+    lines = [list(mmduplex.load(path).stream(pairs, pad_bias=-2.0)) for path in (old, tiny_bundle)]
+    assert lines[0] == lines[1] and lines[0]
