@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "tokenize": "mmduplex.commands.tokenize",
     "export": "mmduplex.commands.export",
     "stream": "mmduplex.commands.stream",
+    "serve": "mmduplex.commands.serve",
     "weights": "mmduplex.commands.weights",
 }
 

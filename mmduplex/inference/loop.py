@@ -87,16 +87,19 @@ def questions_of(ask: Ask) -> list[Question]:
     return questions
 
 
-def timeline(
-    frames: Iterable[tuple[float, Any]], questions: Iterable[Question], end_s: float | None = None
-) -> Iterator[Event]:
+def timeline(frames: Iterable[Event], questions: Iterable[Question], end_s: float | None = None) -> Iterator[Event]:
     """``frames`` (in time order) with ``questions`` merged in by time: a question comes before the first frame shown
     at or after its time; those timed after the last frame, then those asked at the end (``t = None``), follow.
-    Frames at or after ``end_s`` are not read."""
+    Frames at or after ``end_s`` are not read. A :class:`Question` among ``frames`` (a live source's user text,
+    e.g. ``mmduplex serve``'s question box) passes through where it is."""
     questions = list(questions)
     timed = sorted((q for q in questions if q.t is not None), key=lambda q: q.t)
     due = 0
-    for t, frame in frames:
+    for event in frames:
+        if isinstance(event, Question):
+            yield event
+            continue
+        t, frame = event
         if end_s is not None and float(t) >= end_s:
             break
         while due < len(timed) and timed[due].t <= float(t):
