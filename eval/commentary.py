@@ -34,7 +34,6 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -249,68 +248,6 @@ def aggregate_event_metrics(
     for lines, events in videos:
         total += tally_events(lines, events, tolerance_s)
     return total.metrics()
-
-
-class TrackLike(Protocol):
-    """A shape's path (``mmduplex.data.synthetic.ShapeTrack``): ``size`` px, centre at ``position(t)`` or ``None``."""
-
-    shape_id: int
-    size: float
-
-    def position(self, t: float) -> tuple[float, float] | None: ...
-
-
-def objects_on_screen(tracks: Iterable[TrackLike], event: EventLike, width: int, height: int) -> int:
-    """Shapes with any part inside the ``width`` x ``height`` frame at the event's time, its own shape included."""
-    seen = {getattr(event, "shape_id", None)}
-    for track in tracks:
-        centre = track.position(event.t)
-        if centre is None:
-            continue
-        half = track.size / 2
-        if centre[0] + half > 0 and centre[0] - half < width and centre[1] + half > 0 and centre[1] - half < height:
-            seen.add(track.shape_id)
-    return len(seen - {None}) or 1
-
-
-def shapes_seen_before(
-    tracks: Iterable[TrackLike], event: EventLike, width: int, height: int, step_s: float = 0.05
-) -> int:
-    """Other shapes (its own excluded) that had any part inside the ``width`` x ``height`` frame at some time before
-    the event: the video's history of objects the model must keep apart. Tracks are sampled every ``step_s`` s."""
-    own = getattr(event, "shape_id", None)
-    times = [k * step_s for k in range(max(0, math.ceil(event.t / step_s)))]
-    count = 0
-    for track in tracks:
-        if track.shape_id == own:
-            continue
-        half = track.size / 2
-        for t in times:
-            centre = track.position(t)
-            if centre is not None and -half < centre[0] < width + half and -half < centre[1] < height + half:
-                count += 1
-                break
-    return count
-
-
-def history_bucket(count: int) -> str:
-    """The ``event_accuracy_by_history`` key of an event after ``count`` other shapes: ``"0"`` or ``"1+"``."""
-    return "0" if count == 0 else "1+"
-
-
-def object_bucket(count: int) -> str:
-    """The ``event_accuracy_by_objects`` key of an event with ``count`` objects on screen: ``"1"`` or ``"2+"``."""
-    return "1" if count <= 1 else "2+"
-
-
-def accuracy_by_group(outcomes: Iterable[tuple[str, bool]]) -> dict[str, float | None]:
-    """Share described per group, from ``(group, described)`` pairs (micro; groups in sorted order)."""
-    counts: dict[str, list[int]] = {}
-    for group, described in outcomes:
-        tally = counts.setdefault(group, [0, 0])
-        tally[0] += int(described)
-        tally[1] += 1
-    return {group: hit / total for group, (hit, total) in sorted(counts.items())}
 
 
 def speaking_s(spans: Iterable[tuple[float, float]]) -> float:

@@ -10,17 +10,19 @@ from mmduplex import cli
 from mmduplex.data.synthetic import Event, ShapeTrack
 from mmduplex.data.transcripts import Word, livecc_record
 from mmduplex.errors import AnnotationError
-from mmduplex.eval.commentary import (
-    Line,
+from mmduplex.eval.buckets import (
     accuracy_by_group,
-    aggregate_event_metrics,
-    event_metrics,
     history_bucket,
-    load_lines,
-    match_events,
     object_bucket,
     objects_on_screen,
     shapes_seen_before,
+)
+from mmduplex.eval.commentary import (
+    Line,
+    aggregate_event_metrics,
+    event_metrics,
+    load_lines,
+    match_events,
     speaking_s,
     timed_words,
     tokens,

@@ -26,14 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mmduplex.eval.commentary import (
-    EventTally,
+from mmduplex.eval.buckets import (
     accuracy_by_group,
     history_bucket,
-    match_events,
     object_bucket,
     objects_on_screen,
     shapes_seen_before,
+)
+from mmduplex.eval.commentary import (
+    EventTally,
+    match_events,
     speaking_s,
     tally_events,
 )
