@@ -96,7 +96,7 @@ def test_worker_batches_equal_the_in_process_batches(duplex_data):
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=2, collate_fn=stack_windows)
     seen = 0
     for batch in loader:
-        indices = batch.pop("window").tolist()
+        indices = batch.pop("window")
         want = module.collate([dataset.samples[i] for i in indices])
         assert batch.keys() == want.keys()
         for key in want:

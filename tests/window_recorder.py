@@ -21,7 +21,7 @@ class WindowRecorder(Callback):
         self.windows: list[list[int]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.windows.append(batch["window"].tolist())
+        self.windows.append(list(batch["window"]))
 
     def on_train_end(self, trainer, pl_module) -> None:
         data = trainer.datamodule

@@ -30,13 +30,15 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -80,6 +82,50 @@ def tokenizer_fingerprint(tokenizer: nn.Module, description: dict[str, Any]) -> 
     }
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     return {**fingerprint, "digest": digest}
+
+
+_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "U8": np.uint8}
+VIDEO_MEMO = 4096
+OPEN_SHARDS = 256
+"""Shards a process keeps mapped at once (least recently used unmapped first)."""
+"""Videos whose frame times and counts a process keeps (least recently used out first; a few bytes per frame)."""
+
+
+class MappedShard:
+    """A safetensors file read by memory map (``numpy.memmap`` per tensor): slicing reads only the rows asked for.
+
+    Raises:
+        CacheError: the file is missing, truncated or not a token shard.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            with open(path, "rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(length))
+            size = path.stat().st_size
+            self.metadata = header.pop("__metadata__", {}) or {}
+            self.arrays = {}
+            for name, info in header.items():
+                begin, end = info["data_offsets"]
+                shape = tuple(info["shape"])
+                if 8 + length + end > size:
+                    raise ValueError(f"tensor {name} ends past the end of the file")
+                if 0 in shape or begin == end:
+                    self.arrays[name] = np.zeros(shape, dtype=_DTYPES[info["dtype"]])
+                    continue
+                self.arrays[name] = np.memmap(path, dtype=_DTYPES[info["dtype"]], mode="r", offset=8 + length + begin,
+                                              shape=shape)  # fmt: skip
+        except (OSError, ValueError, KeyError, struct.error) as exc:
+            raise CacheError(path, f"unreadable token shard ({exc}); delete its folder to rebuild the store") from exc
+        missing = {"tokens", "times", "counts", "kinds"} - set(self.arrays)
+        if missing:
+            raise CacheError(path, f"not a token shard (no {sorted(missing)})")
+
+    def read(self, name: str, begin: int, end: int) -> torch.Tensor:
+        """Rows ``begin:end`` of tensor ``name`` (a copy)."""
+        return torch.from_numpy(np.array(self.arrays[name][begin:end]))
 
 
 def _describe(fingerprint: dict[str, Any]) -> str:
@@ -140,7 +186,8 @@ class TokenStore:
         self.index_path = self.root / INDEX_NAME
         self.fingerprint = dict(fingerprint)
         self._index: dict[str, Any] | None = None
-        self._handles: dict[int, Any] = {}
+        self._handles: OrderedDict[int, MappedShard] = OrderedDict()
+        self._videos: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._pid = os.getpid()
         if self.index_path.is_file():
             self._index = self._read_index()
@@ -164,50 +211,69 @@ class TokenStore:
     def __contains__(self, key: object) -> bool:
         return key in self.index["videos"]
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
     def __len__(self) -> int:
         return len(self.index["videos"])
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_handles"] = {}  # file handles are per process: each worker opens its own
+        state["_handles"], state["_videos"] = (
+            OrderedDict(),
+            OrderedDict(),
+        )  # maps are per process: each worker opens its own
         return state
 
-    def _shard(self, number: int) -> Any:
-        if self._pid != os.getpid():  # forked into a worker: the parent's handles are not this process's
-            self._handles, self._pid = {}, os.getpid()
-        handle = self._handles.get(number)
-        if handle is None:
-            path = self.root / self.index["shards"][number]
-            try:
-                handle = self._handles[number] = safe_open(str(path), framework="pt")
-            except Exception as exc:  # safetensors' own error type for a missing or truncated file
-                raise CacheError(path, f"unreadable token shard ({exc}); delete {self.root} to rebuild it") from exc
-        return handle
+    def _shard(self, number: int) -> MappedShard:
+        if self._pid != os.getpid():  # forked into a worker: the parent's maps are not this process's
+            self._handles, self._videos, self._pid = OrderedDict(), OrderedDict(), os.getpid()
+        shard = self._handles.get(number)
+        if shard is None:
+            shard = self._handles[number] = MappedShard(self.root / self.index["shards"][number])
+            if len(self._handles) > OPEN_SHARDS:
+                self._handles.popitem(last=False)
+        else:
+            self._handles.move_to_end(number)
+        return shard
 
-    def video(self, key: str) -> VideoTokens:
-        """``key``'s tokens: frame times and counts read now, token rows read on demand (memory map)."""
+    def _entry(self, key: str) -> dict[str, Any]:
         entry = self.index["videos"].get(key)
         if entry is None:
             raise CacheError(self.index_path, f"no tokens for video '{key}' (the store was built without it)")
+        return entry
+
+    def video(self, key: str) -> VideoTokens:
+        """``key``'s tokens: frame times and counts (kept for the :data:`VIDEO_MEMO` latest videos), token rows read
+        on demand from the memory map."""
+        entry = self._entry(key)
         shard = self._shard(int(entry["shard"]))
         (f0, f1), (r0, r1) = entry["frames"], entry["rows"]
-        times = shard.get_slice("times")[f0:f1].numpy()
-        counts = shard.get_slice("counts")[f0:f1].numpy()
+        frames = self._videos.get(key)
+        if frames is None:
+            frames = self._videos[key] = (
+                np.array(shard.arrays["times"][f0:f1]),
+                np.array(shard.arrays["counts"][f0:f1]),
+            )
+            if len(self._videos) > VIDEO_MEMO:
+                self._videos.popitem(last=False)
+        else:
+            self._videos.move_to_end(key)
 
         def rows(a: int, b: int) -> torch.Tensor:
             if not 0 <= a <= b <= r1 - r0:
                 raise InputError(key, f"token rows {a}:{b} outside the video's {r1 - r0}")
-            return shard.get_slice("tokens")[r0 + a : r0 + b]
+            return shard.read("tokens", r0 + a, r0 + b)
 
-        return VideoTokens(times=times, counts=counts, rows=rows)
+        return VideoTokens(times=frames[0], counts=frames[1], rows=rows)
 
     def tokens(self, key: str) -> dict[str, torch.Tensor]:
         """``key``'s stored tensors as :func:`tokenize_video` returns them."""
-        entry = self.index["videos"][key]
+        entry = self._entry(key)
         shard = self._shard(int(entry["shard"]))
         (f0, f1), (r0, r1) = entry["frames"], entry["rows"]
-        out = {name: shard.get_slice(name)[f0:f1] for name in ("times", "counts", "kinds")}
-        return {"tokens": shard.get_slice("tokens")[r0:r1], **out}
+        out = {name: shard.read(name, f0, f1) for name in ("times", "counts", "kinds")}
+        return {"tokens": shard.read("tokens", r0, r1), **out}
 
     # ---------------------------------------------------------------- building
 

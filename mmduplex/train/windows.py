@@ -86,31 +86,42 @@ class VideoTokens:
     """``rows(a, b)`` -> the tokens ``a:b`` of the video (``[b - a, Dv]`` float32), frames in order."""
 
 
-class _Tokenizers:
-    """One text tokenizer per grid per process (rebuilt from JSON; its word cache stays warm)."""
+class _Text:
+    """A text tokenizer rebuilt from a grid's JSON (once per process) and the pieces of every word it has seen."""
 
-    cache: dict[int, TextTokenizer] = {}
+    cache: dict[int, _Text] = {}
+
+    def __init__(self, tokenizer: TextTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.words: dict[str, list[int]] = {}
 
     @classmethod
-    def get(cls, grid: StepGrid) -> TextTokenizer:
+    def of(cls, grid: StepGrid) -> _Text:
         key = hash((grid.text_tokenizer_json, grid.text_tokenizer_settings["pad_id"]))
         if key not in cls.cache:
-            cls.cache[key] = TextTokenizer.from_json(grid.text_tokenizer_json, grid.text_tokenizer_settings)
+            cls.cache[key] = cls(TextTokenizer.from_json(grid.text_tokenizer_json, grid.text_tokenizer_settings))
         return cls.cache[key]
 
+    def pieces(self, word: str) -> list[int]:
+        """:meth:`~mmduplex.lm.text.TextTokenizer.encode_word` (memoised: a vocabulary of words repeats)."""
+        found = self.words.get(word)
+        if found is None:
+            found = self.words[word] = self.tokenizer.encode_word(word)
+        return found
 
-def text_stream(words: list, start: int, end: int, grid: StepGrid, tokenizer: TextTokenizer) -> list[int]:
+
+def text_stream(words: list, start: int, end: int, grid: StepGrid, text: _Text) -> list[int]:
     """Steps ``start:end`` of :func:`~mmduplex.lm.alignment.align_text` over ``end`` steps (same rules, as lists)."""
-    pad, epad, delay = tokenizer.pad_id, tokenizer.epad_id, grid.delay_steps
+    pad, epad, delay, hz = text.tokenizer.pad_id, text.tokenizer.epad_id, grid.delay_steps, grid.step_hz
     ids = [pad] * end
     cursor = 0
-    for s, _, text in sorted(words, key=lambda w: float(w[0])):
-        at = grid.step_of(float(s)) + delay
+    for s, _, word in sorted(words, key=lambda w: float(w[0])):
+        at = math.floor(float(s) * hz + _EPS) + delay  # time_to_step
         if at < 0:
             continue
         if at > end:  # words are sorted: every later one starts here or later and cannot fit either
             break
-        pieces = tokenizer.encode_word(str(text))
+        pieces = text.pieces(str(word))
         at = max(at, cursor)
         if at + len(pieces) > end:
             continue
@@ -121,14 +132,14 @@ def text_stream(words: list, start: int, end: int, grid: StepGrid, tokenizer: Te
     return ids[start:end]
 
 
-def user_stream(questions: list, start: int, end: int, grid: StepGrid, tokenizer: TextTokenizer) -> torch.Tensor:
+def user_stream(questions: list, start: int, end: int, grid: StepGrid, text: _Text) -> torch.Tensor:
     """Steps ``start:end`` of :func:`~mmduplex.lm.alignment.align_user` over ``end`` steps: ``[S]`` or ``[S, U]``."""
     u = grid.user_slots_per_step
-    ids = np.full((end - start, u), tokenizer.pad_id, dtype=np.int64)  # [S, U]
+    ids = np.full((end - start, u), text.tokenizer.pad_id, dtype=np.int64)  # [S, U]
     cursor = 0
-    for t, text in sorted(((float(t), str(q)) for t, q in questions), key=lambda q: q[0]):
-        for line in str(text).split("\n"):
-            tokens = tokenizer.encode_text(line)
+    for t, question in sorted(((float(t), str(q)) for t, q in questions), key=lambda q: q[0]):
+        for line in question.split("\n"):
+            tokens = [i for word in line.split() for i in text.pieces(word)]  # encode_text
             if not tokens:
                 continue
             at = max(grid.step_of(t), cursor)
@@ -178,14 +189,14 @@ def build_window(sample: dict[str, Any], grid: StepGrid, video: VideoTokens) -> 
     """One window on the step grid: ``text_ids [S]``, ``user_ids [S]`` / ``[S, U]``, ``video_slots [S, K, Dv]``,
     ``video_mask [S, K]``; equal to ``DuplexModule.window_tensors(sample)`` (streams from the clip's start, cut to
     the window)."""
-    tokenizer = _Tokenizers.get(grid)
+    text = _Text.of(grid)
     start = grid.step_of(float(sample["offset_s"]))
     end = start + grid.steps(float(sample["window_s"]))
-    text = torch.tensor(text_stream(sample["words"], start, end, grid, tokenizer), dtype=torch.long)  # [S]
-    user = user_stream(sample.get("questions", []), start, end, grid, tokenizer)
+    ids = torch.from_numpy(np.array(text_stream(sample["words"], start, end, grid, text), dtype=np.int64))  # [S]
+    user = user_stream(sample.get("questions", []), start, end, grid, text)
     clip_end = sample.get("clip_end_s")
     slots, mask = video_slots(video, float(sample["clip_start_s"]), clip_end, start, end, grid)
-    return {"text_ids": text, "user_ids": user, "video_slots": slots, "video_mask": mask}
+    return {"text_ids": ids, "user_ids": user, "video_slots": slots, "video_mask": mask}
 
 
 class WindowTensorDataset(Dataset):
@@ -206,15 +217,28 @@ class WindowTensorDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        window = build_window(sample, self.grid, self.store.video(sample["key"]))
-        window["window"] = torch.tensor(index)  # which window this is (tells ranks' shares apart in tests)
+        window: dict[str, Any] = build_window(sample, self.grid, self.store.video(sample["key"]))
+        window["window"] = index  # which window this is (tells the ranks' shares apart)
         return window
 
 
-def stack_windows(windows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The collate function: ``[B, ...]`` stacks of each field."""
+def stack_windows(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The collate function: ``[B, ...]`` stacks of each tensor field (in shared memory when run in a loader
+    worker, so handing the batch over copies nothing), a list of the ``window`` indices."""
     if not windows:
         raise InputError("batch", "empty batch")
-    return {key: torch.stack([w[key] for w in windows]) for key in windows[0]}
+    in_worker = torch.utils.data.get_worker_info() is not None
+    batch: dict[str, Any] = {}
+    for key, first in windows[0].items():
+        items = [w[key] for w in windows]
+        if not isinstance(first, torch.Tensor):
+            batch[key] = items
+            continue
+        out = None
+        if in_worker:  # as torch's default_collate: the stack is written straight into shared memory
+            storage = first._typed_storage()._new_shared(len(items) * first.numel(), device=first.device)
+            out = first.new(storage).resize_(len(items), *first.shape)
+        batch[key] = torch.stack(items, out=out)
+    return batch
