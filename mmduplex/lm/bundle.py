@@ -12,10 +12,17 @@ A bundle folder holds::
 so ``mmduplex stream`` / ``mmduplex eval`` need no other flags. Loading reads JSON and safetensors only (no pickle,
 no network: the backbone is rebuilt from its stored config); a bundle of another kind is refused with a
 :class:`~mmduplex.errors.CheckpointError`. Checkpoints are read with ``torch.load(weights_only=True)``.
+
+A pretrained LM kept frozen (``finetune: projector`` or ``lora`` on a registry name, hub id or folder) is not saved:
+checkpoints and bundles hold the trained parameters only and the config's ``frozen_backbone`` names the LM
+(``source``: its registry name / hub id / folder, ``keys`` and ``sha256``: its frozen tensors and their digest,
+:func:`frozen_sha256`), so a run takes megabytes, not the LM's gigabytes. Loading rebuilds the LM from ``source`` and
+refuses it when its digest differs (other weights under the same name).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
@@ -163,9 +170,13 @@ def build_video_tokenizer(spec: Any, source: str | os.PathLike = "bundle") -> nn
 
 
 def build_duplex_model(config: dict[str, Any], attn_implementation: str | None = None) -> DuplexLM:
-    """A randomly initialised :class:`DuplexLM` shaped by a bundle / checkpoint config (no network)."""
+    """A :class:`DuplexLM` shaped by a bundle / checkpoint config: randomly initialised (no network), or around its
+    frozen pretrained LM rebuilt from ``frozen_backbone.source``."""
+    frozen = config.get("frozen_backbone")
     backbone = build_backbone(
-        dict(config["backbone"]), torch_dtype=config.get("torch_dtype"), attn_implementation=attn_implementation
+        str(frozen["source"]) if frozen else dict(config["backbone"]),
+        torch_dtype=config.get("torch_dtype"),
+        attn_implementation=attn_implementation,
     )
     if config.get("finetune") == "lora":
         apply_lora(backbone, LoraSettings(**config["lora"]))
@@ -194,6 +205,47 @@ def _merge_lora(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, LoraLayer) and not module.merged:
             module.merge()
+
+
+def frozen_keys(model: DuplexLM) -> list[str]:
+    """The backbone's state-dict keys (``backbone.``...) that do not train (tied weights under each of their names)."""
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    return [key for key in model.state_dict() if key.startswith("backbone.") and key not in trainable]
+
+
+def frozen_sha256(state: dict[str, torch.Tensor], keys: list[str]) -> str:
+    """SHA-256 over ``keys`` of ``state`` (sorted; each name, dtype, shape and bytes): a frozen LM's identity."""
+    sha = hashlib.sha256()
+    for key in sorted(keys):
+        tensor = state[key].detach().cpu().contiguous().reshape(-1)
+        sha.update(f"{key}:{tensor.dtype}:{tuple(state[key].shape)};".encode())
+        sha.update(tensor.view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()
+
+
+def _load_trained(model: DuplexLM, trained: dict[str, torch.Tensor], frozen: dict[str, Any], source: Any) -> None:
+    """Load the trained parameters into ``model``, whose frozen LM was rebuilt from its ``source``, and check that LM
+    is the one the weights were trained with.
+
+    Raises:
+        CheckpointError: keys that do not fit, or a frozen LM with another digest.
+    """
+    full = model.state_dict()
+    missing = sorted(set(full) - set(trained))
+    unexpected = sorted(set(trained) - set(full))
+    if unexpected or len(missing) != int(frozen["keys"]) or any(not k.startswith("backbone.") for k in missing):
+        raise CheckpointError(
+            source, f"trained weights do not fit the model: unexpected {unexpected[:3]}, {len(missing)} keys missing "
+            f"(the frozen LM has {frozen['keys']}), e.g. {[k for k in missing if not k.startswith('backbone.')][:3]}"
+        )  # fmt: skip
+    digest = frozen_sha256(full, missing)
+    if digest != frozen["sha256"]:
+        raise CheckpointError(
+            source,
+            f"the frozen LM {frozen['source']!r} loaded here has other weights (sha256 {digest[:12]}) than the one "
+            f"these weights were trained with ({str(frozen['sha256'])[:12]})",
+        )
+    model.load_state_dict(trained, strict=False)
 
 
 def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -245,14 +297,23 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> 
         raise CheckpointError(checkpoint, "the video tokenizer was not described at training time; cannot export it")
     model = build_duplex_model(config)
     video_tokenizer = build_video_tokenizer(config["video_tokenizer"], checkpoint)
+    frozen = config.get("frozen_backbone")
     try:
-        model.load_state_dict(_sub_state(state, "model."), strict=True)
+        if frozen:
+            _load_trained(model, _sub_state(state, "model."), frozen, checkpoint)
+        else:
+            model.load_state_dict(_sub_state(state, "model."), strict=True)
         video_tokenizer.load_state_dict(_sub_state(state, "video_tokenizer."), strict=True)
     except RuntimeError as exc:
         raise CheckpointError(checkpoint, f"weights do not match the stored config: {str(exc)[:300]}") from exc
     config = {"kind": DUPLEX_KIND, "format_version": FORMAT_VERSION, **config}
     with atomic_dir(out_dir) as tmp:
-        save_model(model, str(tmp / MODEL_FILE))
+        if frozen:  # the trained parameters only: the frozen LM is rebuilt from its source when the bundle loads
+            skip = set(model.state_dict()) - set(_sub_state(state, "model."))
+            trained = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in skip}
+            save_file(trained, str(tmp / MODEL_FILE))
+        else:
+            save_model(model, str(tmp / MODEL_FILE))
         tokenizer_state = {k: v.detach().cpu().contiguous() for k, v in video_tokenizer.state_dict().items()}
         save_file(tokenizer_state, str(tmp / VIDEO_TOKENIZER_FILE))
         text_tokenizer.save(tmp / TEXT_TOKENIZER_DIR)
@@ -307,8 +368,13 @@ def load_bundle(
         if not (bundle_dir / file).is_file():
             raise CheckpointError(bundle_dir / file, "missing from the bundle")
     try:
-        load_model(model, str(bundle_dir / MODEL_FILE), strict=True)
+        if config.get("frozen_backbone"):
+            _load_trained(model, load_file(str(bundle_dir / MODEL_FILE)), config["frozen_backbone"], bundle_dir)
+        else:
+            load_model(model, str(bundle_dir / MODEL_FILE), strict=True)
         video_tokenizer.load_state_dict(load_file(str(bundle_dir / VIDEO_TOKENIZER_FILE)), strict=True)
+    except CheckpointError:
+        raise
     except Exception as exc:  # safetensors' own errors for corrupt files, RuntimeError for mismatched keys
         raise CheckpointError(bundle_dir, f"weights do not fit the bundle config ({str(exc)[:300]})") from exc
     _merge_lora(model)

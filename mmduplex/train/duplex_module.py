@@ -10,7 +10,9 @@ is put on the step grid here (:meth:`DuplexModule.collate`, the in-process refer
 
 Everything :func:`mmduplex.lm.bundle.export_bundle` needs (text tokenizer files, backbone config, video tokenizer
 description, encoder fingerprint and fps, stream settings) is stored in the checkpoint as plain JSON values, so the
-checkpoint loads with ``torch.load(weights_only=True)``.
+checkpoint loads with ``torch.load(weights_only=True)``. A pretrained LM that stays frozen (``projector`` / ``lora``
+on a registry name, hub id or folder) is not saved: the checkpoint holds the trained parameters and the LM's identity
+(``duplex_config.frozen_backbone``), and loading it rebuilds the LM from that identity.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from mmduplex.data.transcripts import Word
-from mmduplex.errors import CacheError, InputError
+from mmduplex.errors import CacheError, CheckpointError, InputError
 from mmduplex.lm.alignment import align_text, align_user, pack_video, time_to_step
-from mmduplex.lm.bundle import DUPLEX_KIND, describe_video_tokenizer
+from mmduplex.lm.bundle import DUPLEX_KIND, describe_video_tokenizer, frozen_keys, frozen_sha256
 from mmduplex.lm.model import DuplexLM, LoraSettings, LossWeights, apply_lora, build_backbone, text_loss
 from mmduplex.lm.text import load_text_tokenizer
 from mmduplex.schedules import warmup_cosine_schedule
@@ -167,6 +169,7 @@ class DuplexModule(LightningModule):
         self.feature_meta: dict[str, Any] = {}
         self._memo: OrderedDict[str, list] = OrderedDict()
         self._windows: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._frozen: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -390,12 +393,53 @@ class DuplexModule(LightningModule):
             return None
         return {"sink": STREAM_SINK, "window": int(steps) - STREAM_SINK - 1}
 
+    def frozen_backbone(self) -> dict[str, Any] | None:
+        """The identity of a pretrained LM that does not train (``source``: registry name, hub id or folder;
+        ``keys``, ``sha256``: its frozen tensors and their digest), or ``None`` when the LM's weights must be saved
+        (``finetune: full``, or an LM built from a config dict)."""
+        hp = self.hparams
+        if hp.finetune == "full" or not isinstance(hp.backbone, str):
+            return None
+        if self._frozen is None:
+            keys = frozen_keys(self.model)
+            digest = frozen_sha256(self.model.state_dict(), keys)
+            self._frozen = {"source": hp.backbone, "keys": len(keys), "sha256": digest}
+        return self._frozen
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Mark the checkpoint and store the duplex config; leave a frozen pretrained LM's weights out."""
         checkpoint["mmduplex_kind"] = DUPLEX_KIND
-        checkpoint["duplex_config"] = self.duplex_config()
+        config = self.duplex_config()
+        frozen = self.frozen_backbone()
+        if frozen is not None:
+            config["frozen_backbone"] = dict(frozen)
+            drop = {f"model.{key}" for key in frozen_keys(self.model)}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in drop}
+        checkpoint["duplex_config"] = config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the feature and stream settings; put this module's frozen LM (rebuilt from the checkpoint's
+        identity) back into a slim checkpoint's weights, after checking it is the same LM.
+
+        Raises:
+            CheckpointError: the checkpoint was trained with another frozen LM.
+        """
         config = checkpoint.get("duplex_config") or {}
+        saved = config.get("frozen_backbone")
+        if saved is not None:
+            mine = self.frozen_backbone() or {}
+            if (mine.get("source"), mine.get("sha256"), mine.get("keys")) != (
+                saved["source"],
+                saved["sha256"],
+                saved["keys"],
+            ):
+                raise CheckpointError(
+                    str(saved["source"]),
+                    f"the checkpoint was trained around frozen LM {saved['source']!r} (sha256 {saved['sha256'][:12]}) "
+                    f"but this module holds {mine.get('source')!r} (sha256 {str(mine.get('sha256'))[:12]})",
+                )
+            state = self.model.state_dict()
+            checkpoint["state_dict"].update({f"model.{key}": state[key] for key in frozen_keys(self.model)})
         if config.get("encoder") is not None:
             self.feature_meta = {"encoder": config["encoder"], "fps": config["fps"]}
         streaming = config.get("streaming") or {}
