@@ -194,6 +194,11 @@ def test_uploads_are_checked_limited_and_cleaned_up(model, videos, tmp_path):
         assert video["name"] == "my clip.mp4" and video["id"].startswith("uploads/")
         assert client.get(video["url"]).content == good
         assert upload("second.mp4", good).status_code == 429  # max_uploads kept at once
+        elsewhere = {"Origin": "http://elsewhere.example"}  # another site's page in the viewer's browser
+        foreign = client.post("/api/upload", files={"file": ("a.mp4", good)}, headers=elsewhere)
+        assert foreign.status_code == 403 and "own page" in foreign.json()["error"]
+        with pytest.raises(WebSocketDisconnect), client.websocket_connect("/api/session", headers=elsewhere):
+            pass
         assert client.get("/api/videos").status_code == 200  # the server goes on serving
         messages = watch(client, video["id"], leave_when=lambda m: m["type"] == "frame")
         assert of_type(messages, "frame")

@@ -7,8 +7,8 @@ Routes:
 - ``GET /videos/<path>``: a library file, only under ``DIR`` (:class:`~mmduplex.serve.files.VideoLibrary`);
   ``GET /uploads/<name>``: an upload the store issued;
 - ``POST /api/upload``: a video as multipart field ``file``; answers ``{"video": {...}}``, or a 4xx with
-  ``{"error": "..."}``: 400 not a multipart upload or no ``file``, 413 over the size limit, 415 not a video the
-  server can decode, 429 too many uploads or viewers;
+  ``{"error": "..."}``: 400 not a multipart upload or no ``file``, 403 from another site's page, 413 over the size
+  limit, 415 not a video the server can decode, 429 too many uploads or viewers;
 - ``WS /api/session``: one viewer's stream. The page sends ``{"type": "start", "video": ID}``, gets ``{"type":
   "ready", ...}``, starts the ``<video>`` and sends ``{"type": "play"}`` as it starts playing: that moment is
   stream time 0. Then ``{"type": "ask", "text", "t"}`` types a question at video time ``t``, and the server sends
@@ -34,12 +34,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException
 
 from mmduplex.errors import InputError, VideoError
@@ -185,6 +186,9 @@ def create_app(model: DuplexModel, settings: ServeSettings | None = None) -> Fas
 
     @app.websocket("/api/session")
     async def session_socket(websocket: WebSocket) -> None:
+        if not _same_origin(websocket.headers):
+            await websocket.close(1008)  # before accepting: the handshake is answered 403
+            return
         await websocket.accept()
         if state.viewers >= settings.max_sessions:
             message = f"the server is busy: {state.viewers} viewers are watching (the limit); try again later"
@@ -321,6 +325,8 @@ async def _receive_upload(request: Request, state: _ServerState) -> VideoFile:
         UploadError: the 4xx to answer with.
     """
     settings, store = state.settings, state.uploads
+    if not _same_origin(request.headers):
+        raise UploadError(403, "uploads come from the server's own page only")
     if state.viewers >= settings.max_sessions:
         raise UploadError(429, f"the server is busy: {state.viewers} viewers are watching (the limit)")
     limit = f"the {settings.max_upload_mb:g} MB upload limit"
@@ -359,6 +365,13 @@ async def _receive_upload(request: Request, state: _ServerState) -> VideoFile:
         return store.add(path, file.filename or path.name)
     finally:
         await form.close()
+
+
+def _same_origin(headers: Headers) -> bool:
+    """Whether a request comes from the server's own page (or from no page: a script, a test client). Another site's
+    page in the viewer's browser may not upload or open sessions (a form POST or a WebSocket needs no CORS consent)."""
+    origin = headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == headers.get("host")
 
 
 def _bounded(receive: Callable[[], Awaitable[dict[str, Any]]], limit: int) -> Callable[[], Awaitable[dict[str, Any]]]:
