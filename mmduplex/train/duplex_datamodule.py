@@ -141,7 +141,7 @@ class DuplexDataModule(LightningDataModule):
         synthetic_videos: int | None = None,
         synthetic_question_interval_s: float = 0.0,
         synthetic_end_questions: float = 0.0,
-        encoder: str = "mmduplex-tiny",
+        encoder: str = "efficientnet-lite0",
         fps: float = 2.0,
         tokens: str | None = None,
         token_shard_mb: float = 256.0,

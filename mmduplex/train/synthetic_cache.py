@@ -19,7 +19,7 @@ def prepare_synthetic_cache(
     synthetic_dir: str | os.PathLike,
     cache_dir: str | os.PathLike,
     config: SyntheticConfig | None = None,
-    encoder: str = "mmduplex-tiny",
+    encoder: str = "efficientnet-lite0",
     fps: float = 2.0,
     reuse_existing: bool = False,
     processes: int = 1,

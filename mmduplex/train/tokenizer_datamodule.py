@@ -120,7 +120,7 @@ class FeatureDataModule(LightningDataModule):
         seed: int = 0,
         synthetic_dir: str | None = None,
         synthetic_videos: int | None = None,
-        encoder: str = "mmduplex-tiny",
+        encoder: str = "efficientnet-lite0",
         fps: float = 2.0,
     ) -> None:
         super().__init__()
