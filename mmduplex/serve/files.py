@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,7 +112,7 @@ class UploadStore:
         self.max_bytes, self.max_files, self.ttl_s = max_bytes, max_files, ttl_s
         self.folder = Path(tempfile.mkdtemp(prefix="mmduplex-serve-uploads-"))
         self._files: dict[str, tuple[VideoFile, float]] = {}  # name -> (file, time stored)
-        self._in_use: set[str] = set()
+        self._in_use: Counter[str] = Counter()  # name -> sessions streaming it
         self._lock = threading.Lock()
 
     def reserve(self, filename: str) -> Path:
@@ -143,14 +144,17 @@ class UploadStore:
         return None if entry is None else entry[0]
 
     def use(self, name: str) -> None:
-        """A session streams upload ``name``: keep it until :meth:`release`."""
+        """A session streams upload ``name``: keep it until that session calls :meth:`release`."""
         with self._lock:
-            self._in_use.add(name)
+            self._in_use[name] += 1
 
     def release(self, name: str) -> None:
-        """The session that streamed upload ``name`` ended: delete it."""
+        """A session that streamed upload ``name`` ended: delete it once no session streams it."""
         with self._lock:
-            self._in_use.discard(name)
+            self._in_use[name] -= 1
+            if self._in_use[name] > 0:
+                return
+            del self._in_use[name]
             entry = self._files.pop(name, None)
         if entry is not None:
             entry[0].path.unlink(missing_ok=True)
@@ -163,12 +167,11 @@ class UploadStore:
         """Delete the uploads no session picked within ``ttl_s``."""
         now = time.monotonic()
         with self._lock:
-            stale = [
-                name for name, (_, at) in self._files.items() if name not in self._in_use and now - at > self.ttl_s
-            ]
-        for name in stale:
-            log.info("upload %s was not watched within %g s: deleted", name, self.ttl_s)
-            self.release(name)
+            unwatched = [name for name, (_, at) in self._files.items() if now - at > self.ttl_s]
+            stale = [self._files.pop(name)[0] for name in unwatched if not self._in_use[name]]
+        for video in stale:
+            log.info("upload %s was not watched within %g s: deleted", video.name, self.ttl_s)
+            video.path.unlink(missing_ok=True)
 
     def __len__(self) -> int:
         with self._lock:
