@@ -19,7 +19,7 @@ share, a process gets a varying fraction of a core, and a worker with a core of 
 The step runs on one thread (``--threads``; two threads spin against other jobs on a loaded 2-core machine) and its
 time on 2 cores is taken as half its CPU time, perfect scaling: the share is an upper bound.
 
-    python -m benchmarks.bench_data [--videos 32] [--windows 2000] [--steps 3] [--data DIR]
+    python -m benchmarks.bench_data [--videos 32] [--windows 3000] [--steps 3] [--data DIR]
 
 The last line: ``data: <windows/s per worker> windows/s per worker; data share <fraction>`` (the lower of the two
 recipes' per-worker figures; the share of the SmolLM2 step). Targets: >= 1,000 windows/s per worker, share <= 0.05.
@@ -183,7 +183,7 @@ def smollm2_step(recipe: dict, steps: int, threads: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=32, help="synthetic videos to generate")
-    parser.add_argument("--windows", type=int, default=2000, help="windows timed per measurement")
+    parser.add_argument("--windows", type=int, default=3000, help="windows timed per measurement")
     parser.add_argument("--steps", type=int, default=3, help="SmolLM2 training steps timed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the SmolLM2 step")
     parser.add_argument("--data", type=Path, default=None, help="folder for the data set (default: a temporary one)")

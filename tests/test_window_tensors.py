@@ -65,8 +65,9 @@ def random_sample(rng: random.Random, duration: float) -> dict:
 
 
 @pytest.mark.parametrize("text", ["synthetic", "subword"])
-@pytest.mark.parametrize(("delay", "slots", "user_slots"), [(1, 4, 1), (3, 2, 4), (0, 8, 2)])
+@pytest.mark.parametrize(("delay", "slots", "user_slots"), [(4, 8, 4), (4, 8, 1), (1, 4, 1), (3, 2, 4), (0, 8, 2)])
 def test_build_window_equals_the_module_reference(monkeypatch, text, delay, slots, user_slots):
+    """(4, 8, 4): the demo recipe's grid; (4, 8, 1): the SmolLM2 recipe's."""
     tokenizer = {"synthetic": "synthetic", "subword": subword_tokenizer()}[text]
     module = tiny_duplex_module(delay_steps=delay, slots_per_step=slots, user_slots_per_step=user_slots)
     if text == "subword":

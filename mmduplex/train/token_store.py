@@ -218,11 +218,8 @@ class TokenStore:
         return len(self.index["videos"])
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_handles"], state["_videos"] = (
-            OrderedDict(),
-            OrderedDict(),
-        )  # maps are per process: each worker opens its own
+        state = dict(self.__dict__)  # memory maps are per process: each worker opens its own
+        state["_handles"], state["_videos"] = OrderedDict(), OrderedDict()
         return state
 
     def _shard(self, number: int) -> MappedShard:
@@ -290,7 +287,7 @@ class TokenStore:
         Args:
             cache: the feature cache the keys are in.
             keys: the videos the store must hold.
-            tokenizer: the frozen tokenizer this store's fingerprint describes (run on CPU).
+            tokenizer: the frozen tokenizer this store's fingerprint describes (run where its weights are).
             num_workers: data-loader processes that tokenize (0: this process).
             shard_mb: a shard is closed once its tokens reach this many MB.
 
@@ -359,6 +356,7 @@ class TokenStore:
             frames, rows = frames + f, rows + r
         index["shards"].append(name)
         write_json_atomic(self.index_path, index, indent=None)
+        self._videos.clear()  # a re-tokenized video's frames moved
 
     @property
     def digest(self) -> str:

@@ -34,6 +34,8 @@ from mmduplex.errors import InputError
 from mmduplex.lm.text import TextTokenizer
 
 _EPS = 1e-6  # as mmduplex.lm.alignment: a time like k / fps lands on the step it names despite float rounding
+WORD_MEMO = 2**18
+"""Distinct words whose pieces a process keeps (the memo starts over when full)."""
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,11 @@ class _Text:
         return cls.cache[key]
 
     def pieces(self, word: str) -> list[int]:
-        """:meth:`~mmduplex.lm.text.TextTokenizer.encode_word` (memoised: a vocabulary of words repeats)."""
+        """:meth:`~mmduplex.lm.text.TextTokenizer.encode_word` (memoised: words repeat; at most :data:`WORD_MEMO`)."""
         found = self.words.get(word)
         if found is None:
+            if len(self.words) >= WORD_MEMO:
+                self.words.clear()
             found = self.words[word] = self.tokenizer.encode_word(word)
         return found
 
@@ -174,7 +178,7 @@ def video_slots(
         place = order + np.maximum(np.maximum.accumulate(ready * k - order), 0)  # [N] slot index from step 0
         first, last = np.searchsorted(place, [start * k, end * k])
         if last > first:
-            # token j of the clip is row offset[j] of the video: frames are contiguous runs of rows
+            # the clip's token j is the video's row row[j] (a frame's tokens are a contiguous run of rows)
             begins = np.concatenate(([0], np.cumsum(counts)))[frames]  # [F'] first row of each kept frame
             row = np.repeat(begins - np.concatenate(([0], np.cumsum(n)[:-1])), n) + order  # [N]
             lo, hi = int(row[first]), int(row[last - 1]) + 1
