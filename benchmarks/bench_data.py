@@ -130,6 +130,7 @@ def measure_recipe(name: str, data: dict[str, str], windows: int) -> dict:
     module, datamodule = load_recipe(RECIPES[name], data)
     datamodule.setup()
     fingerprint = tokenizer_fingerprint(module.video_tokenizer, module.video_tokenizer_spec)
+    reused = (datamodule.token_store_root(fingerprint) / "index.json").is_file()
     with Timer() as build:
         datamodule.prepare_tokens(module.video_tokenizer, fingerprint)
     datamodule.use_step_grid(module.step_grid(), fingerprint)
@@ -147,8 +148,9 @@ def measure_recipe(name: str, data: dict[str, str], windows: int) -> dict:
     loader = loader_windows_per_s(dataset, datamodule.batch_size, windows)
     videos = len(datamodule.store)
     print(
-        f"{name:<8} {videos} videos, {len(samples)} windows of {datamodule.window_s:g} s; token store built in "
-        f"{build.seconds:.1f} s ({videos / build.seconds:.1f} videos/s)\n"
+        f"{name:<8} {videos} videos, {len(samples)} windows of {datamodule.window_s:g} s; token store "
+        + (f"reused (tokenizer {fingerprint['digest']}: the same B-Flow), checked" if reused else "built")
+        + f" in {build.seconds:.2f} s\n"
         f"{'':<8} windows per CPU s (per wall s): in-process reference {reference_cpu:.1f} ({reference_wall:.1f}); "
         f"workers' path in one process {path_cpu:.1f} ({path_wall:.1f}); one loader worker delivers "
         f"{loader['cpu']:.1f} ({loader['wall']:.1f}), the training process receives at "
