@@ -191,7 +191,7 @@ def _run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
         "baselines": figures,
     }
     report["wall_s"] = round(time.perf_counter() - start, 2)  # the pages (next, fast) show it
-    timed("pages", write_pages, paths.root, dataset, scores, report)
+    timed("pages", write_pages, paths.root, dataset, scores, report, config.score_split)
     write_json_atomic(paths.root / "report.json", report)
     return report
 
