@@ -75,10 +75,11 @@ class DuplexModule(LightningModule):
         warmup_steps: linear warm-up steps.
         decay_steps: cosine decay steps after warm-up (``None``: constant after warm-up).
         min_lr_ratio: final learning rate of the cosine as a fraction of ``lr``.
-        memo_videos: at most this many videos' tokens are memoised (``None``: all).
-        memo_windows: at most this many windows' tensors are memoised (least recently used out first; 0: none). A
-            window's tensors are the same every epoch (the tokenizer is frozen), and building them is ~20 % of a
-            CPU training step of the demo's model.
+        memo_videos: in-process path only (batches of window descriptions, :meth:`collate`): at most this many
+            videos' tokens are memoised (``None``: all). The data module's loaders read them from the token store.
+        memo_windows: in-process path only: at most this many windows' tensors are memoised (least recently used out
+            first; 0: none); a window's tensors are the same every epoch (the tokenizer is frozen). The loaders'
+            workers build windows ~8x faster than this path does (``benchmarks/bench_data.py``).
         user_slots_per_step: U, user-stream (question) tokens per step (1: one token per step).
         user_scale: fixed factor on the user stream's step embedding (:class:`~mmduplex.lm.model.DuplexLM`).
         text_scale: fixed factor on the model's own text token embedding (:class:`~mmduplex.lm.model.DuplexLM`).
