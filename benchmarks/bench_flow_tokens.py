@@ -58,11 +58,11 @@ def recipe_config(name: str) -> dict:
 
 
 def configurations() -> dict[str, dict]:
-    """The rows: the demo's tokenizer, the issue's config change, the region recipe and its ablations."""
+    """The rows: patch tokens (lite0_s8), the issue's config change, the region recipe and its ablations."""
     patch = recipe_config("tokenizer/lite0_s8")
     region = recipe_config("tokenizer/lite0_s8_region")
     return {
-        "patch (lite0_s8, the demo)": patch,
+        "patch (lite0_s8)": patch,
         "patch, flow_region 2, max 16": {**patch, "flow_region": 2, "max_flow_tokens": 16},
         "region (lite0_s8_region)": region,
         "region, region_max 4": {**region, "region_max": 4},

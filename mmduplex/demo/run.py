@@ -9,7 +9,8 @@ atomically, so a stage killed half-way is simply redone; a folder holding a run 
    (``efficientnet-lite0-s8`` in ``recipes/demo/default.yaml``, the random ``mmduplex-tiny`` in ``smoke``), one
    process per core (stages 1-2 by :func:`mmduplex.train.synthetic_cache.prepare_synthetic_cache`);
 3. ``tokenizer/`` the B-Flow tokenizer trained by the shipped recipe :attr:`DemoConfig.tokenizer_recipe`
-   (``recipes/tokenizer/lite0_s8.yaml`` in the default config) with the demo's sizes, saved with its token budget;
+   (``recipes/tokenizer/lite0_s8_region.yaml``, region flow tokens, in the default config) with the demo's sizes,
+   saved with its token budget;
    then B-Flow's tokens per frame on the training features, the rate the ``uniform_tokens`` baseline gets;
 4. ``bundle/``    the duplex model trained by the shipped recipe :attr:`DemoConfig.duplex_recipe`
    (``recipes/duplex/demo.yaml``; ``smoke``: ``recipes/duplex/tiny.yaml``) on B-Flow tokens, exported;
