@@ -430,7 +430,9 @@ def _first_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------- writing
 
 # Encoder settings for written videos. libx264 at near-visually-lossless quality; mpeg4 where libx264 is absent.
-_X264_OPTIONS = {"crf": "18", "preset": "veryfast"}
+_X264_OPTIONS = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "rc-lookahead=0:threads=1"}
+"""x264 on one thread without rate-control lookahead: the same frames always give the same bytes (with the lookahead
+the output varied between writes of the same frames, so the synthetic set and its features were not reproducible)."""
 _MPEG4_OPTIONS = {"qscale": "2"}
 
 
