@@ -47,17 +47,11 @@ def demo_dir(tiny_bundle, duplex_data, tmp_path, monkeypatch) -> Path:
 @pytest.mark.parametrize("recipe", ["default", "smoke"])
 def test_readme_video_is_held_out_by_the_demo(recipe):
     """The block's video is one of the demo's held-out videos, as its comment says, under the shipped demo recipe."""
-    from mmduplex.data.synthetic import SyntheticConfig, _split
+    from mmduplex.data.synthetic import _split
     from mmduplex.demo.run import DemoConfig
     from mmduplex.recipes import recipe_path
 
-    config = DemoConfig.from_yaml(recipe_path(f"demo/{recipe}"))
-    synthetic = SyntheticConfig(
-        num_videos=config.num_videos,
-        heldout_fraction=config.heldout_fraction,
-        val_fraction=config.val_fraction,
-        seed=config.data_seed,
-    )
+    synthetic = DemoConfig.from_yaml(recipe_path(f"demo/{recipe}")).synthetic_config()  # what the demo generates
     named = re.findall(r"demo_out/data/videos/(\w+)\.mp4", readme_python_block())
     assert named and set(named) <= set(_split(synthetic)["heldout"]), (named, recipe)
 

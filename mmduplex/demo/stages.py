@@ -121,6 +121,21 @@ class DemoConfig:
         if self.selected_on not in (None, "train", "val", "heldout"):
             raise InputError("demo.selected_on", f"must be train, val, heldout or null; got {self.selected_on!r}")
 
+    def synthetic_config(self):
+        """The synthetic data set these settings make (:class:`~mmduplex.data.synthetic.SyntheticConfig`)."""
+        from mmduplex.data.synthetic import SyntheticConfig
+
+        return SyntheticConfig(
+            num_videos=self.num_videos,
+            duration_s=self.duration_s,
+            heldout_fraction=self.heldout_fraction,
+            val_fraction=self.val_fraction,
+            word_delay_s=self.word_delay_s,
+            question_interval_s=self.question_interval_s,
+            choice_fraction=self.choice_fraction,
+            seed=self.data_seed,
+        )
+
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> DemoConfig:
         """Read a demo recipe: a YAML mapping of :class:`DemoConfig` fields, checked by jsonargparse against the
@@ -185,19 +200,9 @@ class DemoPaths:
 def make_data(config: DemoConfig, paths: DemoPaths):
     """Stages 1-2: the synthetic set (reused when complete with the same settings) and the frozen-CLIP features of
     every video (resumable: finished videos are skipped)."""
-    from mmduplex.data.synthetic import SyntheticConfig
     from mmduplex.train.synthetic_cache import prepare_synthetic_cache
 
-    synthetic = SyntheticConfig(
-        num_videos=config.num_videos,
-        duration_s=config.duration_s,
-        heldout_fraction=config.heldout_fraction,
-        val_fraction=config.val_fraction,
-        word_delay_s=config.word_delay_s,
-        question_interval_s=config.question_interval_s,
-        choice_fraction=config.choice_fraction,
-        seed=config.data_seed,
-    )
+    synthetic = config.synthetic_config()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return prepare_synthetic_cache(  # one encoder process per core (a second thread gains the encoder little)
         paths.data, paths.features, synthetic, encoder=config.encoder, fps=config.fps, processes=cores
