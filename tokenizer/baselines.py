@@ -282,3 +282,43 @@ class VideoLLMOnlineTokenizer(PoolingTokenizer):
         cells, recon = self._pooled(x, t, (3, 3))
         tokens = torch.cat([mean.tokens, cells.tokens])  # [10, D]
         return FrameTokens(t, "key", tokens, torch.full((10,), -1, dtype=torch.long)), recon
+
+
+class SparsePatchTokenizer(PoolingTokenizer):
+    """One token per patch whose feature vector is non-zero, nothing for an all-zero patch: a rules-only tokenizer for
+    precomputed sparse features, where a non-zero patch is an object and zeros are empty space (e.g. the synthetic
+    set's oracle features in ``benchmarks/bench_oracle.py``, one vector per shape at the patch of its centre).
+
+    A token's value is the patch's vector as given, not normalised (a sparse vector's zeros carry meaning, and an
+    all-zero patch has no normalised form), plus B-Flow's fixed embeddings (:class:`TokenEmbedder`): the ``key`` kind
+    (each frame's tokens describe the whole frame), time 0 since that key, and the patch's 2-D position. ``positions``
+    holds each token's patch index (ascending); a frame whose patches are all zero is ``"none"``, with no token. The
+    reconstruction is the input (nothing is lost). Streaming equals batch: ``tokenize`` runs ``step`` frame by frame.
+
+    Args:
+        dim: patch feature width D.
+        grid: patch grid (h, w).
+        embed_scale: RMS of the added kind/time/position embeddings (as in B-Flow).
+    """
+
+    def __init__(self, dim: int, grid: tuple[int, int], embed_scale: float = 1.0) -> None:
+        super().__init__(dim, grid, embed_scale)
+        h, w = self.grid
+        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        centres = torch.stack([rows, cols], dim=-1).reshape(-1, 2).float()  # [P, 2] (row, col)
+        self.register_buffer("patch_position", self.embedder.position(centres), persistent=False)  # [P, D]
+
+    def _step(self, patches: torch.Tensor, t: torch.Tensor, state: BaselineState):
+        x = patches.float()  # [B, P, D], as given
+        out = []
+        for b in range(x.shape[0]):
+            chosen = torch.nonzero(x[b].ne(0).any(dim=-1)).flatten()  # [n] patch indices, ascending
+            if chosen.numel() == 0:
+                out.append(self._none(float(t[b])))
+                continue
+            tokens = self.embedder(x[b, chosen], "key", 0.0, self.patch_position[chosen])  # [n, D]
+            out.append(FrameTokens(float(t[b]), "key", tokens, chosen.cpu()))
+        state.frame = state.frame + 1
+        state.last_t = t.clone()
+        state.recon = x.clone()
+        return out, x.clone(), state
