@@ -110,9 +110,10 @@ def _bundle_settings(bundle: Path) -> dict[str, Any]:
 SETTINGS_FILE = "demo_config.json"
 
 
-def check_reusable(paths: DemoPaths, config: DemoConfig) -> None:
+def check_reusable(paths: DemoPaths, config: DemoConfig, record: bool = True) -> None:
     """Stages are reused from an earlier run only if it had the same settings; otherwise refuse (never mix). A
-    setting the earlier run's record lacks (added to :class:`DemoConfig` since) counts as its default.
+    setting the earlier run's record lacks (added to :class:`DemoConfig` since) counts as its default. With
+    ``record`` (the default) the settings are then written to ``out_dir/demo_config.json``; without, only checked.
 
     Raises:
         InputError: ``out_dir`` holds a demo run made with other settings (names the differing fields).
@@ -132,7 +133,8 @@ def check_reusable(paths: DemoPaths, config: DemoConfig) -> None:
             raise InputError(paths.root, problem)
     elif paths.root.is_dir() and any(paths.root.iterdir()):
         raise InputError(paths.root, "is not empty and holds no demo run; use another --out")
-    write_json_atomic(marker, wanted)
+    if record:
+        write_json_atomic(marker, wanted)
 
 
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
