@@ -10,9 +10,10 @@ Per ``--fps`` it writes an oracle feature cache (:class:`~mmduplex.io.feature_ca
 ``oracle-spec``): on a 12 x 12 patch grid of width 16, every frame holds one vector per shape with any part inside
 the frame, at the patch of its centre (the nearest free patch when two shapes share one), and zeros elsewhere; a
 shape that left the frame gets one more vector, on the first frame it is gone. A vector is (:data:`LAYOUT`) the
-shape's colour and shape one-hot, its centre (x / width, y / height), its displacement since the previous sampled
-frame (in units of the set's speed times the frame interval: 1 for a shape moving straight), and flags ``appeared``
-(not visible on the previous sampled frame) and ``vanished``.
+shape's colour and shape one-hot, its centre (in [-1, 1] across the frame), its displacement since the previous
+sampled frame (in units of the set's speed times the frame interval: 1 for a shape moving straight) and that
+displacement's length, and flags ``appeared`` (not visible on the previous sampled frame) and ``vanished``, all times
+:data:`VALUE_GAIN`.
 :class:`~mmduplex.tokenizer.baselines.SparsePatchTokenizer` turns each non-zero patch into one token (the vector plus
 B-Flow's kind / time / position embeddings at B-Flow's ``embed_scale``), so the model sees one token per shape per
 frame and nothing for empty frames.
@@ -59,11 +60,17 @@ ORACLE_GRID = (12, 12)
 ORACLE_DIM = 16
 COLOUR_SLOTS = slice(0, 4)
 SHAPE_SLOTS = slice(4, 7)
-X, Y, DX, DY, APPEARED, VANISHED = 7, 8, 9, 10, 11, 12
+X, Y, DX, DY, APPEARED, VANISHED, SPEED = 7, 8, 9, 10, 11, 12, 13
+VALUE_GAIN = 2.0
+"""Every vector is multiplied by this. With values of about 1 (one-hots, a displacement of 1) next to B-Flow's
+embeddings (RMS ``embed_scale`` = 0.5 in the demo, over every dimension, so about 0.4 in the displacement's), a stopped
+shape's zero displacement was hard to tell from a moving one's (LOG 2026-12-06-oracle: stops 0.33 at 2 fps, below
+B-Flow's 0.61); at 2 the value outweighs the embeddings as in B-Flow's own tokens (normalised values, RMS 1, next to
+0.5)."""
 LAYOUT = (
-    "0-3 colour one-hot (red green blue yellow), 4-6 shape one-hot (square circle triangle), 7-8 centre x / width, "
-    "y / height, 9-10 displacement since the previous sampled frame / (speed / fps), 11 appeared, 12 vanished, "
-    "13-15 zero"
+    "0-3 colour one-hot (red green blue yellow), 4-6 shape one-hot (square circle triangle), 7-8 centre "
+    "2 x / width - 1, 2 y / height - 1, 9-10 displacement since the previous sampled frame / (speed / fps), "
+    "11 appeared, 12 vanished, 13 |displacement|, 14-15 zero; all times VALUE_GAIN = 2"
 )
 MODEL = "oracle"
 ACTION_ORDER = ("enters", "stops", "moves", "turns", "leaves")
@@ -123,8 +130,8 @@ def oracle_features(
     """
     from mmduplex.data.synthetic import COLOURS, SHAPES
 
-    if dim <= VANISHED:
-        raise InputError("dim", f"the oracle layout needs at least {VANISHED + 1} values, got {dim}")
+    if dim <= SPEED:
+        raise InputError("dim", f"the oracle layout needs at least {SPEED + 1} values, got {dim}")
     colours = list(COLOURS)
     width, height = spec.width, spec.height
     out = torch.zeros(len(times), grid[0] * grid[1], dim)  # [T, P, D]
@@ -148,16 +155,17 @@ def oracle_features(
             vector = out.new_zeros(dim)
             vector[COLOUR_SLOTS.start + colours.index(track.colour_at(t))] = 1.0
             vector[SHAPE_SLOTS.start + SHAPES.index(track.shape)] = 1.0
-            vector[X] = min(max(centre[0] / width, 0.0), 1.0)
-            vector[Y] = min(max(centre[1] / height, 0.0), 1.0)
+            vector[X] = min(max(2 * centre[0] / width - 1, -1.0), 1.0)
+            vector[Y] = min(max(2 * centre[1] / height - 1, -1.0), 1.0)
             if before is not None:
                 vector[DX] = (centre[0] - before[0]) / (speed * dt)
                 vector[DY] = (centre[1] - before[1]) / (speed * dt)
+                vector[SPEED] = math.hypot(float(vector[DX]), float(vector[DY]))
             vector[APPEARED] = float(before is None)
             vector[VANISHED] = float(now is None)
             patch = _free_patch(centre[0], centre[1], width, height, taken, grid)
             taken.add(patch)
-            out[k, patch] = vector
+            out[k, patch] = VALUE_GAIN * vector
     return out
 
 

@@ -11,11 +11,11 @@ import torch
 from conftest import one_torch_thread
 
 from benchmarks import bench_oracle
-from benchmarks.bench_oracle import APPEARED, DX, DY, VANISHED, X, Y, oracle_features
+from benchmarks.bench_oracle import APPEARED, DX, DY, SPEED, VALUE_GAIN, VANISHED, X, Y, oracle_features
 from mmduplex.data.synthetic import ShapeTrack, VideoSpec
 from mmduplex.tokenizer.baselines import SparsePatchTokenizer
 
-SPEED = 30.0
+PX_PER_S = 30.0
 RED, GREEN, BLUE = 0, 1, 2  # colour one-hot slots
 SQUARE, CIRCLE = 4, 5  # shape one-hot slots
 
@@ -30,19 +30,20 @@ def two_shapes() -> VideoSpec:
 
 
 def test_oracle_features_put_each_shape_at_its_patch():
-    x = oracle_features(two_shapes(), [0.0, 0.5, 1.0, 1.5, 2.0], SPEED)  # [T, 144, 16]
+    x = oracle_features(two_shapes(), [0.0, 0.5, 1.0, 1.5, 2.0], PX_PER_S) / VALUE_GAIN  # [T, 144, 16]
     on = [x[k].ne(0).any(dim=-1).nonzero().flatten().tolist() for k in range(5)]
     # row 1, col 1 = patch 13 for the square; the circle shares it on the first frame and moves to the nearest free one
     assert on == [[1, 13], [13, 15], [13, 17], [13, 23], [13]]
     first = x[0, 13]
     assert first[RED] == 1 and first[SQUARE] == 1 and first[APPEARED] == 1 and first[VANISHED] == 0
-    assert first[X] == pytest.approx(12 / 96) and first[Y] == pytest.approx(12 / 96)
+    assert first[X] == pytest.approx(24 / 96 - 1) and first[Y] == pytest.approx(24 / 96 - 1) and first[SPEED] == 0
     assert x[0, 1, BLUE] == 1 and x[0, 1, CIRCLE] == 1 and x[0, 1, APPEARED] == 1
     moving = x[1, 15]  # 15 px right in 0.5 s: one unit of speed x frame interval
     assert moving[RED] == 1 and moving[DX] == pytest.approx(1.0) and moving[DY] == 0 and moving[APPEARED] == 0
+    assert moving[SPEED] == pytest.approx(1.0)
     assert x[2, 17, GREEN] == 1 and x[2, 17, RED] == 0  # the colour at the frame's time
     still = x[1, 13]
-    assert still[BLUE] == 1 and still[DX] == 0 and still[APPEARED] == 0 and still[X] == pytest.approx(14 / 96)
+    assert still[BLUE] == 1 and still[DX] == 0 and still[APPEARED] == 0 and still[X] == pytest.approx(28 / 96 - 1)
     gone = x[3, 23]  # left through the right edge: one token there, on the first frame it is gone
     assert gone[VANISHED] == 1 and gone[GREEN] == 1 and gone[SQUARE] == 1 and gone[X] == pytest.approx(1.0, abs=1e-4)
     assert gone[DX] == pytest.approx((96 - 42) / 15, abs=1e-3)
