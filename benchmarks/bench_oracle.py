@@ -13,7 +13,7 @@ shape that left the frame gets one more vector, on the first frame it is gone. A
 shape's colour and shape one-hot, its centre (in [-1, 1] across the frame), its displacement since the previous
 sampled frame (in units of the set's speed times the frame interval: 1 for a shape moving straight) and that
 displacement's length, and flags ``appeared`` (not visible on the previous sampled frame) and ``vanished``, all times
-:data:`VALUE_GAIN`.
+``--value-gain`` (default :data:`VALUE_GAIN`).
 :class:`~mmduplex.tokenizer.baselines.SparsePatchTokenizer` turns each non-zero patch into one token (the vector plus
 B-Flow's kind / time / position embeddings at B-Flow's ``embed_scale``), so the model sees one token per shape per
 frame and nothing for empty frames.
@@ -62,23 +62,21 @@ COLOUR_SLOTS = slice(0, 4)
 SHAPE_SLOTS = slice(4, 7)
 X, Y, DX, DY, APPEARED, VANISHED, SPEED = 7, 8, 9, 10, 11, 12, 13
 VALUE_GAIN = 2.0
-"""Every vector is multiplied by this. With values of about 1 (one-hots, a displacement of 1) next to B-Flow's
-embeddings (RMS ``embed_scale`` = 0.5 in the demo, over every dimension, so about 0.4 in the displacement's), a stopped
-shape's zero displacement was hard to tell from a moving one's (LOG 2026-12-06-oracle: stops 0.33 at 2 fps, below
-B-Flow's 0.61); at 2 the value outweighs the embeddings as in B-Flow's own tokens (normalised values, RMS 1, next to
-0.5)."""
+"""Every vector is multiplied by this (``--value-gain``): at 2 the values outweigh B-Flow's fixed embeddings (RMS
+``embed_scale``, 0.5 in the demo, spread over every dimension) about as in B-Flow's own tokens (normalised values, RMS
+1). The model is sensitive to it: notebooks/LOG.md#2026-12-06-oracle."""
 LAYOUT = (
     "0-3 colour one-hot (red green blue yellow), 4-6 shape one-hot (square circle triangle), 7-8 centre "
     "2 x / width - 1, 2 y / height - 1, 9-10 displacement since the previous sampled frame / (speed / fps), "
-    "11 appeared, 12 vanished, 13 |displacement|, 14-15 zero; all times VALUE_GAIN = 2"
+    "11 appeared, 12 vanished, 13 |displacement|, 14-15 zero; all times the value gain"
 )
 MODEL = "oracle"
 ACTION_ORDER = ("enters", "stops", "moves", "turns", "leaves")
 
 
-def oracle_fingerprint(width: int, height: int) -> dict[str, Any]:
+def oracle_fingerprint(width: int, height: int, gain: float = VALUE_GAIN) -> dict[str, Any]:
     """The oracle cache's encoder fingerprint: its name, the vector layout's digest and the frame size."""
-    layout = json.dumps({"grid": ORACLE_GRID, "dim": ORACLE_DIM, "layout": LAYOUT})
+    layout = json.dumps({"grid": ORACLE_GRID, "dim": ORACLE_DIM, "layout": LAYOUT, "gain": gain})
     return {
         "model": ENCODER,
         "pretrained": None,
@@ -117,7 +115,12 @@ def _free_patch(x: float, y: float, width: int, height: int, taken: set[int], gr
 
 
 def oracle_features(
-    spec: Any, times: Sequence[float], speed: float, grid: tuple[int, int] = ORACLE_GRID, dim: int = ORACLE_DIM
+    spec: Any,
+    times: Sequence[float],
+    speed: float,
+    grid: tuple[int, int] = ORACLE_GRID,
+    dim: int = ORACLE_DIM,
+    gain: float = VALUE_GAIN,
 ) -> torch.Tensor:
     """The oracle features ``[T, P, D]`` of a synthetic video's spec at ``times`` (module docstring, :data:`LAYOUT`).
 
@@ -126,7 +129,8 @@ def oracle_features(
         times: the sampled frame times (s), increasing.
         speed: the set's shape speed (px/s), the displacement's unit per second.
         grid: patch grid ``(rows, cols)``.
-        dim: vector width (at least 13).
+        dim: vector width (at least 14).
+        gain: every vector is multiplied by this.
     """
     from mmduplex.data.synthetic import COLOURS, SHAPES
 
@@ -165,11 +169,13 @@ def oracle_features(
             vector[VANISHED] = float(now is None)
             patch = _free_patch(centre[0], centre[1], width, height, taken, grid)
             taken.add(patch)
-            out[k, patch] = VALUE_GAIN * vector
+            out[k, patch] = gain * vector
     return out
 
 
-def write_oracle_cache(dataset: Any, out_dir: Path, fps: float, base_features: Path | None = None):
+def write_oracle_cache(
+    dataset: Any, out_dir: Path, fps: float, base_features: Path | None = None, gain: float = VALUE_GAIN
+):
     """The oracle feature cache of every video of ``dataset`` at ``fps`` in ``out_dir`` (videos already there are
     kept). With ``base_features`` at the same fps, each video's frame count is checked against that cache's.
 
@@ -179,7 +185,7 @@ def write_oracle_cache(dataset: Any, out_dir: Path, fps: float, base_features: P
     from mmduplex.io.feature_cache import FeatureCache, FeatureRecord, video_key
 
     first = dataset.spec(dataset.video_ids()[0])
-    cache = FeatureCache(out_dir, oracle_fingerprint(first.width, first.height), fps, create=True)
+    cache = FeatureCache(out_dir, oracle_fingerprint(first.width, first.height, gain), fps, create=True)
     base = None
     if base_features is not None and (Path(base_features) / "index.json").is_file():
         base = FeatureCache(base_features)
@@ -193,7 +199,7 @@ def write_oracle_cache(dataset: Any, out_dir: Path, fps: float, base_features: P
         times = sample_times(spec.duration_s, fps)
         if base is not None and key in base and base[key]["frames"] != len(times):
             raise InputError(base_features, f"{key}: {base[key]['frames']} frames, the oracle samples {len(times)}")
-        patches = oracle_features(spec, times, dataset.config.speed)  # [T, P, D]
+        patches = oracle_features(spec, times, dataset.config.speed, gain=gain)  # [T, P, D]
         record = FeatureRecord(patches, patches.mean(dim=1), torch.from_numpy(times), spec.duration_s, str(path))
         cache.add(key, record, flush=False)
     cache.flush()
@@ -292,7 +298,9 @@ def score_oracle(config: Any, dataset: Any, cache: Any, bundle: Path, split: str
     return figures
 
 
-def oracle_job(base: str, out: str, fps: float, split: str, limit: int | None) -> dict[str, Any]:
+def oracle_job(
+    base: str, out: str, fps: float, split: str, limit: int | None, gain: float = VALUE_GAIN
+) -> dict[str, Any]:
     """One fps: oracle cache, training, PAD bias, stream and score (picklable arguments, for a worker process)."""
     from mmduplex.data.synthetic import SyntheticDataset
     from mmduplex.demo.stages import DemoConfig
@@ -303,7 +311,7 @@ def oracle_job(base: str, out: str, fps: float, split: str, limit: int | None) -
     dataset = SyntheticDataset(base_dir / "data")
     seconds = {}
     t0 = time.perf_counter()
-    cache = write_oracle_cache(dataset, root / "features", fps, base_dir / "features")
+    cache = write_oracle_cache(dataset, root / "features", fps, base_dir / "features", gain)
     seconds["features"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     transcripts = {split: Path(out) / f"transcripts_{split}.jsonl" for split in ("train", "heldout")}
@@ -360,6 +368,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--split", default="val", choices=("val", "heldout"), help="split streamed and scored")
     parser.add_argument("--limit", type=int, default=None, help="score only the split's first N videos")
     parser.add_argument("--jobs", type=int, default=1, help="frame rates run at once, one process each")
+    parser.add_argument("--value-gain", type=float, default=VALUE_GAIN, help="every oracle vector times this")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from mmduplex.data.synthetic import SyntheticDataset
@@ -374,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quiet_frameworks()
     start = time.perf_counter()
     write_split_transcripts(SyntheticDataset(base / "data"), out)
-    jobs = [(str(base), str(out), fps, args.split, args.limit) for fps in args.fps]
+    jobs = [(str(base), str(out), fps, args.split, args.limit, args.value_gain) for fps in args.fps]
     if args.jobs > 1 and len(jobs) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -400,6 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "demo": json.loads(json.dumps(asdict(config))),
             "grid": list(ORACLE_GRID),
             "dim": ORACLE_DIM,
+            "value_gain": args.value_gain,
             "layout": LAYOUT,
             "tokenizer": "mmduplex.tokenizer.baselines.SparsePatchTokenizer",
         },
