@@ -299,14 +299,15 @@ def score_oracle(config: Any, dataset: Any, cache: Any, bundle: Path, split: str
 
 
 def oracle_job(
-    base: str, out: str, fps: float, split: str, limit: int | None, gain: float = VALUE_GAIN
+    base: str, out: str, fps: float, split: str, limit: int | None, gain: float = VALUE_GAIN, seed: int | None = None
 ) -> dict[str, Any]:
     """One fps: oracle cache, training, PAD bias, stream and score (picklable arguments, for a worker process)."""
     from mmduplex.data.synthetic import SyntheticDataset
     from mmduplex.demo.stages import DemoConfig
 
     base_dir, root = Path(base), Path(out) / f"fps{fps:g}"
-    config = replace(DemoConfig.from_yaml(base_dir / "demo_config.json"), fps=float(fps))
+    config = DemoConfig.from_yaml(base_dir / "demo_config.json")
+    config = replace(config, fps=float(fps), seed=config.seed if seed is None else seed)
     torch.set_num_threads(config.threads or 1)
     dataset = SyntheticDataset(base_dir / "data")
     seconds = {}
@@ -321,7 +322,8 @@ def oracle_job(
     figures = score_oracle(config, dataset, cache, bundle, split, limit)
     seconds["stream"] = round(time.perf_counter() - t0, 2)
     log.info("oracle %g fps: event accuracy %.3f (%s)", fps, figures["event_accuracy"], seconds)
-    return {**figures, "fps": float(fps), "seconds": seconds, "torch_threads": torch.get_num_threads()}
+    threads = torch.get_num_threads()
+    return {**figures, "fps": float(fps), "seed": config.seed, "seconds": seconds, "torch_threads": threads}
 
 
 # ----------------------------------------------------------------------------------------------- the table
@@ -369,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--limit", type=int, default=None, help="score only the split's first N videos")
     parser.add_argument("--jobs", type=int, default=1, help="frame rates run at once, one process each")
     parser.add_argument("--value-gain", type=float, default=VALUE_GAIN, help="every oracle vector times this")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default: the base run's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from mmduplex.data.synthetic import SyntheticDataset
@@ -383,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quiet_frameworks()
     start = time.perf_counter()
     write_split_transcripts(SyntheticDataset(base / "data"), out)
-    jobs = [(str(base), str(out), fps, args.split, args.limit, args.value_gain) for fps in args.fps]
+    jobs = [(str(base), str(out), fps, args.split, args.limit, args.value_gain, args.seed) for fps in args.fps]
     if args.jobs > 1 and len(jobs) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -410,6 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "grid": list(ORACLE_GRID),
             "dim": ORACLE_DIM,
             "value_gain": args.value_gain,
+            "seed": config.seed if args.seed is None else args.seed,
             "layout": LAYOUT,
             "tokenizer": "mmduplex.tokenizer.baselines.SparsePatchTokenizer",
         },
