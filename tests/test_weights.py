@@ -355,7 +355,8 @@ def test_smollm2_demo_configs_train_the_frozen_lm_only(name):
     init = recipe["model"]["init_args"]
     assert init["backbone"] == LM and "text_tokenizer" not in init  # the LM's own BPE tokenizer (+ PAD / EPAD)
     assert init["finetune"] == ("lora" if name.endswith("lora") else "projector")
-    assert recipe["trainer"]["accelerator"] == "cpu" and init["torch_dtype"] == "float32"
+    assert recipe["trainer"]["accelerator"] == "cpu" and init["torch_dtype"] == "bfloat16"  # bench_smollm2_cpu.py
+    assert recipe["trainer"]["precision"] == "bf16-mixed"
 
 
 def test_encoder_cuts_resolve_to_their_network():

@@ -39,7 +39,8 @@ class DuplexOutput:
     """What :meth:`DuplexLM.forward` returns."""
 
     logits: torch.Tensor
-    """``[B, S, V]`` float32 text logits; step ``s`` predicts the text token of step ``s + 1``."""
+    """``[B, S, V]`` float32 text logits; step ``s`` predicts the text token of step ``s + 1`` (``[B, S - 1, V]``, the
+    steps that have a target in the window, with ``targets_only``)."""
     past_key_values: Any = None
     """The backbone's KV cache (a ``transformers`` ``Cache``) when ``use_cache`` is set."""
 
@@ -342,14 +343,19 @@ class DuplexLM(nn.Module):
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final hidden states ``[B, S, H]`` -> text logits ``[B, S, V]`` (float32)."""
-        lm_logits = self.backbone.get_output_embeddings()(hidden).float()  # [B, S, rows]
+        lm_logits = self.backbone.get_output_embeddings()(hidden)  # [B, S, rows]
+        special = self.special_head(hidden.to(self.special_head.weight.dtype)).float()  # [B, S, 2]
         rows = lm_logits.shape[-1]
+        if self.pad_id == rows == self.vocab_size - 2 and self.epad_id == rows + 1:
+            # PAD / EPAD right after the LM's rows (a pretrained LM's tokenizer with the two added): one copy, in
+            # float32, of the same values the general path writes
+            return torch.cat([lm_logits, special], dim=-1)
+        lm_logits = lm_logits.float()
         if rows >= self.vocab_size:
             logits = lm_logits[..., : self.vocab_size]
         else:  # the tokenizer's PAD / EPAD lie past the LM's rows
             filler = lm_logits.new_full((*lm_logits.shape[:-1], self.vocab_size - rows), float("-inf"))
             logits = torch.cat([lm_logits, filler], dim=-1)
-        special = self.special_head(hidden.to(self.special_head.weight.dtype)).float()  # [B, S, 2]
         logits = logits.clone()
         logits[..., self.pad_id] = special[..., 0]
         logits[..., self.epad_id] = special[..., 1]
@@ -364,6 +370,7 @@ class DuplexLM(nn.Module):
         past_key_values: Any = None,
         position_ids: torch.Tensor | None = None,
         use_cache: bool = False,
+        targets_only: bool = False,
     ) -> DuplexOutput:
         """Run ``S`` steps.
 
@@ -376,6 +383,9 @@ class DuplexLM(nn.Module):
             past_key_values: a KV cache from an earlier call (streaming), or ``None``.
             position_ids: ``[B, S]`` positions; ``None`` continues after the cache (``0..S-1`` without one).
             use_cache: return the updated cache.
+            targets_only: the LM head runs only on the steps whose prediction has a target in the window (all but
+                the last): ``logits [B, S - 1, V]``, the same values as the first ``S - 1`` steps of the full logits
+                (the training loss, :func:`text_loss`, needs no more).
 
         Returns:
             :class:`DuplexOutput` with ``logits [B, S, V]`` (step ``s`` predicts ``text[s + 1]``).
@@ -397,7 +407,10 @@ class DuplexLM(nn.Module):
         cache = None
         if use_cache:
             cache = out["cache"] if "cache" in out else out["past_key_values"]
-        return DuplexOutput(logits=self.head(out.last_hidden_state), past_key_values=cache)
+        hidden = out.last_hidden_state  # [B, S, H]
+        if targets_only:
+            hidden = hidden[:, :-1].contiguous()  # [B, S - 1, H] (contiguous: one matmul, not one per window)
+        return DuplexOutput(logits=self.head(hidden), past_key_values=cache)
 
 
 @dataclass
@@ -422,7 +435,8 @@ def text_loss(
     of ``P(PAD)`` against ``[text[s + 1] == PAD]`` (VideoLLM-online style emphasis on the speak/silent decision).
 
     Args:
-        logits: ``[B, S, V]``.
+        logits: ``[B, S, V]`` (the last step's logits have no target and are not used), or ``[B, S - 1, V]``, only
+            the steps with a target (``DuplexLM.forward(..., targets_only=True)``).
         text_ids: ``[B, S]`` the same window's text stream.
         pad_id: PAD id.
         epad_id: EPAD id.
@@ -431,7 +445,14 @@ def text_loss(
     Returns:
         The scalar loss and detached figures (``ce``, ``ce_words``, ``pad_fraction``).
     """
-    pred = logits[:, :-1].float()  # [B, S-1, V]
+    steps = text_ids.shape[1]
+    if logits.shape[:2] == text_ids.shape:
+        logits = logits[:, :-1]
+    elif logits.shape[:2] != (text_ids.shape[0], steps - 1):
+        raise InputError(
+            "logits", f"expected [B, S] or [B, S - 1] = {tuple(text_ids.shape)} leading, got {tuple(logits.shape)}"
+        )
+    pred = logits.float()  # [B, S-1, V]
     target = text_ids[:, 1:]  # [B, S-1]
     # Per-token CE is kept for the logged figures; its weighted mean equals F.cross_entropy(weight=class_weight),
     # except that a window whose targets all weigh 0 gives 0 here instead of torch's 0/0 = NaN.
@@ -471,7 +492,11 @@ class LoraSettings:
 
 
 def apply_lora(backbone: nn.Module, settings: LoraSettings) -> nn.Module:
-    """Inject LoRA adapters into ``backbone`` in place (parameter names gain ``lora_A`` / ``lora_B``)."""
+    """Inject LoRA adapters into ``backbone`` in place (parameter names gain ``lora_A`` / ``lora_B``).
+
+    The adapters are float32 whatever the LM's dtype: on an LM held in bfloat16 (trained under bf16 autocast) their
+    AdamW updates would otherwise round away.
+    """
     from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
@@ -484,4 +509,8 @@ def apply_lora(backbone: nn.Module, settings: LoraSettings) -> nn.Module:
     config = LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=list(targets)
     )
-    return inject_adapter_in_model(config, backbone)
+    backbone = inject_adapter_in_model(config, backbone)
+    for name, param in backbone.named_parameters():
+        if "lora_" in name and param.is_floating_point():
+            param.data = param.data.float()
+    return backbone

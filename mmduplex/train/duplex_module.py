@@ -317,7 +317,10 @@ class DuplexModule(LightningModule):
 
     def _step(self, batch: dict[str, torch.Tensor] | list[dict[str, Any]], stage: str) -> torch.Tensor:
         tensors = batch if isinstance(batch, dict) else self.collate(batch)
-        logits = self(tensors)
+        # The LM head only where a step's prediction has a target (all steps but the window's last): the same loss
+        logits = self.model(
+            tensors["text_ids"], tensors["video_slots"], tensors["video_mask"], tensors["user_ids"], targets_only=True
+        ).logits  # [B, S - 1, V]
         loss, stats = text_loss(
             logits, tensors["text_ids"], self.text_tokenizer.pad_id, self.text_tokenizer.epad_id, self.loss_weights
         )
