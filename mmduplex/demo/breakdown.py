@@ -1,7 +1,7 @@
 """Where a demo model's commentary goes wrong: held-out event accuracy broken down by bucket and by stage.
 
-Usage: ``python -m mmduplex.demo.breakdown DEMO_DIR [--bundle DIR] [--split heldout|train] [--videos N] [--pad-bias B]
-[--json OUT]``.
+Usage: ``python -m mmduplex.demo.breakdown DEMO_DIR [--bundle DIR] [--split heldout|val|train] [--videos N]
+[--pad-bias B] [--json OUT]``.
 
 Streams the videos of ``DEMO_DIR`` (a ``mmduplex demo --out`` folder) from the demo's cached features through the
 bundle (default ``DEMO_DIR/bundle``; the same session, tokenizer and slot packer as the demo, only the decode and
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("demo_dir", type=Path)
     parser.add_argument("--bundle", type=Path, default=None, help="inference bundle (default DEMO_DIR/bundle)")
-    parser.add_argument("--split", choices=("heldout", "train"), default="heldout")
+    parser.add_argument("--split", choices=("heldout", "val", "train"), default="heldout")
     parser.add_argument("--videos", type=int, default=None, help="only the first N videos of the split")
     parser.add_argument("--within", type=float, default=1.0, help="seconds after an event for the flow evidence")
     parser.add_argument("--pad-bias", type=float, default=None, help="default: the demo's (report.json), else 0")

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -515,6 +516,23 @@ def _extras(config: DemoConfig) -> list[str]:
 
 def _worker_init(verbose: bool) -> None:
     quiet_frameworks(verbose)
+    watch_parent()
+
+
+def watch_parent(interval_s: float = 1.0) -> threading.Thread:
+    """End this (worker) process as soon as the process that started it is gone: a demo killed with its workers
+    mid-job (Ctrl-C twice, ``kill``) must not leave them training on, adopted by init. A daemon thread polls the
+    parent's pid, which changes when the parent dies."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="mmduplex-watch-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_models(config: DemoConfig, paths: DemoPaths, tokens_per_frame: int) -> tuple[dict[str, dict], list, dict]:
