@@ -4,7 +4,7 @@ Run from the repository root, on a demo output folder that already holds ``data/
 made by ``mmduplex demo --config recipes/demo/default.yaml`` with ``score_split: val``)::
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_oracle --base /work/runs/val_base --out /work/runs/oracle \\
-        --fps 2 5 --split val --jobs 2
+        --fps 2 5 --split val --seeds 0 1 2 --jobs 2
 
 Per ``--fps`` it writes an oracle feature cache (:class:`~mmduplex.io.feature_cache.FeatureCache` format, encoder
 ``oracle-spec``): on a 12 x 12 patch grid of width 16, every frame holds one vector per shape with any part inside
@@ -28,8 +28,11 @@ models when those were scored on the same split: the oracle's figure is what per
 this model and recipe, so the base model's distance to it is the tokens' share of the gap, and the oracle's distance
 to 1.0 the model's. A benchmark only: no product path reads the synthetic spec.
 
-Writes ``OUT/fps<F>/`` (``features/``, ``runs/``, ``bundle/``; each reused when complete), ``OUT/oracle.json``
-(figures, settings, the machine) and prints the table. The base folder is only read.
+The oracle models' event accuracy varies by about 0.1 from one training seed to another (LOG 2026-12-06-oracle), far
+more than the demo's B-Flow model: give several ``--seeds``; the table then adds their mean per fps.
+
+Writes ``OUT/fps<F>/features/`` and per model ``OUT/fps<F>[-seed<S>]/`` (``runs/``, ``bundle/``; each reused when
+complete), ``OUT/oracle.json`` (figures, settings, the machine) and prints the table. The base folder is only read.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ X, Y, DX, DY, APPEARED, VANISHED, SPEED = 7, 8, 9, 10, 11, 12, 13
 VALUE_GAIN = 2.0
 """Every vector is multiplied by this (``--value-gain``): at 2 the values outweigh B-Flow's fixed embeddings (RMS
 ``embed_scale``, 0.5 in the demo, spread over every dimension) about as in B-Flow's own tokens (normalised values, RMS
-1). The model is sensitive to it: notebooks/LOG.md#2026-12-06-oracle."""
+1). Gains 1, 2 and 4 gave results within one another's seed spread: notebooks/LOG.md#2026-12-06-oracle."""
 LAYOUT = (
     "0-3 colour one-hot (red green blue yellow), 4-6 shape one-hot (square circle triangle), 7-8 centre "
     "2 x / width - 1, 2 y / height - 1, 9-10 displacement since the previous sampled frame / (speed / fps), "
@@ -232,14 +235,15 @@ def _set_arg(args: list[str], flag: str, value: str) -> None:
     args[args.index(flag) + 1] = value
 
 
-def oracle_fit_args(config: Any, base: Path, root: Path, transcripts: dict[str, Path]) -> list[str]:
+def oracle_fit_args(config: Any, base: Path, root: Path, features: Path, transcripts: dict[str, Path]) -> list[str]:
     """The demo's ``mmduplex fit`` arguments of its main model (:func:`~mmduplex.demo.stages.duplex_fit_args`), on the
-    oracle cache ``root/features`` with :class:`~mmduplex.tokenizer.baselines.SparsePatchTokenizer` tokens."""
+    oracle cache ``features`` with :class:`~mmduplex.tokenizer.baselines.SparsePatchTokenizer` tokens, run folder
+    ``root/runs``."""
     from mmduplex.demo.stages import DemoPaths, duplex_fit_args
     from mmduplex.tokenizer.bflow import BFlowTokenizer
 
     paths = DemoPaths(root)
-    paths.data, paths.features = Path(base) / "data", root / "features"
+    paths.data, paths.features = Path(base) / "data", Path(features)
     args = duplex_fit_args(config, paths, "bflow", 1)  # the main model's epochs and learning rate
     embed_scale = BFlowTokenizer.from_pretrained(Path(base) / "tokenizer").config.embed_scale
     tokenizer = {
@@ -256,7 +260,7 @@ def oracle_fit_args(config: Any, base: Path, root: Path, transcripts: dict[str, 
     return args
 
 
-def train_oracle(config: Any, base: Path, root: Path, transcripts: dict[str, Path]) -> Path:
+def train_oracle(config: Any, base: Path, root: Path, features: Path, transcripts: dict[str, Path]) -> Path:
     """Train (or reuse) the oracle duplex model under ``root`` and export it to ``root/bundle``."""
     import shutil
 
@@ -269,7 +273,7 @@ def train_oracle(config: Any, base: Path, root: Path, transcripts: dict[str, Pat
         return bundle
     run = root / "runs" / f"duplex-{MODEL}"
     shutil.rmtree(run, ignore_errors=True)
-    cli = fit_quietly(oracle_fit_args(config, base, root, transcripts))
+    cli = fit_quietly(oracle_fit_args(config, base, root, features, transcripts))
     checkpoint = run / "final.ckpt"
     cli.trainer.save_checkpoint(checkpoint)
     return export_bundle(checkpoint, bundle)
@@ -301,22 +305,25 @@ def score_oracle(config: Any, dataset: Any, cache: Any, bundle: Path, split: str
 def oracle_job(
     base: str, out: str, fps: float, split: str, limit: int | None, gain: float = VALUE_GAIN, seed: int | None = None
 ) -> dict[str, Any]:
-    """One fps: oracle cache, training, PAD bias, stream and score (picklable arguments, for a worker process)."""
+    """One fps and training seed (``None``: the base run's): oracle cache, training, PAD bias, stream and score
+    (picklable arguments, for a worker process). Works in ``out/fps<F>`` (``out/fps<F>-seed<S>`` with a seed)."""
     from mmduplex.data.synthetic import SyntheticDataset
     from mmduplex.demo.stages import DemoConfig
 
-    base_dir, root = Path(base), Path(out) / f"fps{fps:g}"
+    base_dir = Path(base)
+    root = Path(out) / (f"fps{fps:g}" if seed is None else f"fps{fps:g}-seed{seed}")
     config = DemoConfig.from_yaml(base_dir / "demo_config.json")
     config = replace(config, fps=float(fps), seed=config.seed if seed is None else seed)
     torch.set_num_threads(config.threads or 1)
     dataset = SyntheticDataset(base_dir / "data")
     seconds = {}
     t0 = time.perf_counter()
-    cache = write_oracle_cache(dataset, root / "features", fps, base_dir / "features", gain)
+    features = Path(out) / f"fps{fps:g}" / "features"  # one cache per fps, whatever the seed
+    cache = write_oracle_cache(dataset, features, fps, base_dir / "features", gain)
     seconds["features"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     transcripts = {split: Path(out) / f"transcripts_{split}.jsonl" for split in ("train", "heldout")}
-    bundle = train_oracle(config, base_dir, root, transcripts)
+    bundle = train_oracle(config, base_dir, root, features, transcripts)
     seconds["train"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     figures = score_oracle(config, dataset, cache, bundle, split, limit)
@@ -327,6 +334,23 @@ def oracle_job(
 
 
 # ----------------------------------------------------------------------------------------------- the table
+
+
+def mean_figures(runs: list[dict]) -> dict[str, Any]:
+    """The table's figures averaged over runs (seeds) of one fps, with the event accuracies' range."""
+
+    def mean(values: list) -> float | None:
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    out: dict[str, Any] = {"fps": runs[0]["fps"], "seeds": [r["seed"] for r in runs]}
+    for key in ("event_accuracy", "event_precision", "median_latency_s", "talk_ratio", "video_tokens_per_second"):
+        out[key] = mean([r.get(key) for r in runs])
+    for key in ("event_accuracy_by_objects", "event_accuracy_by_history", "event_accuracy_by_action"):
+        groups = sorted({g for r in runs for g in (r.get(key) or {})})
+        out[key] = {g: mean([(r.get(key) or {}).get(g) for r in runs]) for g in groups}
+    out["event_accuracy_range"] = [min(r["event_accuracy"] for r in runs), max(r["event_accuracy"] for r in runs)]
+    return out
 
 
 def reference_rows(base: Path, split: str) -> dict[str, dict]:
@@ -369,9 +393,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fps", type=float, nargs="+", default=[2.0, 5.0], help="oracle frame rates")
     parser.add_argument("--split", default="val", choices=("val", "heldout"), help="split streamed and scored")
     parser.add_argument("--limit", type=int, default=None, help="score only the split's first N videos")
-    parser.add_argument("--jobs", type=int, default=1, help="frame rates run at once, one process each")
+    parser.add_argument("--jobs", type=int, default=1, help="models trained at once, one process each")
     parser.add_argument("--value-gain", type=float, default=VALUE_GAIN, help="every oracle vector times this")
-    parser.add_argument("--seed", type=int, default=None, help="training seed (default: the base run's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: the base's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from mmduplex.data.synthetic import SyntheticDataset
@@ -386,7 +410,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quiet_frameworks()
     start = time.perf_counter()
     write_split_transcripts(SyntheticDataset(base / "data"), out)
-    jobs = [(str(base), str(out), fps, args.split, args.limit, args.value_gain, args.seed) for fps in args.fps]
+    seeds = args.seeds or [None]
+    runs = [(fps, seed) for fps in args.fps for seed in seeds]
+    jobs = [(str(base), str(out), fps, args.split, args.limit, args.value_gain, seed) for fps, seed in runs]
     if args.jobs > 1 and len(jobs) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -396,7 +422,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             done = [future.result() for future in [pool.submit(oracle_job, *job) for job in jobs]]
     else:
         done = [oracle_job(*job) for job in jobs]
-    rows = {f"{MODEL} {fps:g} fps": figures for fps, figures in zip(args.fps, done, strict=True)}
+    names = [f"{fps:g}" if seed is None else f"{fps:g}/seed{seed}" for fps, seed in runs]
+    rows = {}
+    for (fps, seed), figures in zip(runs, done, strict=True):
+        rows[f"{MODEL} {fps:g} fps" + ("" if seed is None else f" seed {seed}")] = figures
+    means = {}
+    if len(seeds) > 1:
+        by_fps = {f"{fps:g}": [f for (r, _), f in zip(runs, done, strict=True) if r == fps] for fps in args.fps}
+        means = {fps: mean_figures(figures) for fps, figures in by_fps.items()}
+        rows.update({f"{MODEL} {fps} fps, mean of {len(seeds)}": figures for fps, figures in means.items()})
     references = reference_rows(base, args.split)
     text = table({**rows, **{f"{name} (base)": f for name, f in references.items()}})
     print(f"\n{args.split} split, {done[0]['videos']} videos; base {base}\n")
@@ -405,7 +439,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "command": "python -m benchmarks.bench_oracle " + " ".join(sys.argv[1:] if argv is None else argv),
         "split": args.split,
-        "oracle": {f"{fps:g}": figures for fps, figures in zip(args.fps, done, strict=True)},
+        "oracle": dict(zip(names, done, strict=True)),
+        "mean": means,
         "base": references,
         "settings": {
             "base": str(base),
@@ -413,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "grid": list(ORACLE_GRID),
             "dim": ORACLE_DIM,
             "value_gain": args.value_gain,
-            "seed": config.seed if args.seed is None else args.seed,
+            "seeds": [config.seed] if args.seeds is None else args.seeds,
             "layout": LAYOUT,
             "tokenizer": "mmduplex.tokenizer.baselines.SparsePatchTokenizer",
         },

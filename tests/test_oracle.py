@@ -107,13 +107,16 @@ def test_benchmark_trains_and_scores_an_oracle_model(tmp_path):
     bflow = BFlowTokenizer(BFlowConfig(dim=8, grid=(2, 2), num_key_tokens=2, embed_scale=0.25))
     bflow.save_pretrained(base / "tokenizer")
     with one_torch_thread():
-        result = bench_oracle.main(["--base", str(base), "--out", str(out), "--fps", "5"])
-    figures = result["oracle"]["5"]
-    assert figures["videos"] == len(dataset.video_ids("val")) == 2 and figures["events"] > 0
-    assert 0.0 <= figures["event_accuracy"] <= 1.0 and figures["video_tokens_per_second"] > 0
-    assert json.loads((out / "oracle.json").read_text())["oracle"]["5"]["events"] == figures["events"]
-    session = DuplexSession.from_bundle(out / "fps5" / "bundle")
+        result = bench_oracle.main(["--base", str(base), "--out", str(out), "--fps", "5", "--seeds", "0", "1"])
+    runs = [result["oracle"]["5/seed0"], result["oracle"]["5/seed1"]]
+    for figures in runs:
+        assert figures["videos"] == len(dataset.video_ids("val")) == 2 and figures["events"] > 0
+        assert 0.0 <= figures["event_accuracy"] <= 1.0 and figures["video_tokens_per_second"] > 0
+    assert [f["seed"] for f in runs] == [0, 1] and result["mean"]["5"]["seeds"] == [0, 1]
+    assert result["mean"]["5"]["event_accuracy"] == pytest.approx(sum(f["event_accuracy"] for f in runs) / 2)
+    assert json.loads((out / "oracle.json").read_text())["oracle"]["5/seed1"]["events"] == runs[1]["events"]
+    session = DuplexSession.from_bundle(out / "fps5-seed1" / "bundle")
     tokenizer = session.video_tokenizer
     assert type(tokenizer) is SparsePatchTokenizer and tokenizer.embedder.scale == 0.25  # B-Flow's embed scale
     assert session.bundle.fps == 5.0 and session.bundle.encoder["model"] == "oracle-spec"
-    assert "| oracle 5 fps | 5 |" in result["table"]
+    assert "| oracle 5 fps seed 1 | 5 |" in result["table"] and "| oracle 5 fps, mean of 2 | 5 |" in result["table"]
