@@ -5,6 +5,7 @@ from mmduplex.tokenizer.baselines import (
     CodecTokenizer,
     FrameDropTokenizer,
     NoVideoTokenizer,
+    SparsePatchTokenizer,
     UniformTokenizer,
     VideoLLMOnlineTokenizer,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "FrozenImageEncoder",
     "TokenizedVideo",
     "NoVideoTokenizer",
+    "SparsePatchTokenizer",
     "UniformTokenizer",
     "VideoLLMOnlineTokenizer",
     "VideoTokenizer",
