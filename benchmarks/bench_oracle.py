@@ -339,9 +339,10 @@ def oracle_job(
 def mean_figures(runs: list[dict]) -> dict[str, Any]:
     """The table's figures averaged over runs (seeds) of one fps, with the event accuracies' range."""
 
+    from mmduplex.demo.seeds import spread
+
     def mean(values: list) -> float | None:
-        values = [v for v in values if v is not None]
-        return sum(values) / len(values) if values else None
+        return spread(values)["mean"]  # over the runs that have the figure
 
     out: dict[str, Any] = {"fps": runs[0]["fps"], "seeds": [r["seed"] for r in runs]}
     for key in ("event_accuracy", "event_precision", "median_latency_s", "talk_ratio", "video_tokens_per_second"):

@@ -95,6 +95,17 @@ def test_cache_round_trip_and_rebuild(tmp_path, encoder):
         cache.add("../escape", record)
 
 
+def test_relocate_moves_the_sources_under_a_folder_and_leaves_the_shards(tmp_path, encoder):
+    cache = FeatureCache(tmp_path / "f", encoder.fingerprint, FPS, create=True)
+    cache.add("a", _record(source=str((tmp_path / "old" / "videos" / "a.mp4").resolve())))
+    cache.add("b", _record(source="/elsewhere/b.mp4"))
+    shards = _mtimes(tmp_path / "f")
+    assert cache.relocate(tmp_path / "old", tmp_path / "new") == 1
+    entries = FeatureCache(tmp_path / "f").entries()  # written to the index
+    assert entries["a"]["source"] == str((tmp_path / "new" / "videos" / "a.mp4").resolve())
+    assert entries["b"]["source"] == "/elsewhere/b.mp4" and _mtimes(tmp_path / "f") == shards
+
+
 def test_opening_with_another_encoder_or_fps_is_refused(tmp_path, encoder):
     FeatureCache(tmp_path, encoder.fingerprint, FPS, create=True).add("a", _record())
     other = {**encoder.fingerprint, "weights_sha256": "0" * 64}

@@ -39,25 +39,6 @@ from mmduplex.fileio import atomic_path, write_json_atomic
 log = logging.getLogger(__name__)
 
 SEEDS_FILE = "seeds.json"
-FIGURES = (
-    ("event_accuracy",),
-    ("event_accuracy_by_objects", "1"),
-    ("event_accuracy_by_objects", "2+"),
-    ("event_accuracy_by_history", "0"),
-    ("event_accuracy_by_history", "1+"),
-    ("median_latency_s",),
-    ("video_tokens_per_second",),
-    ("talk_ratio",),
-)
-"""The figures aggregated over seeds for every model (paths into a model's figures in ``report.json``)."""
-QA_FIGURES = (
-    ("lvb", "overall"),
-    ("open_accuracy",),
-    ("median_answer_latency_s",),
-    ("event_accuracy_with_questions",),
-    ("event_accuracy_without_questions",),
-)
-"""The questions-while-watching figures aggregated over seeds (paths into the report's ``qa``)."""
 ABLATION = "video_ablation"
 TABLE_COLUMNS = (
     ("event accuracy", ("event_accuracy",), 3),
@@ -69,6 +50,8 @@ TABLE_COLUMNS = (
     ("talk ratio", ("talk_ratio",), 2),
     ("video tokens/s", ("video_tokens_per_second",), 1),
 )
+FIGURES = tuple(path for _, path, _ in TABLE_COLUMNS)
+"""The figures aggregated over seeds for every model (paths into a model's figures in ``report.json``): the table's."""
 QA_LABELS = {
     ("lvb", "overall"): "LongVideoBench split accuracy",
     ("open_accuracy",): "open-question accuracy",
@@ -76,6 +59,8 @@ QA_LABELS = {
     ("event_accuracy_with_questions",): "event accuracy with questions",
     ("event_accuracy_without_questions",): "without",
 }
+QA_FIGURES = tuple(QA_LABELS)
+"""The questions-while-watching figures aggregated over seeds (paths into the report's ``qa``)."""
 
 
 def seed_folder(out_dir: str | os.PathLike, seed: int) -> Path:
@@ -197,7 +182,7 @@ def share_inputs(donor: DemoPaths, paths: DemoPaths) -> int:
     own run then finds every video encoded). Files ``paths`` already has are kept. The token stores beside the
     features (``features/tokens/``, one per tokenizer, so per seed) are not shared. Returns the files linked."""
     from mmduplex.data.synthetic import MANIFEST
-    from mmduplex.io.feature_cache import INDEX_NAME
+    from mmduplex.io.feature_cache import INDEX_NAME, FeatureCache
 
     shared = 0
     data = [f for f in donor.data.rglob("*") if f.is_file()]
@@ -211,13 +196,8 @@ def share_inputs(donor: DemoPaths, paths: DemoPaths) -> int:
                 shared += 1
     index = donor.features / INDEX_NAME
     if index.is_file() and not (paths.features / INDEX_NAME).exists():
-        cache = json.loads(index.read_text(encoding="utf-8"))
-        old, new = donor.data.resolve(), paths.data.resolve()
-        for entry in cache.get("videos", {}).values():
-            source = Path(entry["source"])
-            if source.is_relative_to(old):
-                entry["source"] = str(new / source.relative_to(old))
-        write_json_atomic(paths.features / INDEX_NAME, cache)
+        _link_or_copy(index, paths.features / INDEX_NAME)  # relocate writes it anew (atomically): the donor's stays
+        FeatureCache(paths.features).relocate(donor.data, paths.data)
     return shared
 
 

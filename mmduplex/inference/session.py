@@ -108,10 +108,12 @@ def model_in_dtype(model: DuplexLM, torch_dtype: str | None) -> DuplexLM:
     Raises:
         InputError: ``torch_dtype`` names no floating-point torch dtype.
     """
-    if torch_dtype is None:
+    from mmduplex.lm.model import parse_dtype
+
+    dtype = parse_dtype(torch_dtype)
+    if dtype is None:
         return model
-    dtype = getattr(torch, str(torch_dtype), None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+    if not dtype.is_floating_point:
         raise InputError("torch_dtype", f"not a floating-point torch dtype: {torch_dtype!r}")
     if next(model.backbone.parameters()).dtype == dtype:
         return model

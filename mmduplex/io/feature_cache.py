@@ -230,6 +230,20 @@ class FeatureCache:
             self._set_entry(key, source, frames, duration, path.stat().st_size)
         return matches
 
+    def relocate(self, old_root: str | os.PathLike, new_root: str | os.PathLike) -> int:
+        """Point every video whose indexed source lies under ``old_root`` at the same relative path under
+        ``new_root`` (the videos copied or linked to another folder, e.g. a demo seed's own ``data/``), so a run on the
+        new paths finds them encoded; the shards are left as they are. Writes the index; returns the entries moved."""
+        old, new = Path(old_root).resolve(), Path(new_root).resolve()
+        moved = 0
+        for entry in self._index["videos"].values():
+            source = Path(entry["source"])
+            if source.is_relative_to(old):
+                entry["source"] = str(new / source.relative_to(old))
+                moved += 1
+        self.flush()
+        return moved
+
     @classmethod
     def rebuild(cls, root: str | os.PathLike) -> FeatureCache:
         """Recreate a lost or damaged index from the shards in ``root`` (all must share one encoder and fps).

@@ -54,7 +54,12 @@ def default_attn_implementation() -> str:
     return "sdpa"
 
 
-def _dtype(name: str | None) -> torch.dtype | None:
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """A torch dtype by name (``"bfloat16"``), ``None`` for ``None``.
+
+    Raises:
+        InputError: ``name`` names no torch dtype.
+    """
     if name is None:
         return None
     value = getattr(torch, name, None)
@@ -106,7 +111,7 @@ def build_backbone(
     from transformers import AutoModelForCausalLM
 
     attn = attn_implementation or default_attn_implementation()
-    dtype = _dtype(torch_dtype)
+    dtype = parse_dtype(torch_dtype)
     kwargs: dict[str, Any] = {"attn_implementation": attn}
     if dtype is not None:
         kwargs["dtype"] = dtype
