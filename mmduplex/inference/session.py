@@ -375,19 +375,30 @@ class DuplexSession:
     def step(self) -> StepOutput:
         """Run one tick: this step's video slots + user tokens + the previous text token -> the next text token."""
         start = time.perf_counter()
-        slots, mask = self._packer.pop_step()  # [K, Dv], [K]
-        user = self._user_tokens().to(self.device)[None, None]  # [1, 1, U]
-        text = torch.tensor([[self._text_in]], device=self.device)  # [1, 1]
+        text, slots, mask, user = self.step_inputs()
         out = self.model(
-            text,
+            text[None].to(self.device),  # [1, 1]
             slots[None, None].to(self.device),  # [1, 1, K, Dv]
             mask[None, None].to(self.device),  # [1, 1, K]
-            user,
+            user[None, None].to(self.device),  # [1, 1, U]
             past_key_values=self.cache,
             position_ids=self.cache.next_position_ids(1, 1, self.device),
             use_cache=True,
         )
-        logits = out.logits[0, -1]  # [V]
+        return self.step_output(out.logits[0, -1], start)
+
+    def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first half of :meth:`step`: this step's model inputs, taken off the queues (no batch dim).
+
+        Returns:
+            ``text [1]`` (the previous text token), ``slots [K, Dv]``, ``mask [K]``, ``user [U]``.
+        """
+        slots, mask = self._packer.pop_step()  # [K, Dv], [K]
+        return torch.tensor([self._text_in]), slots, mask, self._user_tokens()
+
+    def step_output(self, logits: torch.Tensor, start: float) -> StepOutput:
+        """The second half of :meth:`step`: sample from this step's ``[V]`` logits, advance the clock, describe it
+        (``start``: the step's ``time.perf_counter()`` at its start)."""
         token = self._sample(logits)
         index = self.step_index
         self._text_in = token

@@ -1,0 +1,296 @@
+"""Lockstep batching: several streams through one duplex model at once, one batched LM step per tick.
+
+Streaming many videos one after the other (the demo's PAD-bias search, scoring and ablation) runs one LM step per
+video per tick; a frozen SmolLM2-135M costs about as much for one step over 8 streams as for one stream on a CPU
+(``benchmarks/bench_batched_streaming.py``). :func:`stream_batched` streams ``batch`` sources at a time in lockstep:
+
+- each source has its own :class:`~mmduplex.inference.session.DuplexSession` state (B-Flow tokenizer state, slot
+  packer, user queue, previous text token, sampling generator), a copy of the template session's settings (model,
+  cache size, PAD bias, temperature, seed), driven by its own :class:`~mmduplex.inference.loop.StepLoop` (the one
+  streaming loop: the same frame placement, end of input and flush as
+  :class:`~mmduplex.inference.commentary.Commentary`);
+- every stream is at the same step index at every tick, so all their caches have the same length and position ids:
+  one :class:`~mmduplex.lm.kvcache.SinkWindowCache` of batch ``B`` holds them (row ``b`` = stream ``b``), evicting
+  in lockstep, and one ``DuplexLM`` call per tick serves them all;
+- a stream whose loop has ended (after its flush) leaves the batch: its cache row is dropped. A stream cannot join a
+  running batch (its cache would be shorter), so the sources go in cohorts of ``batch``: the next cohort starts when
+  the last one has drained (:func:`stream_features_batched` puts videos of similar length together).
+
+How a step is split: the stream's session's ``step()`` only takes the step's inputs off its queues
+(:meth:`DuplexSession.step_inputs`) and returns a pending :class:`StepOutput`; the loop yields it at once (``StepLoop``
+and ``DuplexSession.flush`` read nothing of a step's result before yielding it), the driver runs the batched LM step
+and finishes each stream's step (:meth:`DuplexSession.step_output`: PAD bias, sampling, clock) before the loop
+resumes. So every decision the loop takes is the one it takes one stream at a time, and a stream's logits differ
+from its single-stream logits only by the batched matmuls' rounding (``tests/test_batched_streaming.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from mmduplex.errors import InputError
+from mmduplex.inference.commentary import DEFAULT_LINE_DISPLAY_S, DEFAULT_LINE_WORDS, LineCollector
+from mmduplex.inference.loop import Event, StepLoop
+from mmduplex.inference.session import DuplexSession, StepOutput
+from mmduplex.io.outputs import CommentaryLine, LineBuilder
+from mmduplex.lm.kvcache import SinkWindowCache
+
+if TYPE_CHECKING:
+    from mmduplex.tokenizer.base import FrameTokens
+    from mmduplex.tokenizer.encoders.base import FrozenImageEncoder
+
+__all__ = ["StreamedCommentary", "stream_batched", "stream_features_batched"]
+
+
+@dataclass
+class StreamedCommentary:
+    """One stream's commentary from :func:`stream_batched` (what a :class:`Commentary` holds after its run)."""
+
+    video_id: str
+    lines: list[CommentaryLine]
+    """Every line, the one open at the end of the stream included."""
+    words: list[tuple[float, str]]
+    """``(t, word)`` of every word said (pieces glued to the word they continue)."""
+    steps: int
+    """Steps run, the flushed ones included."""
+    video_tokens: int
+    """Tokens the video tokenizer emitted (also any the slot packer had to drop)."""
+    compute_s: float
+    """This stream's share of its cohort's wall time (by steps): the shares add up to the wall time."""
+    frame_tokens: list[tuple[float, int]] = field(default_factory=list)
+    """``(t, tokens)`` of every frame pushed, in time order."""
+
+
+class _LockstepSession(DuplexSession):
+    """One stream of a lockstep batch: a template session's settings with its own stream state; :meth:`step` takes
+    the step's inputs and returns a pending output that the batch driver finishes."""
+
+    @classmethod
+    def following(cls, template: DuplexSession) -> _LockstepSession:
+        """A fresh stream (reset) with ``template``'s model, tokenizers, encoder and settings."""
+        new = cls.__new__(cls)
+        new.__dict__.update(vars(template))
+        new._template = template
+        new.reset()
+        return new
+
+    def reset(self) -> None:
+        super().reset()
+        self.cache = None  # the batch's cache holds this stream's row
+        self.frame_tokens: list[tuple[float, int]] = []
+        self.inputs: tuple[torch.Tensor, ...] | None = None
+        self.started = 0.0
+
+    @property
+    def encoder(self) -> FrozenImageEncoder:
+        """The template's encoder (built once, shared by every stream)."""
+        return self._template.encoder
+
+    def push_features(self, t: float, patches: torch.Tensor) -> FrameTokens:
+        tokens = super().push_features(t, patches)
+        self.frame_tokens.append((float(t), tokens.n_tokens))
+        return tokens
+
+    def step(self) -> StepOutput:
+        """Take this step's inputs (for the batched LM step); return the pending output the driver completes."""
+        if self.inputs is not None:
+            raise RuntimeError("a lockstep stream took a second step before the batch ran its first")
+        self.started = time.perf_counter()
+        self.inputs = self.step_inputs()
+        return StepOutput(self.step_index, (self.step_index + 1) / self.step_hz, -1, None, False, torch.empty(0), 0.0)
+
+    def finish(self, logits: torch.Tensor, pending: StepOutput) -> StepOutput:
+        """Complete the pending step with its ``[V]`` logits from the batched LM step."""
+        self.inputs = None
+        out = self.step_output(logits, self.started)
+        out.flushed = pending.flushed  # set by DuplexSession.flush on the pending output
+        return out
+
+
+@dataclass
+class _Stream:
+    """A source in a cohort: its position in the input, session, loop's step iterator, pending step and lines."""
+
+    position: int
+    video_id: str
+    session: _LockstepSession
+    steps: Iterator[StepOutput]
+    collector: LineCollector
+    pending: StepOutput | None = None
+
+
+def _keep_rows(cache: SinkWindowCache, rows: list[int]) -> None:
+    """Keep only the batch rows ``rows`` of every layer of ``cache`` (streams that left the batch are dropped)."""
+    cache.batch_select_indices(torch.tensor(rows, dtype=torch.long, device=cache.layers[0].keys.device))
+
+
+def _batched_step(template: DuplexSession, cache: SinkWindowCache, streams: list[_Stream]) -> torch.Tensor:
+    """One LM step over every stream's pending inputs; ``[B, V]`` logits (row ``b``: ``streams[b]``)."""
+    device = template.device
+    text, slots, mask, user = (
+        torch.stack(parts).to(device) for parts in zip(*(s.session.inputs for s in streams), strict=True)
+    )
+    out = template.model(
+        text,  # [B, 1]
+        slots[:, None],  # [B, 1, K, Dv]
+        mask[:, None],  # [B, 1, K]
+        user[:, None],  # [B, 1, U]
+        past_key_values=cache,
+        position_ids=cache.next_position_ids(len(streams), 1, device),
+        use_cache=True,
+    )
+    return out.logits[:, -1]  # [B, V]
+
+
+def _run_cohort(
+    template: DuplexSession, streams: list[_Stream], on_step: Callable[[int, StepOutput], None] | None
+) -> None:
+    """Run ``streams`` in lockstep until every one has ended; each keeps its lines in its collector."""
+    for stream in streams:
+        stream.pending = next(stream.steps, None)
+    active = [s for s in streams if s.pending is not None]  # a source with no frame runs no step
+    cache = SinkWindowCache(template.model, template.sink, template.window)
+    index = 0
+    while active:
+        for stream in active:
+            if stream.pending.index != index:
+                raise RuntimeError(
+                    f"stream {stream.video_id!r} is at step {stream.pending.index}, the batch at {index}"
+                )
+        logits = _batched_step(template, cache, active)  # [B, V]
+        still = []
+        for row, stream in enumerate(active):
+            out = stream.session.finish(logits[row].clone(), stream.pending)
+            stream.collector.push(out)
+            if on_step is not None:
+                on_step(stream.position, out)
+            stream.pending = next(stream.steps, None)  # the loop goes on to its next step or ends
+            if stream.pending is not None:
+                still.append(row)
+        if len(still) < len(active):
+            if still:
+                _keep_rows(cache, still)
+            active = [active[row] for row in still]
+        index += 1
+
+
+@torch.inference_mode()
+def stream_batched(
+    session: DuplexSession,
+    sources: Sequence[tuple[str, Iterable[Event]]],
+    pause_steps: int,
+    *,
+    batch: int = 8,
+    line_words: int = DEFAULT_LINE_WORDS,
+    line_display_s: float = DEFAULT_LINE_DISPLAY_S,
+    on_step: Callable[[int, StepOutput], None] | None = None,
+) -> list[StreamedCommentary]:
+    """Stream every source through ``session``'s model, ``batch`` at a time in lockstep (see the module docstring).
+
+    Each source streams as :class:`~mmduplex.inference.commentary.Commentary` streams it through a reset ``session``
+    (with ``pause_steps``, ``line_words``, ``line_display_s``): frames placed by the streaming loop, the input's end,
+    the end-of-input flush, the line grouping. ``session`` gives the model and settings (cache size, PAD bias,
+    temperature, top-k, seed, device, dtype); its own stream state is neither used nor changed.
+
+    Args:
+        session: the template session.
+        sources: ``(video_id, events)`` per stream: ``(t, patches [P, D])`` or ``(t, frame [H, W, 3] uint8)`` pairs
+            in time order, and :class:`~mmduplex.inference.loop.Question` objects. Batched in the order given.
+        pause_steps: silent steps that end a line.
+        batch: most streams per LM step.
+        line_words: words that end a line.
+        line_display_s: seconds a line stays up after its last word.
+        on_step: called with ``(source index, step output)`` after every step of every stream.
+
+    Returns:
+        One :class:`StreamedCommentary` per source, in the order given.
+
+    Raises:
+        InputError: ``batch < 1``, no sources, or ``pause_steps < 1``.
+    """
+    if batch < 1:
+        raise InputError("batch", f"must be >= 1, got {batch}")
+    if not sources:
+        raise InputError("videos", "no videos to stream")
+    if pause_steps < 1:
+        raise InputError("pause_steps", f"must be >= 1, got {pause_steps}")
+    results: list[StreamedCommentary | None] = [None] * len(sources)
+    for first in range(0, len(sources), batch):
+        streams = []
+        for position in range(first, min(first + batch, len(sources))):
+            video_id, events = sources[position]
+            member = _LockstepSession.following(session)
+            collector = LineCollector(LineBuilder(pause_steps, line_words, line_display_s))
+            streams.append(_Stream(position, video_id, member, iter(StepLoop(member, events)), collector))
+        started = time.perf_counter()
+        _run_cohort(session, streams, on_step)
+        wall = time.perf_counter() - started
+        total = sum(s.collector.steps for s in streams)
+        for s in streams:
+            s.collector.flush()
+            member = s.session
+            results[s.position] = StreamedCommentary(
+                video_id=s.video_id,
+                lines=s.collector.lines,
+                words=s.collector.words,
+                steps=s.collector.steps,
+                video_tokens=member.video_tokens + member.dropped_video_tokens,
+                compute_s=wall * s.collector.steps / total if total else 0.0,
+                frame_tokens=member.frame_tokens,
+            )
+    return results
+
+
+def stream_features_batched(
+    session: DuplexSession,
+    videos: Sequence[tuple[str, Sequence[float], torch.Tensor]],
+    pause_steps: int,
+    *,
+    batch: int = 8,
+    line_words: int = DEFAULT_LINE_WORDS,
+    line_display_s: float = DEFAULT_LINE_DISPLAY_S,
+    on_step: Callable[[int, StepOutput], None] | None = None,
+) -> list[StreamedCommentary]:
+    """Stream videos given as cached patch features, ``batch`` at a time in lockstep (:func:`stream_batched`).
+
+    Videos are batched longest first (cohorts of similar length keep their batch full); the results come back in
+    the order given, each what streaming that video alone through a reset ``session`` gives.
+
+    Args:
+        session: the template session (its state is neither used nor changed).
+        videos: ``(video_id, times [T], patches [T, P, D])`` per video (e.g. a feature-cache record's
+            ``timestamps.tolist()`` and ``patches``).
+        pause_steps, batch, line_words, line_display_s: as in :func:`stream_batched`.
+        on_step: called with ``(index in videos, step output)`` after every step.
+
+    Raises:
+        InputError: ``batch < 1``, no videos, or a video whose features are not ``[T, P, D]`` with ``T`` times.
+    """
+    if batch < 1:
+        raise InputError("batch", f"must be >= 1, got {batch}")
+    if not videos:
+        raise InputError("videos", "no videos to stream")
+    for video_id, times, patches in videos:
+        if patches.dim() != 3 or patches.shape[0] != len(times):
+            raise InputError(video_id, f"expected patches [T, P, D] for {len(times)} times, got {tuple(patches.shape)}")
+    order = sorted(range(len(videos)), key=lambda i: len(videos[i][1]), reverse=True)  # stable: ties keep order
+    sources = [(videos[i][0], zip((float(t) for t in videos[i][1]), videos[i][2], strict=True)) for i in order]
+    relay = None if on_step is None else (lambda position, out: on_step(order[position], out))
+    streamed = stream_batched(
+        session,
+        sources,
+        pause_steps,
+        batch=batch,
+        line_words=line_words,
+        line_display_s=line_display_s,
+        on_step=relay,
+    )
+    results: list[StreamedCommentary | None] = [None] * len(videos)
+    for position, result in zip(order, streamed, strict=True):
+        results[position] = result
+    return results
