@@ -440,3 +440,26 @@ def test_a_run_recorded_before_a_setting_existed_is_reused_at_its_default(tmp_pa
     (tmp_path / SETTINGS_FILE).write_text(json.dumps(older))
     with pytest.raises(InputError, match="ablation_videos"):
         check_reusable(DemoPaths(tmp_path), replace(config, ablation_videos=3))
+
+
+def test_text_only_model_is_streamed_without_decoding_the_videos(smoke_demo):
+    """The demo streams its text-only baseline at the cached frames' times without decoding or encoding a video:
+    the same steps and words as the video path (a model that reads no video cannot tell them apart)."""
+    from mmduplex.data.synthetic import SyntheticDataset
+    from mmduplex.demo.stream import stream_features, stream_video
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.io.feature_cache import FeatureCache, video_key
+
+    dataset = SyntheticDataset(smoke_demo / "data")
+    cache = FeatureCache(smoke_demo / "features")
+    report = json.loads((smoke_demo / "report.json").read_text())
+    bias = report["baselines"]["text_only"]["pad_bias"]
+    session = DuplexSession.from_bundle(smoke_demo / "baselines" / "text_only" / "bundle", pad_bias=bias)
+    for vid in dataset.video_ids("heldout")[:2]:
+        record = cache.load(video_key(dataset.video_path(vid)))
+        video = stream_video(session, dataset.video_path(vid), pause_steps=3)
+        cached = stream_features(session, vid, record.timestamps.tolist(), record.patches, pause_steps=3)
+        assert (cached.steps, cached.words, [line.text for line in cached.lines]) == (
+            video.steps, video.words, [line.text for line in video.lines]
+        )  # fmt: skip
+        assert video.steps > 0

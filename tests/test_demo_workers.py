@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 CHILD = (
-    "import time; from mmduplex.demo.stages import watch_parent; watch_parent(0.1); print('ready', flush=True); "
+    "import time; from mmduplex.workers import watch_parent; watch_parent(0.1); print('ready', flush=True); "
     "time.sleep(120)"
 )
 PARENT = (
@@ -54,3 +54,39 @@ def test_worker_exits_when_its_parent_is_killed():
 def test_without_the_watch_the_worker_outlives_its_parent():
     # the control: the same processes without watch_parent leave the child running (so the test above can fail)
     assert _orphan_after_parent_killed(WATCHLESS, wait_s=2.0)
+
+
+def test_every_process_pool_of_the_data_stage_watches_its_parent(tmp_path, monkeypatch):
+    """The synthetic set's renderers and the feature extractors (the demo's data stage, one process per core) are
+    started with :func:`watch_parent` as their initializer, as the demo's model workers are (a demo killed while it
+    rendered or encoded left both running)."""
+    import concurrent.futures
+
+    from mmduplex.data.synthetic import SyntheticConfig, generate_dataset
+    from mmduplex.train.features import extract_features
+    from mmduplex.workers import watch_parent
+
+    initializers = []
+
+    class InlinePool:  # records how the pool is made, runs its jobs here
+        def __init__(self, *args, initializer=None, **kwargs):
+            initializers.append(initializer)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, *args):
+            future = concurrent.futures.Future()
+            future.set_result(fn(*args))
+            return future
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlinePool)
+    config = SyntheticConfig(num_videos=2, duration_s=(2.0, 2.0), heldout_fraction=0.5)
+    dataset = generate_dataset(tmp_path / "data", config, processes=2)
+    videos = [dataset.video_path(vid) for vid in dataset.video_ids()]
+    report = extract_features(videos, tmp_path / "features", encoder="mmduplex-tiny", fps=2.0, processes=2)
+    assert len(report.encoded) == 2
+    assert initializers == [watch_parent, watch_parent]

@@ -24,10 +24,12 @@ TINY_LLAMA = {
 V, PAD, EPAD, DV, K = 12, 10, 11, 16, 3
 
 
-def make_model(spec=None, vocab_size=V, projector_layers=0) -> DuplexLM:
+def make_model(spec=None, vocab_size=V, projector_layers=0, gated=False) -> DuplexLM:
     torch.manual_seed(0)
     backbone = build_backbone(spec or TINY_LLAMA, vocab_size=vocab_size, attn_implementation="sdpa")
-    return DuplexLM(backbone, V, PAD, EPAD, DV, K, projector_hidden=32, projector_layers=projector_layers).eval()
+    return DuplexLM(
+        backbone, V, PAD, EPAD, DV, K, projector_hidden=32, projector_layers=projector_layers, projector_gated=gated
+    ).eval()
 
 
 def make_inputs(batch=2, steps=9, seed=1):
@@ -53,10 +55,13 @@ def stream_steps(model: DuplexLM, cache: SinkWindowCache, text, slots, mask, use
     return torch.cat(steps, dim=1)
 
 
-@pytest.mark.parametrize(("model_type", "projector_layers"), [("llama", 0), ("qwen2", 0), ("llama", 1)])
-def test_streaming_equals_teacher_forced(model_type, projector_layers):
+@pytest.mark.parametrize(
+    ("model_type", "projector_layers", "gated"), [("llama", 0, False), ("qwen2", 0, False), ("llama", 1, False),
+                                                   ("llama", 0, True)]
+)  # fmt: skip
+def test_streaming_equals_teacher_forced(model_type, projector_layers, gated):
     """Streaming on the project's SinkWindowCache (the cache DuplexSession uses) == the teacher-forced forward."""
-    model = make_model({**TINY_LLAMA, "model_type": model_type}, projector_layers=projector_layers)
+    model = make_model({**TINY_LLAMA, "model_type": model_type}, projector_layers=projector_layers, gated=gated)
     text, slots, mask, user = make_inputs()
     with torch.no_grad():
         full = model(text, slots, mask, user).logits  # [B, S, V]
@@ -104,9 +109,9 @@ def test_causality():
             assert (changed[:, s] - base[:, s]).abs().max() > 1e-4  # step s itself does see its inputs
 
 
-@pytest.mark.parametrize("projector_layers", [0, 1])
-def test_absent_streams_embed_to_zero(projector_layers):
-    model = make_model(projector_layers=projector_layers)
+@pytest.mark.parametrize(("projector_layers", "gated"), [(0, False), (1, False), (0, True)])
+def test_absent_streams_embed_to_zero(projector_layers, gated):
+    model = make_model(projector_layers=projector_layers, gated=gated)
     text, slots, mask, _ = make_inputs()
     silent = torch.full_like(text, PAD)
     none_masked = torch.zeros_like(mask)
@@ -245,3 +250,49 @@ def test_lora_adds_adapters_only():
     assert names and all("q_proj" in n or "v_proj" in n for n in names)
     text, slots, mask, user = make_inputs()
     assert model(text, slots, mask, user).logits.shape == (2, 9, V)
+
+
+def test_gated_projector_binds_what_a_sum_of_plain_features_cannot():
+    """A step holding (red, triangle) + (blue, circle) and one holding (red, circle) + (blue, triangle) have the same
+    sum of one-hot features; the gated projector embeds them apart (the products bind colour to shape), while a
+    projector that is linear in the token (what a plain MLP learns first) cannot. A gate that stopped multiplying
+    would make the two sums equal again."""
+    from mmduplex.lm.model import GatedMLP
+
+    def token(colour, shape):  # one-hot colour (0-1) and shape (2-3) in a 4-wide token
+        t = torch.zeros(4)
+        t[colour], t[2 + shape] = 1.0, 1.0
+        return t
+
+    a = torch.stack([token(0, 0), token(1, 1)])[None, None]  # [1, 1, 2, 4]
+    b = torch.stack([token(0, 1), token(1, 0)])[None, None]
+    mask = torch.ones(1, 1, 2, dtype=torch.bool)
+    torch.manual_seed(0)
+    gated = VideoProjector(4, 16, 2, mlp_hidden=16, gated=True)
+    assert isinstance(gated.mlp, GatedMLP)
+    gated.norm = torch.nn.Identity()  # the raw one-hot features (LayerNorm is per token, the same for a and b)
+    with torch.no_grad():
+        assert (gated(a, mask) - gated(b, mask)).abs().max() > 1e-3
+        linear = torch.nn.Linear(4, 16)
+        torch.testing.assert_close(linear(a[0, 0]).sum(0), linear(b[0, 0]).sum(0))
+    with pytest.raises(InputError, match="projector_layers 0"):
+        VideoProjector(4, 16, 2, layers=1, gated=True)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_projector_projects_only_filled_slots_and_sums_as_before(gated):
+    """The projector runs its MLP on the filled slots only (most of a step's slots are empty); the step embedding is
+    the masked sum over every slot's projection, as before, gradients included, in float32 and bfloat16."""
+    torch.manual_seed(0)
+    projector = VideoProjector(DV, 24, K, mlp_hidden=32, gated=gated)
+    slots = torch.randn(2, 7, K, DV, requires_grad=True)
+    mask = torch.rand(2, 7, K) > 0.6
+    mask[0, 0] = False  # an empty step embeds to zero
+    dense = ((projector.mlp(projector.norm(slots)) + projector.slot_embedding) * mask.unsqueeze(-1)).sum(dim=2)
+    sparse = projector(slots, mask)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    assert sparse[0, 0].abs().max() == 0
+    (grad_dense,) = torch.autograd.grad(dense.square().sum(), slots)
+    (grad_sparse,) = torch.autograd.grad(sparse.square().sum(), slots)
+    torch.testing.assert_close(grad_sparse, grad_dense, rtol=1e-4, atol=1e-5)
+    assert sparse.dtype == torch.float32 and projector.to(torch.bfloat16)(slots, mask).dtype == torch.bfloat16

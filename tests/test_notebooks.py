@@ -70,11 +70,13 @@ def test_rate_ablation_notebook_runs(smoke_demo, tmp_path, monkeypatch):
         assert row["tokens_per_second"] > 0 and -1.0 <= row["fidelity"] <= 1.0
         if row["budget"] is not None:  # the budget bounds the rate after the first keyframe (+ one bucket)
             assert row["tokens_per_second_after_first_keyframe"] <= row["budget"] * 1.5 + 16
-    accuracy = json.loads((tmp_path / "rate_event_accuracy.json").read_text())
-    assert [p["model"] for p in accuracy["points"]] == ["demo B-Flow (variable)"]  # SMALL trains nothing
+    curve = json.loads((tmp_path / "curve" / "curve.json").read_text())
+    assert [p["point"] for p in curve["points"]] == ["bflow"] and curve["points"][0]["from_demo"] == [True]
+    report = json.loads((smoke_demo / "report.json").read_text())
+    assert curve["points"][0]["event_accuracy"]["mean"] == report["details"]["bflow"]["event_accuracy"]
     assert (tmp_path / "rate_vs_fidelity.png").stat().st_size > 0
-    assert (tmp_path / "rate_vs_event_accuracy.png").stat().st_size > 0
-    assert not list(tmp_path.glob("event_rate_*/bundle"))
+    assert (tmp_path / "curve" / "curve.png").stat().st_size > 0
+    assert not list((tmp_path / "curve").glob("*/bundle"))  # SMALL trains nothing
 
 
 def test_stream_walkthrough_notebook_runs(smoke_demo, tmp_path, monkeypatch):
@@ -88,3 +90,38 @@ def test_stream_walkthrough_notebook_runs(smoke_demo, tmp_path, monkeypatch):
     assert summary["frames"] > 0 and summary["steps"] >= summary["frames"]
     assert report["settings"]["heldout_videos"] >= 1
     assert (tmp_path / f"stream_{summary['video']}.png").stat().st_size > 0
+
+
+def test_rate_curve_trains_each_point_once(smoke_demo, tmp_path):
+    """``mmduplex.demo.curve`` on the smoke demo: a B-Flow budget and a uniform count trained and scored as the demo
+    scores (the demo's own model read from its report), uniform given slots that carry its tokens, finished points
+    reused on a rerun, a folder made with other settings refused, B-Flow read against uniform at its own rate."""
+    from mmduplex.demo import curve
+    from mmduplex.errors import InputError
+
+    out = tmp_path / "curve"
+    with one_torch_thread():
+        summary = curve.run_curve(smoke_demo, out, budgets=[4.0], uniform=[1, 32], seeds=[0])
+    points = {p["point"]: p for p in summary["points"]}
+    assert list(points) == ["bflow", "bflow-4", "uniform-1", "uniform-32"]
+    assert points["bflow"]["from_demo"] == [True] and points["bflow-4"]["from_demo"] == [False]
+    for point in points.values():
+        assert 0.0 <= point["event_accuracy"]["mean"] <= 1.0 and point["event_accuracy"]["n"] == 1
+    rates = {name: p["video_tokens_per_second"]["mean"] for name, p in points.items()}
+    assert rates["uniform-1"] < rates["uniform-32"] and rates["bflow-4"] <= rates["bflow"] + 1e-9
+    smoke_fps = json.loads((smoke_demo / "demo_config.json").read_text())["fps"]  # 2 fps, 5 Hz steps, K = 8
+    slots = json.loads((out / "uniform-32-seed0" / "result.json").read_text())["figures"]["slots_per_step"]
+    assert slots == curve.uniform_slots(32, 8, smoke_fps, 5.0) == 13  # 64 tokens/s into 13 x 5 a second
+    assert curve.uniform_slots(16, 8, 5.0, 5.0) == 16 and curve.uniform_slots(2, 8, 5.0, 5.0) == 8
+    assert rates["uniform-32"] == pytest.approx(32 * smoke_fps, rel=0.05)  # 32 pooled tokens on every frame
+    stamp = (out / "bflow-4-seed0" / "result.json").stat().st_mtime_ns
+    again = curve.run_curve(smoke_demo, out, budgets=[4.0], uniform=[1, 32], seeds=[0])
+    assert again["points"] == summary["points"]
+    assert (out / "bflow-4-seed0" / "result.json").stat().st_mtime_ns == stamp
+    result = json.loads((out / "uniform-1-seed0" / "result.json").read_text())
+    result["settings"]["demo"]["duplex_epochs"] += 1
+    (out / "uniform-1-seed0" / "result.json").write_text(json.dumps(result))
+    with pytest.raises(InputError, match="other settings"):
+        curve.point_job(str(smoke_demo), str(out), "uniform", 1, 0)
+    assert curve.interpolate([(5.0, 0.1), (20.0, 0.3)], 10.0) == pytest.approx(0.2)
+    assert curve.interpolate([(5.0, 0.1), (20.0, 0.3)], 40.0) is None

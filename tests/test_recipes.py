@@ -123,3 +123,13 @@ def test_demo_recipe_values_are_type_checked(tmp_path, capsys):
     recipe.write_text("duration_s: [5, 6]\nbaselines: [text_only]\n")
     config = DemoConfig.from_yaml(recipe)
     assert config.duration_s == (5.0, 6.0) and config.baselines == ("text_only",)
+
+
+def test_main_demo_recipe_is_chosen_on_val_and_reported_on_heldout():
+    """The README's demo scores the held-out split and says its settings were chosen on val (issue 20): a recipe
+    edited to choose on held out, or to stop saying where it chose, fails here."""
+    from mmduplex.demo.stages import DemoConfig
+
+    config = DemoConfig.from_yaml(mmduplex.recipes.recipe_path("demo/default"))
+    assert (config.score_split, config.selected_on) == ("heldout", "val")
+    assert config.val_fraction > 0

@@ -122,7 +122,10 @@ def _write_dataset(folder: Path, config: SyntheticConfig, processes: int = 1) ->
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
+        from mmduplex.workers import watch_parent
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(len(shares), mp_context=context, initializer=watch_parent) as pool:
             for future in [pool.submit(_render_videos, str(folder), config, share) for share in shares]:
                 future.result()
     else:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 import mmduplex.recipes
 from mmduplex.errors import InputError
+from mmduplex.workers import watch_parent
 
 log = logging.getLogger("mmduplex.demo.run")
 
@@ -245,8 +245,9 @@ def train_tokenizer(config: DemoConfig, paths: DemoPaths) -> None:
     tokenizer.save_pretrained(paths.tokenizer)
 
 
-RATE_VIDEOS = 256
-"""B-Flow's mean rate is measured on at most this many training videos (the first, sorted by id)."""
+RATE_VIDEOS = 64
+"""B-Flow's mean rate is measured on at most this many training videos (the first, sorted by id): on the demo's
+set 1.52 tokens a frame over 64, 1.59 over 256 (both give the uniform baseline 2 a frame; LOG 2026-12-06-binding)."""
 
 
 def bflow_tokens_per_frame(config: DemoConfig, paths: DemoPaths, dataset) -> float:
@@ -288,9 +289,12 @@ def _video_tokenizer_arg(name: str, paths: DemoPaths, tokens_per_frame: int) -> 
     raise InputError("demo.baselines", f"unknown model {name!r}")
 
 
-def duplex_fit_args(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_frame: int) -> list[str]:
+def duplex_fit_args(
+    config: DemoConfig, paths: DemoPaths, name: str, tokens_per_frame: int, slots_per_step: int | None = None
+) -> list[str]:
     """The ``mmduplex fit`` arguments that train one duplex model (``bflow`` = the main one, or a baseline) on the
-    demo's data, run folder ``paths.runs / f"duplex-{name}"``."""
+    demo's data, run folder ``paths.runs / f"duplex-{name}"``; ``slots_per_step`` overrides the recipe's video slots
+    per step (``None``: the recipe's)."""
     root = paths.runs / f"duplex-{name}"
     epochs = config.duplex_epochs if name == "bflow" else (config.baseline_epochs or config.duplex_epochs)
     args = [
@@ -310,11 +314,16 @@ def duplex_fit_args(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_
         args += ["--data.init_args.batch_size", str(config.batch_size)]
     if name in config.model_lr:
         args += ["--model.init_args.lr", str(config.model_lr[name])]
+    if slots_per_step is not None:
+        args += ["--model.init_args.slots_per_step", str(slots_per_step)]
     return args
 
 
-def train_duplex(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_frame: int) -> Path:
-    """Stage 4: one duplex model (``bflow`` = the main one, or a baseline) trained and exported to its bundle."""
+def train_duplex(
+    config: DemoConfig, paths: DemoPaths, name: str, tokens_per_frame: int, slots_per_step: int | None = None
+) -> Path:
+    """Stage 4: one duplex model (``bflow`` = the main one, or a baseline) trained and exported to its bundle
+    (``slots_per_step``: see :func:`duplex_fit_args`)."""
     from mmduplex.lm.bundle import export_bundle
 
     bundle = paths.model_bundle(name)
@@ -323,7 +332,7 @@ def train_duplex(config: DemoConfig, paths: DemoPaths, name: str, tokens_per_fra
         return bundle
     root = paths.runs / f"duplex-{name}"
     shutil.rmtree(root, ignore_errors=True)
-    cli = fit_quietly(duplex_fit_args(config, paths, name, tokens_per_frame))
+    cli = fit_quietly(duplex_fit_args(config, paths, name, tokens_per_frame, slots_per_step))
     checkpoint = root / "final.ckpt"
     cli.trainer.save_checkpoint(checkpoint)
     export_bundle(checkpoint, bundle)
@@ -338,15 +347,17 @@ def stream_and_score(
 ) -> tuple[dict[str, Any], list, dict, list]:
     """Stage 5 for one model: its PAD bias (:func:`~mmduplex.demo.stream.tune_pad_bias` on training videos, the same
     rule for every model), then every held-out video (the first ``limit`` ones, when given) streamed through it and
-    scored, on ``device`` (the video encoder, B-Flow and the LM step).
+    scored, on ``device`` (the video encoder, B-Flow and the LM step). A model that reads no video (text only) is
+    streamed at the cached frames' times without decoding or encoding the videos: the same steps and words.
 
     Returns:
         The model's figures, each held-out video's :class:`~mmduplex.demo.stream.VideoScore`, the stage timings and
         the streams (:class:`~mmduplex.demo.stream.StreamResult`).
     """
-    from mmduplex.demo.stream import rate_figures, score_videos, stream_video, tune_pad_bias
+    from mmduplex.demo.stream import rate_figures, score_videos, stream_features, stream_video, tune_pad_bias
     from mmduplex.inference.session import DuplexSession
-    from mmduplex.io.feature_cache import FeatureCache
+    from mmduplex.io.feature_cache import FeatureCache, video_key
+    from mmduplex.tokenizer.baselines import NoVideoTokenizer
 
     session = DuplexSession.from_bundle(paths.model_bundle(name), device=device)
     timings = {}
@@ -359,7 +370,13 @@ def stream_and_score(
         timings[f"pad_bias_{name}"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     scored = dataset.video_ids(config.score_split)[:limit]
-    results = [stream_video(session, dataset.video_path(vid), config.pause_steps) for vid in scored]
+    if isinstance(session.video_tokenizer, NoVideoTokenizer):  # reads no video: nothing to decode or encode
+        cache = FeatureCache(paths.features)  # the frames' times (the same sampling as decoding); values unread
+        records = [cache.load(video_key(dataset.video_path(vid))) for vid in scored]
+        results = [stream_features(session, vid, r.timestamps.tolist(), r.patches, config.pause_steps)
+                   for vid, r in zip(scored, records, strict=True)]  # fmt: skip
+    else:
+        results = [stream_video(session, dataset.video_path(vid), config.pause_steps) for vid in scored]
     figures, scores = score_videos(results, dataset, config.tolerance_s, config.score_split)
     streamed = {Path(clip.video).stem: clip.end_s - clip.start_s for clip in dataset.clips(config.score_split)}
     figures.update(rate_figures(results, sum(streamed[vid] for vid in scored)))
@@ -514,25 +531,10 @@ def _extras(config: DemoConfig) -> list[str]:
     return [kind for kind in MAIN_EXTRAS if wanted[kind]]
 
 
-def _worker_init(verbose: bool) -> None:
+def worker_init(verbose: bool) -> None:
+    """Start of a spawned model worker: frameworks quiet (unless ``verbose``) and :func:`watch_parent`."""
     quiet_frameworks(verbose)
     watch_parent()
-
-
-def watch_parent(interval_s: float = 1.0) -> threading.Thread:
-    """End this (worker) process as soon as the process that started it is gone: a demo killed with its workers
-    mid-job (Ctrl-C twice, ``kill``) must not leave them training on, adopted by init. A daemon thread polls the
-    parent's pid, which changes when the parent dies."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval_s)
-        os._exit(1)
-
-    thread = threading.Thread(target=watch, name="mmduplex-watch-parent", daemon=True)
-    thread.start()
-    return thread
 
 
 def run_models(config: DemoConfig, paths: DemoPaths, tokens_per_frame: int) -> tuple[dict[str, dict], list, dict]:
@@ -557,7 +559,7 @@ def run_models(config: DemoConfig, paths: DemoPaths, tokens_per_frame: int) -> t
         context = multiprocessing.get_context("spawn")
         workers = min(config.workers, len(names))
         verbose = logging.getLogger().level <= logging.DEBUG
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(verbose,)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init, initargs=(verbose,)) as pool:
             futures = [pool.submit(model_job, config, root, name, tokens_per_frame) for name in names]
             main = futures[0].result()
             pending = {

@@ -3,7 +3,9 @@
 A bundle folder holds::
 
     config.json                  {"kind": "mmduplex-duplex", "format_version": 1, step_hz, delay_steps, slots,
-                                  user_slots_per_step (absent = 1), user_scale / text_scale (absent = 1), encoder, fps,
+                                  user_slots_per_step (absent = 1), user_scale / text_scale (absent = 1),
+                                  projector_hidden / _layers / _heads / _gated (absent: null, 0, 4, false),
+                                  encoder, fps,
                                   backbone config, video tokenizer description, text tokenizer settings, ...}
     model.safetensors            the DuplexLM weights (backbone incl. LoRA adapters, projector, stream embeddings)
     video_tokenizer.safetensors  the frozen video tokenizer's weights
@@ -190,6 +192,7 @@ def build_duplex_model(config: dict[str, Any], attn_implementation: str | None =
         projector_hidden=config.get("projector_hidden"),
         projector_layers=int(config.get("projector_layers", 0)),
         projector_heads=int(config.get("projector_heads", 4)),
+        projector_gated=bool(config.get("projector_gated", False)),
         user_slots_per_step=int(config.get("user_slots_per_step", 1)),
         user_scale=float(config.get("user_scale", 1.0)),
         text_scale=float(config.get("text_scale", 1.0)),

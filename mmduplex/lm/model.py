@@ -142,6 +142,19 @@ def build_backbone(
     return model
 
 
+class GatedMLP(nn.Module):
+    """``[..., D] -> [..., H]``: ``W_out(gelu(W_a x) * W_b x)`` (a GLU of hidden width ``mid``)."""
+
+    def __init__(self, dim: int, mid: int, out: int) -> None:
+        super().__init__()
+        self.inp = nn.Linear(dim, 2 * mid)
+        self.out = nn.Linear(mid, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.inp(x).chunk(2, dim=-1)
+        return self.out(nn.functional.gelu(gate) * value)
+
+
 class VideoProjector(nn.Module):
     """Video slots ``[B, S, K, Dv]`` -> one embedding per step ``[B, S, H]``.
 
@@ -158,6 +171,11 @@ class VideoProjector(nn.Module):
         mlp_hidden: width of the projector's hidden layer / slot encoder (``None``: ``H``).
         layers: slot-encoder layers (0: no attention between a step's slots).
         heads: attention heads of the slot encoder.
+        gated: with ``layers = 0``, each slot's MLP is gated (``W_out(gelu(W_a x) * W_b x)``, a GLU) instead of
+            ``W_out(gelu(W x))``. The gate's products of the token's own features (colour times shape) give the
+            projected slot conjunctions that survive the sum over a step's slots: with two shapes on screen, a plain
+            MLP's sum tends to hold "blue + triangle + yellow + circle", from which the LM names the acting shape's
+            colour with the other one's shape (notebooks/LOG.md#2026-12-06-binding).
     """
 
     def __init__(
@@ -168,17 +186,23 @@ class VideoProjector(nn.Module):
         mlp_hidden: int | None = None,
         layers: int = 0,
         heads: int = 4,
+        gated: bool = False,
     ) -> None:
         super().__init__()
         mid = mlp_hidden or hidden
         if layers < 0 or (layers and mid % heads):
             raise InputError("projector", f"need layers >= 0 and width % heads == 0; got {layers}, {mid}/{heads}")
+        if gated and layers:
+            raise InputError("projector", "a gated projector MLP needs projector_layers 0")
         self.norm = nn.LayerNorm(token_dim)
         self.slots_per_step = slots_per_step
         self.token_dim = token_dim
         self.layers = layers
         if layers == 0:
-            self.mlp = nn.Sequential(nn.Linear(token_dim, mid), nn.GELU(), nn.Linear(mid, hidden))
+            if gated:
+                self.mlp = GatedMLP(token_dim, mid, hidden)
+            else:
+                self.mlp = nn.Sequential(nn.Linear(token_dim, mid), nn.GELU(), nn.Linear(mid, hidden))
             self.slot_embedding = nn.Parameter(torch.randn(slots_per_step, hidden) * 0.02)  # [K, H]
             return
         self.inp = nn.Linear(token_dim, mid)
@@ -196,17 +220,21 @@ class VideoProjector(nn.Module):
             )
         if mask.shape != slots.shape[:-1]:
             raise InputError("video_mask", f"expected {tuple(slots.shape[:-1])}, got {tuple(mask.shape)}")
+        if self.layers == 0:  # only the filled slots are projected (most are empty): the same sum, less work
+            b, s, k, _ = slots.shape
+            filled = mask.reshape(-1, k).nonzero(as_tuple=True)  # (step index in [B*S], slot index)
+            x = self.norm(slots.reshape(-1, k, self.token_dim)[filled].to(self.slot_embedding.dtype))  # [N, Dv]
+            projected = self.mlp(x) + self.slot_embedding[filled[1]]  # [N, H]
+            steps = projected.new_zeros(b * s, projected.shape[-1])
+            return steps.index_add(0, filled[0], projected).reshape(b, s, -1)  # [B, S, H]
         x = self.norm(slots.to(self.slot_embedding.dtype))
-        if self.layers == 0:
-            projected = self.mlp(x) + self.slot_embedding  # [B, S, K, H]
-        else:
-            b, s, k, _ = x.shape
-            tokens = (self.inp(x) + self.slot_embedding).reshape(b * s, k, -1)  # [B*S, K, W]
-            flat = mask.reshape(b * s, k)
-            keep = flat.clone()
-            keep[:, 0] |= ~flat.any(dim=1)  # an empty step attends to one slot (no all-masked softmax); zeroed below
-            mixed = self.encoder(tokens, src_key_padding_mask=~keep)  # [B*S, K, W]
-            projected = self.out(mixed).reshape(b, s, k, -1)  # [B, S, K, H]
+        b, s, k, _ = x.shape
+        tokens = (self.inp(x) + self.slot_embedding).reshape(b * s, k, -1)  # [B*S, K, W]
+        flat = mask.reshape(b * s, k)
+        keep = flat.clone()
+        keep[:, 0] |= ~flat.any(dim=1)  # an empty step attends to one slot (no all-masked softmax); zeroed below
+        mixed = self.encoder(tokens, src_key_padding_mask=~keep)  # [B*S, K, W]
+        projected = self.out(mixed).reshape(b, s, k, -1)  # [B, S, K, H]
         return (projected * mask.unsqueeze(-1).to(projected.dtype)).sum(dim=2)  # [B, S, H]
 
 
@@ -224,6 +252,7 @@ class DuplexLM(nn.Module):
         projector_hidden: width of the video projector's hidden layer (``None``: the LM width).
         projector_layers: attention layers between a step's slots (:class:`VideoProjector`; 0: none).
         projector_heads: their attention heads.
+        projector_gated: a gated (GLU) slot MLP (:class:`VideoProjector`'s ``gated``).
         user_slots_per_step: ``U``, user-stream tokens per step. With ``U = 1`` the model has no per-slot
             parameters (its state dict is the one-token-per-step model's); with ``U > 1`` slot ``u`` embeds as
             ``token_embedding(id) * (1 + user_slot_gain[u]) + user_slot_bias[u] + user_stream`` (the gain is kept
@@ -249,6 +278,7 @@ class DuplexLM(nn.Module):
         user_slots_per_step: int = 1,
         user_scale: float = 1.0,
         text_scale: float = 1.0,
+        projector_gated: bool = False,
     ) -> None:
         super().__init__()
         if user_slots_per_step < 1:
@@ -276,7 +306,7 @@ class DuplexLM(nn.Module):
             self.user_slot_gain = nn.Parameter(torch.randn(u, self.hidden) * 0.02)  # [U, H]; scale = 1 + gain
             self.user_slot_bias = nn.Parameter(torch.randn(u, self.hidden) * 0.02)  # [U, H]
         self.video = VideoProjector(
-            token_dim, self.hidden, slots_per_step, projector_hidden, projector_layers, projector_heads
+            token_dim, self.hidden, slots_per_step, projector_hidden, projector_layers, projector_heads, projector_gated
         )
         decoder_params = inspect.signature(backbone.get_decoder().forward).parameters
         self._cache_kw = "cache" if "cache" in decoder_params else "past_key_values"

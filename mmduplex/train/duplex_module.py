@@ -66,6 +66,8 @@ class DuplexModule(LightningModule):
         gradient_checkpointing: recompute backbone activations in the backward pass (saves memory).
         projector_hidden: hidden width of the video projector MLP (``None``: the LM width).
         projector_layers: attention layers between a step's video slots before they are summed (0: none).
+        projector_gated: a gated (GLU) slot MLP, whose products bind a token's features before the sum
+            (:class:`~mmduplex.lm.model.VideoProjector`).
         projector_heads: attention heads of those layers.
         pad_weight: loss weight of PAD targets (Moshi: 0.5).
         epad_weight: loss weight of EPAD targets.
@@ -102,6 +104,7 @@ class DuplexModule(LightningModule):
         projector_hidden: int | None = None,
         projector_layers: int = 0,
         projector_heads: int = 4,
+        projector_gated: bool = False,
         pad_weight: float = 1.0,
         epad_weight: float = 1.0,
         silence_weight: float = 0.0,
@@ -159,6 +162,7 @@ class DuplexModule(LightningModule):
             projector_hidden=projector_hidden,
             projector_layers=projector_layers,
             projector_heads=projector_heads,
+            projector_gated=projector_gated,
             user_slots_per_step=user_slots_per_step,
             user_scale=user_scale,
             text_scale=text_scale,
@@ -370,6 +374,7 @@ class DuplexModule(LightningModule):
             "projector_hidden": hp.projector_hidden,
             "projector_layers": int(hp.get("projector_layers", 0)),
             "projector_heads": int(hp.get("projector_heads", 4)),
+            "projector_gated": bool(hp.get("projector_gated", False)),
             "vocab_size": int(self.text_tokenizer.vocab_size),
             "pad_id": int(self.text_tokenizer.pad_id),
             "epad_id": int(self.text_tokenizer.epad_id),

@@ -279,7 +279,9 @@ def _extract_processes(
     shares = [share for share in (jobs[i::processes] for i in range(processes)) if share]
     if shares:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=len(shares), mp_context=context) as pool:
+        from mmduplex.workers import watch_parent
+
+        with ProcessPoolExecutor(max_workers=len(shares), mp_context=context, initializer=watch_parent) as pool:
             futures = [pool.submit(_encode_share, spec, str(out_dir), fps, share, batch_size) for share in shares]
             for future in futures:
                 written, failed = future.result()
