@@ -293,6 +293,7 @@ def plot(summary: dict[str, Any], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         log.info("curve: matplotlib not installed, no %s", path.name)
         return False
@@ -311,6 +312,8 @@ def plot(summary: dict[str, Any], path: Path) -> bool:
     if summary.get("text_only") is not None:
         ax.axhline(summary["text_only"], color="grey", linestyle=":", label="text only (0 tokens/s)")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("video tokens / s (log)")
     ax.set_ylabel(f"event accuracy ({summary['split']})")
