@@ -101,27 +101,27 @@ def test_rate_curve_trains_each_point_once(smoke_demo, tmp_path):
 
     out = tmp_path / "curve"
     with one_torch_thread():
-        summary = curve.run_curve(smoke_demo, out, budgets=[4.0], uniform=[1, 32], seeds=[0])
+        summary = curve.run_curve(smoke_demo, out, budgets=[4.0], uniform=[32], seeds=[0])
     points = {p["point"]: p for p in summary["points"]}
-    assert list(points) == ["bflow", "bflow-4", "uniform-1", "uniform-32"]
+    assert list(points) == ["bflow", "bflow-4", "uniform-32"]
     assert points["bflow"]["from_demo"] == [True] and points["bflow-4"]["from_demo"] == [False]
     for point in points.values():
         assert 0.0 <= point["event_accuracy"]["mean"] <= 1.0 and point["event_accuracy"]["n"] == 1
     rates = {name: p["video_tokens_per_second"]["mean"] for name, p in points.items()}
-    assert rates["uniform-1"] < rates["uniform-32"] and rates["bflow-4"] <= rates["bflow"] + 1e-9
+    assert rates["bflow-4"] <= rates["bflow"] + 1e-9
     smoke_fps = json.loads((smoke_demo / "demo_config.json").read_text())["fps"]  # 2 fps, 5 Hz steps, K = 8
     slots = json.loads((out / "uniform-32-seed0" / "result.json").read_text())["figures"]["slots_per_step"]
     assert slots == curve.uniform_slots(32, 8, smoke_fps, 5.0) == 13  # 64 tokens/s into 13 x 5 a second
     assert curve.uniform_slots(16, 8, 5.0, 5.0) == 16 and curve.uniform_slots(2, 8, 5.0, 5.0) == 8
     assert rates["uniform-32"] == pytest.approx(32 * smoke_fps, rel=0.05)  # 32 pooled tokens on every frame
     stamp = (out / "bflow-4-seed0" / "result.json").stat().st_mtime_ns
-    again = curve.run_curve(smoke_demo, out, budgets=[4.0], uniform=[1, 32], seeds=[0])
+    again = curve.run_curve(smoke_demo, out, budgets=[4.0], uniform=[32], seeds=[0])
     assert again["points"] == summary["points"]
     assert (out / "bflow-4-seed0" / "result.json").stat().st_mtime_ns == stamp
-    result = json.loads((out / "uniform-1-seed0" / "result.json").read_text())
+    result = json.loads((out / "uniform-32-seed0" / "result.json").read_text())
     result["settings"]["demo"]["duplex_epochs"] += 1
-    (out / "uniform-1-seed0" / "result.json").write_text(json.dumps(result))
+    (out / "uniform-32-seed0" / "result.json").write_text(json.dumps(result))
     with pytest.raises(InputError, match="other settings"):
-        curve.point_job(str(smoke_demo), str(out), "uniform", 1, 0)
+        curve.point_job(str(smoke_demo), str(out), "uniform", 32, 0)
     assert curve.interpolate([(5.0, 0.1), (20.0, 0.3)], 10.0) == pytest.approx(0.2)
     assert curve.interpolate([(5.0, 0.1), (20.0, 0.3)], 40.0) is None
