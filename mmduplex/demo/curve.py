@@ -45,7 +45,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from mmduplex.demo.seeds import TABLE_COLUMNS, share_inputs, spread
+from mmduplex.demo.seeds import FIGURES, TABLE_COLUMNS, dig, share_inputs, spreads, stat_cell
 from mmduplex.demo.stages import (
     DemoConfig,
     DemoPaths,
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 CURVE_FILE = "curve.json"
 RESULT_FILE = "result.json"
-FIGURES = tuple(path for _, path, _ in TABLE_COLUMNS)
 
 
 def point_name(kind: str, value: float | None) -> str:
@@ -148,12 +147,6 @@ def _from_report(report: dict[str, Any], kind: str, value: float | None, seed: i
     return None
 
 
-def _dig(figures: dict[str, Any], path: Sequence[str]) -> Any:
-    for key in path:
-        figures = (figures or {}).get(key)
-    return figures
-
-
 def interpolate(points: list[tuple[float, float]], rate: float) -> float | None:
     """``points`` ``(tokens/s, accuracy)`` read at ``rate`` by linear interpolation on log tokens/s (``None`` when
     ``rate`` is outside them)."""
@@ -232,8 +225,7 @@ def run_curve(
     for kind, value in specs:
         runs = [figures[kind, value, seed] for seed in seeds]
         row = {"point": point_name(kind, value), "kind": kind, "value": value, "seeds": list(seeds)}
-        for path in FIGURES:
-            row[".".join(path)] = spread([_dig(r, path) for r in runs])
+        row.update(spreads(runs, FIGURES))  # each figure's spread over the seeds, nested as in seeds.json
         row["from_demo"] = [bool(r.get("from_demo")) for r in runs]
         rows.append(row)
     acc, rate = "event_accuracy", "video_tokens_per_second"
@@ -270,17 +262,10 @@ def run_curve(
 
 def table(summary: dict[str, Any]) -> str:
     """The curve as a markdown table: mean ± std over the seeds per point."""
-
-    def cell(stats: dict[str, Any], digits: int) -> str:
-        if stats["mean"] is None:
-            return "-"
-        std = "" if stats["std"] is None else f" ± {stats['std']:.{digits}f}"
-        return f"{stats['mean']:.{digits}f}{std}"
-
     head = ["point", *(label for label, _, _ in TABLE_COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary["points"]:
-        cells = [row["point"], *(cell(row[".".join(path)], digits) for _, path, digits in TABLE_COLUMNS)]
+        cells = [row["point"], *(stat_cell(dig(row, path), digits) for _, path, digits in TABLE_COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -90,7 +90,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _dig(figures: Mapping[str, Any] | None, path: Sequence[str]) -> Any:
+def dig(figures: Mapping[str, Any] | None, path: Sequence[str]) -> Any:
+    """The value at ``path`` in nested ``figures`` (``None`` where a level is missing)."""
     for key in path:
         if not isinstance(figures, Mapping):
             return None
@@ -98,14 +99,14 @@ def _dig(figures: Mapping[str, Any] | None, path: Sequence[str]) -> Any:
     return figures
 
 
-def _spreads(sources: Sequence[Mapping[str, Any] | None], paths: Sequence[Sequence[str]]) -> dict[str, Any]:
+def spreads(sources: Sequence[Mapping[str, Any] | None], paths: Sequence[Sequence[str]]) -> dict[str, Any]:
     """Each figure at ``paths`` spread over ``sources`` (one per seed), nested as in the report."""
     out: dict[str, Any] = {}
     for path in paths:
         node = out
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = spread([_dig(source, path) for source in sources])
+        node[path[-1]] = spread([dig(source, path) for source in sources])
     return out
 
 
@@ -124,13 +125,14 @@ def aggregate(reports: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     seeds = list(reports)
     per_seed = [model_figures(reports[seed]) for seed in seeds]
     names = list(dict.fromkeys(name for figures in per_seed for name in figures))
-    models = {name: _spreads([figures.get(name) for figures in per_seed], FIGURES) for name in names}
+    models = {name: spreads([figures.get(name) for figures in per_seed], FIGURES) for name in names}
     asked = [reports[seed].get("qa") for seed in seeds]
-    qa = _spreads(asked, QA_FIGURES) if any(asked) else None
+    qa = spreads(asked, QA_FIGURES) if any(asked) else None
     return {"seeds": seeds, "models": models, "qa": qa}
 
 
-def _cell(stats: Mapping[str, Any] | None, digits: int) -> str:
+def stat_cell(stats: Mapping[str, Any] | None, digits: int) -> str:
+    """A :func:`spread` as a table cell: ``mean ± std`` (``mean`` alone with one value, ``-`` with none)."""
     if not stats or stats.get("mean") is None:
         return "-"
     if stats.get("std") is None:
@@ -143,7 +145,7 @@ def seeds_table(summary: Mapping[str, Any]) -> str:
     lines = ["| model | " + " | ".join(c[0] for c in TABLE_COLUMNS) + " |", "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
     labels = {**MODEL_NAMES, ABLATION: "main, another video's features"}
     for name, figures in summary["models"].items():
-        cells = " | ".join(_cell(_dig(figures, path), digits) for _, path, digits in TABLE_COLUMNS)
+        cells = " | ".join(stat_cell(dig(figures, path), digits) for _, path, digits in TABLE_COLUMNS)
         lines.append(f"| {labels.get(name, name)} | {cells} |")
     return "\n".join(lines)
 
@@ -157,7 +159,7 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
         "mean ± sample std over the seeds",
     ]
     if summary.get("qa"):
-        parts = [f"{label} {_cell(_dig(summary['qa'], path), 3)}" for path, label in QA_LABELS.items()]
+        parts = [f"{label} {stat_cell(dig(summary['qa'], path), 3)}" for path, label in QA_LABELS.items()]
         lines.append("questions (main model): " + ", ".join(parts))
     lines.append(f"wall time: {summary['wall_s']:.0f} s")
     return lines
