@@ -418,12 +418,12 @@ def test_pad_bias_search_on_training_videos(smoke_demo):
     dataset, cache = SyntheticDataset(smoke_demo / "data"), FeatureCache(smoke_demo / "features")
     ids = dataset.video_ids("train")[:2]
     silent = _TalksBelow(-1.3)
-    found = tune_pad_bias(silent, dataset, cache, ids, None, 3)
+    found = tune_pad_bias(silent, dataset, cache, ids, None, 3, batch=1)
     assert -1.3 - BIAS_RESOLUTION <= found["pad_bias"] < -1.3 and silent.pad_bias == found["pad_bias"]
     assert found["talk_ratio_train"] > 0.3 and found["target"] > 1 and found["videos"] == 2
     talking = _TalksBelow(1.0)
-    at_zero = tune_pad_bias(talking, dataset, cache, ids, 0.5, 3)["talk_ratio_train"]
-    kept = tune_pad_bias(talking, dataset, cache, ids, at_zero, 3)
+    at_zero = tune_pad_bias(talking, dataset, cache, ids, 0.5, 3, batch=1)["talk_ratio_train"]
+    kept = tune_pad_bias(talking, dataset, cache, ids, at_zero, 3, batch=1)
     assert kept["pad_bias"] == 0.0 and kept["tried"] == [[0.0, round(at_zero, 4)]]
 
 
@@ -463,3 +463,66 @@ def test_text_only_model_is_streamed_without_decoding_the_videos(smoke_demo):
             video.steps, video.words, [line.text for line in video.lines]
         )  # fmt: skip
         assert video.steps > 0
+
+
+def test_demo_streams_videos_in_lockstep_batches_as_each_alone(smoke_demo):
+    """The demo's scoring streams held-out videos several at a time (``stream_many``, longest first, results back in
+    the given order): each video's steps, tokens and words are those of streaming it alone (``stream_video``), for
+    decoded videos and for cached features."""
+    from mmduplex.data.synthetic import SyntheticDataset
+    from mmduplex.demo.stream import feature_pairs, stream_features, stream_many, stream_video
+    from mmduplex.inference.commentary import open_frames
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.io.feature_cache import FeatureCache, video_key
+
+    dataset = SyntheticDataset(smoke_demo / "data")
+    cache = FeatureCache(smoke_demo / "features")
+    report = json.loads((smoke_demo / "report.json").read_text())
+    session = DuplexSession.from_bundle(smoke_demo / "bundle", pad_bias=report["details"]["bflow"]["pad_bias"])
+    ids = dataset.video_ids("heldout")[:3]
+    records = [cache.load(video_key(dataset.video_path(vid))) for vid in ids]
+    lengths = [len(r.timestamps) for r in records]
+    assert len(set(lengths)) > 1  # the longest-first order is exercised
+    alone = [stream_video(session, dataset.video_path(vid), pause_steps=3) for vid in ids]
+    decoded = stream_many(session, [(vid, open_frames(dataset.video_path(vid), session)) for vid in ids], 3, lengths)
+    cached = stream_many(
+        session,
+        [(v, feature_pairs(r.timestamps.tolist(), r.patches)) for v, r in zip(ids, records, strict=True)],
+        3,
+        lengths,
+        batch=2,
+    )
+    single = [
+        stream_features(session, v, r.timestamps.tolist(), r.patches, 3) for v, r in zip(ids, records, strict=True)
+    ]
+    assert sum(len(a.words) for a in alone) > 0
+    for one, many in [*zip(alone, decoded, strict=True), *zip(single, cached, strict=True)]:
+        assert many.video_id == one.video_id
+        assert (many.steps, many.video_tokens, many.words) == (one.steps, one.video_tokens, one.words)
+        assert [line.text for line in many.lines] == [line.text for line in one.lines]
+    assert decoded[0].frame_tokens == alone[0].frame_tokens
+
+
+def test_questions_are_asked_in_lockstep_batches_as_each_alone(smoke_demo):
+    """``stream_asking_many`` (the demo's questions while watching, several videos at once) gives each video the
+    words and the questions' feed times of ``stream_asking`` on that video alone."""
+    from mmduplex.data.synthetic import SyntheticDataset
+    from mmduplex.demo.qa import stream_asking, stream_asking_many
+    from mmduplex.demo.stream import lines_of
+    from mmduplex.inference.session import DuplexSession
+    from mmduplex.io.feature_cache import FeatureCache, video_key
+
+    dataset, cache = SyntheticDataset(smoke_demo / "data"), FeatureCache(smoke_demo / "features")
+    session = DuplexSession.from_bundle(smoke_demo / "bundle")
+    ids = [vid for vid in dataset.video_ids("train") if dataset.questions(vid)][:3] + dataset.video_ids("train")[:1]
+    records = [cache.load(video_key(dataset.video_path(vid))) for vid in ids]
+    videos = [(v, r.timestamps.tolist(), r.patches, dataset.questions(v)) for v, r in zip(ids, records, strict=True)]
+    assert sum(bool(questions) for *_, questions in videos) == 3
+    many = stream_asking_many(session, videos, 3, batch=2)
+    for (vid, times, patches, questions), (result, asked) in zip(videos, many, strict=True):
+        outputs, alone = stream_asking(session, times, patches, questions)
+        lines, steps, words = lines_of(outputs, 3)
+        assert result.video_id == vid and (result.steps, result.words) == (steps, words)
+        assert [line.text for line in result.lines] == [line.text for line in lines]
+        assert [a.fed_s for a in asked] == [a.fed_s for a in alone]
+        assert all(a.fed_s is not None for a in asked[:1])

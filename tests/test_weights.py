@@ -357,6 +357,15 @@ def test_smollm2_demo_configs_train_the_frozen_lm_only(name):
     assert init["finetune"] == ("lora" if name.endswith("lora") else "projector")
     assert recipe["trainer"]["accelerator"] == "cpu" and init["torch_dtype"] == "bfloat16"  # bench_smollm2_cpu.py
     assert recipe["trainer"]["precision"] == "bf16-mixed"
+    # The full demo's data and stream grid, so its figures compare with the main demo's (the same val / held out).
+    default = DemoConfig.from_yaml(mmduplex.recipes.recipe_path("demo/default"))
+    same = ("num_videos", "heldout_fraction", "val_fraction", "duration_s", "word_delay_s", "fps", "encoder")
+    same += ("tokenizer_recipe", "tokenizer_steps", "question_interval_s", "data_seed", "duplex_epochs")
+    assert {k: getattr(config, k) for k in same} == {k: getattr(default, k) for k in same}
+    demo = yaml.safe_load(mmduplex.recipes.recipe_path(default.duplex_recipe).read_text())
+    grid = ("step_hz", "delay_steps", "slots_per_step", "user_slots_per_step", "decay_steps")
+    assert {k: init[k] for k in grid} == {k: demo["model"]["init_args"][k] for k in grid}
+    assert recipe["data"]["init_args"]["window_s"] == demo["data"]["init_args"]["window_s"]
 
 
 def test_encoder_cuts_resolve_to_their_network():

@@ -3,7 +3,8 @@ synthetic LongVideoBench split asked through ``mmduplex eval longvideobench`` in
 
 - :func:`stream_asking` streams a video's cached features through a session and types each of its questions on the
   user stream at the question's time (:meth:`~mmduplex.inference.session.DuplexSession.ask`), while the video goes on.
-  It records when each question's last token was fed: the end of the step that fed it.
+  It records when each question's last token was fed: the end of the step that fed it. :func:`stream_asking_many`
+  does the same for many videos at once, in lockstep batches.
 - :func:`score_answers`: an open question is answered when the model's words within ``tolerance_s`` after its last
   token name the right value (every word of it: ``"red"``, ``"two"``, ``"red square"``); a multiple-choice question
   asked mid-stream, when the first option letter said in that time is the right one (as the reference parser reads
@@ -61,6 +62,29 @@ class AskedQuestion:
     latency_s: float | None = None
 
 
+class _Asking:
+    """One video's questions while it streams: after each step, the questions its loop has typed so far are marked
+    fed (``fed_s``, the end of that step) once the session has no user token left to feed."""
+
+    def __init__(self, questions: Sequence[SyntheticQuestion]) -> None:
+        from mmduplex.inference.loop import Question
+
+        self.asked = [AskedQuestion(q) for q in sorted(questions, key=lambda q: q.t)]
+        self.typed = [Question(item.question.t, item.question.text) for item in self.asked]
+        self._item_of = {id(question): item for question, item in zip(self.typed, self.asked, strict=True)}
+        self._typing: list[AskedQuestion] = []  # asked, last token not fed yet
+        self._seen = 0  # questions of loop.asked taken into typing
+
+    def after_step(self, session: DuplexSession, loop) -> None:
+        """Call after each step the loop yields (those typed since the last step were typed before this one ran)."""
+        self._typing += [self._item_of[id(question)] for question, _ in loop.asked[self._seen :]]
+        self._seen = len(loop.asked)
+        if self._typing and session.pending_user_tokens == 0:  # every question asked so far has been fed
+            for item in self._typing:
+                item.fed_s = session.step_index / session.step_hz
+            self._typing.clear()
+
+
 def stream_asking(
     session: DuplexSession,
     times: Sequence[float],
@@ -74,25 +98,48 @@ def stream_asking(
         Every step's output (flush included) and one :class:`AskedQuestion` per question (``fed_s`` set).
     """
     from mmduplex.demo.stream import feature_pairs
-    from mmduplex.inference.loop import Question, StepLoop, timeline
+    from mmduplex.inference.loop import StepLoop, timeline
 
     session.reset()
-    asked = [AskedQuestion(q) for q in sorted(questions, key=lambda q: q.t)]
-    typed = [Question(item.question.t, item.question.text) for item in asked]
-    item_of = {id(question): item for question, item in zip(typed, asked, strict=True)}
-    loop = StepLoop(session, timeline(feature_pairs(times, patches), typed))
-    typing: list[AskedQuestion] = []  # asked, last token not fed yet
+    asking = _Asking(questions)
+    loop = StepLoop(session, timeline(feature_pairs(times, patches), asking.typed))
     outputs: list[StepOutput] = []
-    seen = 0  # questions of loop.asked taken into typing
-    for out in loop:  # those typed since the last step were typed before this one ran
-        typing += [item_of[id(question)] for question, _ in loop.asked[seen:]]
-        seen = len(loop.asked)
+    for out in loop:
         outputs.append(out)
-        if typing and session.pending_user_tokens == 0:  # every question asked so far has been fed
-            for item in typing:
-                item.fed_s = session.step_index / session.step_hz
-            typing.clear()
-    return outputs, asked
+        asking.after_step(session, loop)
+    return outputs, asking.asked
+
+
+def stream_asking_many(
+    session: DuplexSession,
+    videos: Sequence[tuple[str, Sequence[float], torch.Tensor, Sequence[SyntheticQuestion]]],
+    pause_steps: int,
+    batch: int | None = None,
+) -> list[tuple[StreamResult, list[AskedQuestion]]]:
+    """:func:`stream_asking` for many videos ``(video_id, times, patches [T, P, D], questions)`` at once, in lockstep
+    batches (:func:`~mmduplex.demo.stream.stream_many`'s batching, longest first): each video's commentary (as
+    :class:`~mmduplex.demo.stream.StreamResult`) and its questions, as streaming it alone gives them."""
+    from mmduplex.demo.stream import MAX_WORDS_PER_LINE, MIN_DISPLAY_S, STREAM_BATCH, StreamResult, feature_pairs
+    from mmduplex.inference.batched import stream_batched
+    from mmduplex.inference.loop import timeline
+
+    askings = [_Asking(questions) for *_, questions in videos]
+    order = sorted(range(len(videos)), key=lambda i: len(videos[i][1]), reverse=True)  # stable: ties keep order
+    sources = [(videos[i][0], timeline(feature_pairs(videos[i][1], videos[i][2]), askings[i].typed)) for i in order]
+    streamed = stream_batched(
+        session,
+        sources,
+        pause_steps,
+        batch=batch or STREAM_BATCH,
+        line_words=MAX_WORDS_PER_LINE,
+        line_display_s=MIN_DISPLAY_S,
+        watch=lambda position, out, member, loop: askings[order[position]].after_step(member, loop),
+    )
+    results: list[tuple[StreamResult, list[AskedQuestion]]] = [None] * len(videos)  # type: ignore[list-item]
+    for i, s in zip(order, streamed, strict=True):
+        result = StreamResult(s.video_id, s.lines, s.steps, s.compute_s, s.steps / session.step_hz, 0, words=s.words)
+        results[i] = (result, askings[i].asked)
+    return results
 
 
 def score_answers(asked: Sequence[AskedQuestion], spoken: Sequence[tuple[float, str]], tolerance_s: float) -> None:
@@ -212,17 +259,17 @@ def ask_heldout(
         pause_steps: silent steps that end a commentary line.
         split: the videos asked (``heldout`` for the report, ``val`` while choosing settings).
     """
-    from mmduplex.demo.stream import StreamResult, lines_of, score_videos
+    from mmduplex.demo.stream import score_videos
     from mmduplex.io.feature_cache import video_key
 
     words_without = {result.video_id: result.words for result in plain}
     with_q, asked_all, control_all = [], [], []
-    for vid in dataset.video_ids(split):
-        record = cache.load(video_key(dataset.video_path(vid)))
-        outputs, asked = stream_asking(session, record.timestamps.tolist(), record.patches, dataset.questions(vid))
-        lines, steps, words = lines_of(outputs, pause_steps)
-        with_q.append(StreamResult(vid, lines, steps, 0.0, steps / session.step_hz, 0, words=words))
-        score_answers(asked, words, tolerance_s)
+    ids = dataset.video_ids(split)
+    records = [cache.load(video_key(dataset.video_path(vid))) for vid in ids]
+    videos = [(v, r.timestamps.tolist(), r.patches, dataset.questions(v)) for v, r in zip(ids, records, strict=True)]
+    for vid, (result, asked) in zip(ids, stream_asking_many(session, videos, pause_steps), strict=True):
+        with_q.append(result)
+        score_answers(asked, result.words, tolerance_s)
         control = [AskedQuestion(a.question, fed_s=a.fed_s) for a in asked]  # the same windows, nothing asked
         score_answers(control, words_without.get(vid, []), tolerance_s)
         asked_all += asked

@@ -354,7 +354,8 @@ def stream_and_score(
         The model's figures, each held-out video's :class:`~mmduplex.demo.stream.VideoScore`, the stage timings and
         the streams (:class:`~mmduplex.demo.stream.StreamResult`).
     """
-    from mmduplex.demo.stream import rate_figures, score_videos, stream_features, stream_video, tune_pad_bias
+    from mmduplex.demo.stream import feature_pairs, rate_figures, score_videos, stream_many, tune_pad_bias
+    from mmduplex.inference.commentary import open_frames
     from mmduplex.inference.session import DuplexSession
     from mmduplex.io.feature_cache import FeatureCache, video_key
     from mmduplex.tokenizer.baselines import NoVideoTokenizer
@@ -370,16 +371,19 @@ def stream_and_score(
         timings[f"pad_bias_{name}"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     scored = dataset.video_ids(config.score_split)[:limit]
+    clips = {Path(clip.video).stem: clip for clip in dataset.clips(config.score_split)}
+    lengths = [clips[vid].end_s - clips[vid].start_s for vid in scored]
     if isinstance(session.video_tokenizer, NoVideoTokenizer):  # reads no video: nothing to decode or encode
         cache = FeatureCache(paths.features)  # the frames' times (the same sampling as decoding); values unread
         records = [cache.load(video_key(dataset.video_path(vid))) for vid in scored]
-        results = [stream_features(session, vid, r.timestamps.tolist(), r.patches, config.pause_steps)
-                   for vid, r in zip(scored, records, strict=True)]  # fmt: skip
+        sources = [
+            (vid, feature_pairs(r.timestamps.tolist(), r.patches)) for vid, r in zip(scored, records, strict=True)
+        ]
     else:
-        results = [stream_video(session, dataset.video_path(vid), config.pause_steps) for vid in scored]
+        sources = [(vid, open_frames(dataset.video_path(vid), session)) for vid in scored]  # decoded when streamed
+    results = stream_many(session, sources, config.pause_steps, lengths)
     figures, scores = score_videos(results, dataset, config.tolerance_s, config.score_split)
-    streamed = {Path(clip.video).stem: clip.end_s - clip.start_s for clip in dataset.clips(config.score_split)}
-    figures.update(rate_figures(results, sum(streamed[vid] for vid in scored)))
+    figures.update(rate_figures(results, sum(lengths)))
     figures["pad_bias"] = session.pad_bias
     figures["pad_bias_search"] = tuning
     timings[f"stream_{name}"] = round(time.perf_counter() - t0, 2)

@@ -9,6 +9,8 @@
   reference's, the union of its word spans), ``event_accuracy_by_objects`` (events grouped by the number of
   shapes with any part inside the frame at the event's time, computed from the data set's shape tracks) and
   ``event_accuracy_by_action``.
+- :func:`stream_many`: many videos through one model at once (lockstep batches of :data:`STREAM_BATCH`), each
+  stream as it streams alone; the demo's scoring, PAD-bias search and ablation stream this way.
 - :func:`tune_pad_bias`: the same rule for every model: the PAD bias that makes the model talk as much as the
   reference, searched on training videos only (never held-out ones).
 - :func:`video_ablation`: the main model streamed over each held-out video with another held-out video's features
@@ -59,6 +61,9 @@ BIAS_RESOLUTION = 0.1
 video (text only) switches from silence to talking all the time at one bias: no bias between gives the target."""
 TALK_TOLERANCE = 0.1
 """PAD-bias search: stop when the talk ratio is within this share of the target."""
+STREAM_BATCH = 8
+"""Videos the demo streams through one model at once, in lockstep (:func:`stream_many`): one batched LM step per
+tick serves them all, each stream's words those of streaming it alone up to the batched matmuls' rounding."""
 
 
 @dataclass
@@ -121,6 +126,45 @@ def stream_video(session: DuplexSession, video: Path, pause_steps: int) -> Strea
     counts: list[tuple[float, int]] = []
     frames = open_frames(video, session)  # decoded as the feature cache was made
     return _stream(session, video.stem, _counting(session, frames, counts), pause_steps, counts)
+
+
+def stream_many(
+    session: DuplexSession,
+    sources: Sequence[tuple[str, Iterable[Any]]],
+    pause_steps: int,
+    lengths: Sequence[float] | None = None,
+    batch: int = STREAM_BATCH,
+) -> list[StreamResult]:
+    """Each ``(video_id, events)`` source streamed as :func:`stream_video` / :func:`stream_features` stream it alone
+    through a reset ``session``, ``batch`` at a time in lockstep
+    (:func:`~mmduplex.inference.batched.stream_batched`); ``session``'s own stream state is left alone.
+
+    ``lengths`` (one per source, e.g. seconds): sources are batched longest first, so a batch's streams end together;
+    the results come back in the order given. A result's ``compute_s`` is its share of its batch's wall time.
+    ``batch=1`` streams them one after the other through ``session`` itself (any session with ``step`` / ``flush``).
+    """
+    from mmduplex.inference.batched import stream_batched
+
+    if batch == 1:
+        return [_stream(session, video_id, events, pause_steps) for video_id, events in sources]
+    order = list(range(len(sources)))
+    if lengths is not None:
+        order.sort(key=lambda i: lengths[i], reverse=True)  # stable: ties keep their order
+    streamed = stream_batched(
+        session,
+        [sources[i] for i in order],
+        pause_steps,
+        batch=batch,
+        line_words=MAX_WORDS_PER_LINE,
+        line_display_s=MIN_DISPLAY_S,
+    )
+    results: list[StreamResult] = [None] * len(sources)  # type: ignore[list-item]
+    for i, s in zip(order, streamed, strict=True):
+        stream_s = s.steps / session.step_hz
+        results[i] = StreamResult(
+            s.video_id, s.lines, s.steps, s.compute_s, stream_s, s.video_tokens, s.frame_tokens, s.words
+        )
+    return results
 
 
 def feature_pairs(times: Sequence[float], patches: torch.Tensor) -> Iterator[tuple[float, torch.Tensor]]:
@@ -254,6 +298,7 @@ def tune_pad_bias(
     ids: Sequence[str],
     target: float | None,
     pause_steps: int,
+    batch: int = STREAM_BATCH,
 ) -> dict[str, Any]:
     """The PAD bias at which ``session``'s model talks as much as the reference on the training videos ``ids``.
 
@@ -265,6 +310,7 @@ def tune_pad_bias(
 
     Args:
         target: the talk ratio wanted; ``None``: :func:`reference_talk_ratio` on the same videos.
+        batch: videos streamed at once (:func:`stream_many`).
 
     Returns:
         ``{"pad_bias", "talk_ratio_train", "target", "videos", "tried": [[bias, talk ratio], ...]}``.
@@ -281,10 +327,11 @@ def tune_pad_bias(
     def talk(bias: float) -> float:
         if bias not in tried:
             session.pad_bias = bias
-            spoken = 0.0
-            for vid, record in zip(ids, records, strict=True):
-                result = stream_features(session, vid, record.timestamps.tolist(), record.patches, pause_steps)
-                spoken += speaking_s((line.start, line.end) for line in result.lines)
+            sources = [
+                (vid, feature_pairs(r.timestamps.tolist(), r.patches)) for vid, r in zip(ids, records, strict=True)
+            ]
+            results = stream_many(session, sources, pause_steps, [len(r.timestamps) for r in records], batch)
+            spoken = sum(speaking_s((line.start, line.end) for line in result.lines) for result in results)
             tried[bias] = spoken / reference if reference else 0.0
         return tried[bias]
 
@@ -331,13 +378,14 @@ def video_ablation(
 
     ids = list(dataset.video_ids("heldout") if ids is None else ids)
     records = [cache.load(video_key(dataset.video_path(vid))) for vid in ids]
-    results = []
+    sources = []
     for i, vid in enumerate(ids):
         own, donor = records[i], records[(i + 1) % len(ids)]
         if len(ids) == 1:
             donor = replace(own, patches=own.patches.flip(0))  # a single video: its own features played backwards
         index = torch.arange(own.timestamps.shape[0]) % donor.patches.shape[0]  # [T]
-        results.append(stream_features(session, vid, own.timestamps.tolist(), donor.patches[index], pause_steps))
+        sources.append((vid, feature_pairs(own.timestamps.tolist(), donor.patches[index])))
+    results = stream_many(session, sources, pause_steps, [len(r.timestamps) for r in records])
     figures, _ = score_videos(results, dataset, tolerance_s)
     figures["videos"] = len(ids)
     figures["pairing"] = "video i streamed with held-out video (i + 1) mod n's features, scored on video i's events"

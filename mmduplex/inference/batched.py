@@ -119,6 +119,7 @@ class _Stream:
     position: int
     video_id: str
     session: _LockstepSession
+    loop: StepLoop
     steps: Iterator[StepOutput]
     collector: LineCollector
     pending: StepOutput | None = None
@@ -147,8 +148,15 @@ def _batched_step(template: DuplexSession, cache: SinkWindowCache, streams: list
     return out.logits[:, -1]  # [B, V]
 
 
+Watch = Callable[[int, StepOutput, DuplexSession, StepLoop], None]
+"""Called after every step of a stream with ``(source index, step output, the stream's session, its loop)``."""
+
+
 def _run_cohort(
-    template: DuplexSession, streams: list[_Stream], on_step: Callable[[int, StepOutput], None] | None
+    template: DuplexSession,
+    streams: list[_Stream],
+    on_step: Callable[[int, StepOutput], None] | None,
+    watch: Watch | None = None,
 ) -> None:
     """Run ``streams`` in lockstep until every one has ended; each keeps its lines in its collector."""
     for stream in streams:
@@ -169,6 +177,8 @@ def _run_cohort(
             stream.collector.push(out)
             if on_step is not None:
                 on_step(stream.position, out)
+            if watch is not None:
+                watch(stream.position, out, stream.session, stream.loop)
             stream.pending = next(stream.steps, None)  # the loop goes on to its next step or ends
             if stream.pending is not None:
                 still.append(row)
@@ -189,6 +199,7 @@ def stream_batched(
     line_words: int = DEFAULT_LINE_WORDS,
     line_display_s: float = DEFAULT_LINE_DISPLAY_S,
     on_step: Callable[[int, StepOutput], None] | None = None,
+    watch: Watch | None = None,
 ) -> list[StreamedCommentary]:
     """Stream every source through ``session``'s model, ``batch`` at a time in lockstep (see the module docstring).
 
@@ -206,6 +217,9 @@ def stream_batched(
         line_words: words that end a line.
         line_display_s: seconds a line stays up after its last word.
         on_step: called with ``(source index, step output)`` after every step of every stream.
+        watch: called with ``(source index, step output, session, loop)`` after every step of every stream: the
+            stream's own session and :class:`~mmduplex.inference.loop.StepLoop` (e.g. the questions it has typed and
+            the user tokens still queued), as a caller streaming one source sees them between steps.
 
     Returns:
         One :class:`StreamedCommentary` per source, in the order given.
@@ -226,9 +240,10 @@ def stream_batched(
             video_id, events = sources[position]
             member = _LockstepSession.following(session)
             collector = LineCollector(LineBuilder(pause_steps, line_words, line_display_s))
-            streams.append(_Stream(position, video_id, member, iter(StepLoop(member, events)), collector))
+            loop = StepLoop(member, events)
+            streams.append(_Stream(position, video_id, member, loop, iter(loop), collector))
         started = time.perf_counter()
-        _run_cohort(session, streams, on_step)
+        _run_cohort(session, streams, on_step, watch)
         wall = time.perf_counter() - started
         total = sum(s.collector.steps for s in streams)
         for s in streams:
