@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -121,3 +125,26 @@ def tiny_bundle(tiny_duplex_run, tmp_path_factory):
     from mmduplex.lm.bundle import export_bundle
 
     return export_bundle(tiny_duplex_run["checkpoint"], tmp_path_factory.mktemp("tiny_bundle") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke demo (``recipes/demo/smoke.yaml``, baselines included) run once per test session, as a user runs it:
+    the console script in a subprocess (its workers spawned), with every Python warning enabled
+    (``PYTHONWARNINGS=default``), so tests see the terminal output. Shared by the demo and notebook tests: treat its
+    folder as read-only (a re-run must reuse every stage)."""
+    out = tmp_path_factory.mktemp("demo")
+    script = Path(sys.executable).with_name("mmduplex")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "mmduplex"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
+    command += ["demo", "--out", str(out), "--config", "smoke"]
+    # A guard against a hang only: with both cores busy with other work the smoke demo runs several times slower.
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return SimpleNamespace(out=out, stdout=result.stdout, stderr=result.stderr)
+
+
+@pytest.fixture(scope="session")
+def smoke_demo(smoke_run) -> Path:
+    """The folder of :func:`smoke_run`."""
+    return smoke_run.out

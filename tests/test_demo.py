@@ -8,11 +8,9 @@ import functools
 import html
 import http.server
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -52,26 +50,6 @@ FIGURES = {
     "rtf",
     "pad_bias",
 }
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """The smoke demo run once, as a user runs it: the console script in a subprocess (its workers spawned), with
-    every Python warning enabled (``PYTHONWARNINGS=default``), so the test sees the terminal output."""
-    out = tmp_path_factory.mktemp("demo")
-    script = Path(sys.executable).with_name("mmduplex")
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "mmduplex"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
-    command += ["demo", "--out", str(out), "--config", "smoke"]
-    # A guard against a hang only: with both cores busy with other work the smoke demo runs several times slower.
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return SimpleNamespace(out=out, stdout=result.stdout, stderr=result.stderr)
-
-
-@pytest.fixture(scope="module")
-def smoke_demo(smoke_run):
-    return smoke_run.out
 
 
 def test_terminal_shows_progress_and_table_only(smoke_run):

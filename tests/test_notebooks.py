@@ -1,12 +1,11 @@
 """The ablation notebooks: committed without outputs, and both run end to end (nbclient) on tiny settings.
 
-One ``smoke`` demo run (without baselines) is built once and shared by the two notebooks through
+The session's ``smoke`` demo run (``conftest.smoke_demo``, shared with the demo tests) feeds both notebooks through
 ``MMDUPLEX_NOTEBOOK_DEMO_DIR``; ``MMDUPLEX_NOTEBOOK_SMALL=1`` switches them to their tiny settings.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -17,19 +16,6 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ("tokenizer_rate_ablation.ipynb", "stream_walkthrough.ipynb")
-
-
-@pytest.fixture(scope="module")
-def smoke_demo(tmp_path_factory) -> Path:
-    """The ``smoke`` demo (no baselines) run in-process; its folder holds ``report.json`` and ``bundle/``."""
-    import mmduplex.recipes
-    from mmduplex.demo.run import DemoConfig, run_demo
-
-    config = dataclasses.replace(DemoConfig.from_yaml(mmduplex.recipes.recipe_path("demo/smoke")), baselines=())
-    root = tmp_path_factory.mktemp("notebook_demo")
-    with one_torch_thread():
-        run_demo(root, config)
-    return root
 
 
 def _execute(name: str, demo_dir: Path, out_dir: Path, monkeypatch) -> nbformat.NotebookNode:
