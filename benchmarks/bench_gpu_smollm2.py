@@ -65,7 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="work folder (data, features, runs, bundle)")
     parser.add_argument("--json", default=None, help="figures JSON (default: OUT/figures.json)")
-    parser.add_argument("--demo-recipe", default="demo/smollm2", help="demo recipe the data settings come from")
+    parser.add_argument(
+        "--demo-recipe", default="demo/smollm2_projector", help="demo recipe the data settings come from"
+    )
     parser.add_argument("--recipe", default="duplex/smollm2_projector_gpu", help="duplex training recipe")
     parser.add_argument("--videos", type=int, default=704, help="synthetic videos in all")
     parser.add_argument("--heldout", type=int, default=64, help="held-out videos (streamed and scored)")

@@ -342,7 +342,7 @@ def test_backbone_spec_and_text_tokenizer_resolve_offline(smollm2_dir, monkeypat
     assert backbone.config.name_or_path == LM  # what a bundle records: the registry name, not the cache folder
 
 
-@pytest.mark.parametrize("name", ["smollm2", "smollm2_lora"])
+@pytest.mark.parametrize("name", ["smollm2", "smollm2_projector"])
 def test_smollm2_demo_configs_train_the_frozen_lm_only(name):
     import yaml
 
@@ -354,7 +354,7 @@ def test_smollm2_demo_configs_train_the_frozen_lm_only(name):
     recipe = yaml.safe_load(mmduplex.recipes.recipe_path(config.duplex_recipe).read_text())
     init = recipe["model"]["init_args"]
     assert init["backbone"] == LM and "text_tokenizer" not in init  # the LM's own BPE tokenizer (+ PAD / EPAD)
-    assert init["finetune"] == ("lora" if name.endswith("lora") else "projector")
+    assert init["finetune"] == ("projector" if name.endswith("projector") else "lora")  # LoRA: chosen on val
     assert recipe["trainer"]["accelerator"] == "cpu" and init["torch_dtype"] == "bfloat16"  # bench_smollm2_cpu.py
     assert recipe["trainer"]["precision"] == "bf16-mixed"
     # The full demo's data and stream grid, so its figures compare with the main demo's (the same val / held out).

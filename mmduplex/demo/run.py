@@ -27,8 +27,9 @@ atomically, so a stage killed half-way is simply redone; a folder holding a run 
 
 The terminal shows one progress line per stage and the results table (:func:`~mmduplex.demo.stages.quiet_frameworks`).
 The demo's sizes, encoder and recipes are a :class:`DemoConfig`, read from ``recipes/demo/<name>.yaml``
-(``default``: the full demo; ``smoke``: the reduced run the tests use; ``smollm2`` / ``smollm2_lora``: the frozen
-SmolLM2 recipes, main model only). The training recipes themselves are the shipped ones.
+(``default``: the full demo; ``smoke``: the reduced run the tests use; ``smollm2`` (LoRA, chosen on val) /
+``smollm2_projector``: the frozen SmolLM2 recipes, main model only). The training recipes themselves are the shipped
+ones.
 """
 
 from __future__ import annotations
