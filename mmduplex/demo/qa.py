@@ -114,32 +114,26 @@ def stream_asking_many(
     session: DuplexSession,
     videos: Sequence[tuple[str, Sequence[float], torch.Tensor, Sequence[SyntheticQuestion]]],
     pause_steps: int,
-    batch: int | None = None,
+    **batching: Any,
 ) -> list[tuple[StreamResult, list[AskedQuestion]]]:
-    """:func:`stream_asking` for many videos ``(video_id, times, patches [T, P, D], questions)`` at once, in lockstep
-    batches (:func:`~mmduplex.demo.stream.stream_many`'s batching, longest first): each video's commentary (as
-    :class:`~mmduplex.demo.stream.StreamResult`) and its questions, as streaming it alone gives them."""
-    from mmduplex.demo.stream import MAX_WORDS_PER_LINE, MIN_DISPLAY_S, STREAM_BATCH, StreamResult, feature_pairs
-    from mmduplex.inference.batched import stream_batched
+    """:func:`stream_asking` for many videos ``(video_id, times, patches [T, P, D], questions)`` at once, through
+    :func:`~mmduplex.demo.stream.stream_many` (``batching``: its ``batch``), longest first: each video's commentary
+    and its questions, as streaming it alone gives them."""
+    from mmduplex.demo.stream import feature_pairs, stream_many
     from mmduplex.inference.loop import timeline
 
     askings = [_Asking(questions) for *_, questions in videos]
-    order = sorted(range(len(videos)), key=lambda i: len(videos[i][1]), reverse=True)  # stable: ties keep order
-    sources = [(videos[i][0], timeline(feature_pairs(videos[i][1], videos[i][2]), askings[i].typed)) for i in order]
-    streamed = stream_batched(
+    sources = [(vid, timeline(feature_pairs(times, patches), asking.typed))
+               for (vid, times, patches, _), asking in zip(videos, askings, strict=True)]  # fmt: skip
+    results = stream_many(
         session,
         sources,
         pause_steps,
-        batch=batch or STREAM_BATCH,
-        line_words=MAX_WORDS_PER_LINE,
-        line_display_s=MIN_DISPLAY_S,
-        watch=lambda position, out, member, loop: askings[order[position]].after_step(member, loop),
+        [len(times) for _, times, *_ in videos],
+        watch=lambda i, out, member, loop: askings[i].after_step(member, loop),
+        **batching,
     )
-    results: list[tuple[StreamResult, list[AskedQuestion]]] = [None] * len(videos)  # type: ignore[list-item]
-    for i, s in zip(order, streamed, strict=True):
-        result = StreamResult(s.video_id, s.lines, s.steps, s.compute_s, s.steps / session.step_hz, 0, words=s.words)
-        results[i] = (result, askings[i].asked)
-    return results
+    return [(result, asking.asked) for result, asking in zip(results, askings, strict=True)]
 
 
 def score_answers(asked: Sequence[AskedQuestion], spoken: Sequence[tuple[float, str]], tolerance_s: float) -> None:

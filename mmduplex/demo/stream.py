@@ -47,6 +47,7 @@ from mmduplex.lm.alignment import time_to_step
 
 if TYPE_CHECKING:
     from mmduplex.data.synthetic import SyntheticDataset
+    from mmduplex.inference.batched import Watch
     from mmduplex.inference.session import DuplexSession, StepOutput
     from mmduplex.io.feature_cache import FeatureCache
 
@@ -134,6 +135,7 @@ def stream_many(
     pause_steps: int,
     lengths: Sequence[float] | None = None,
     batch: int = STREAM_BATCH,
+    watch: Watch | None = None,
 ) -> list[StreamResult]:
     """Each ``(video_id, events)`` source streamed as :func:`stream_video` / :func:`stream_features` stream it alone
     through a reset ``session``, ``batch`` at a time in lockstep
@@ -141,11 +143,13 @@ def stream_many(
 
     ``lengths`` (one per source, e.g. seconds): sources are batched longest first, so a batch's streams end together;
     the results come back in the order given. A result's ``compute_s`` is its share of its batch's wall time.
-    ``batch=1`` streams them one after the other through ``session`` itself (any session with ``step`` / ``flush``).
+    ``watch``: :func:`~mmduplex.inference.batched.stream_batched`'s hook, called with the source's index as given.
+    ``batch=1`` without ``watch`` streams them one after the other through ``session`` itself (any session with
+    ``step`` / ``flush``).
     """
     from mmduplex.inference.batched import stream_batched
 
-    if batch == 1:
+    if batch == 1 and watch is None:
         return [_stream(session, video_id, events, pause_steps) for video_id, events in sources]
     order = list(range(len(sources)))
     if lengths is not None:
@@ -157,6 +161,7 @@ def stream_many(
         batch=batch,
         line_words=MAX_WORDS_PER_LINE,
         line_display_s=MIN_DISPLAY_S,
+        watch=None if watch is None else (lambda position, *rest: watch(order[position], *rest)),
     )
     results: list[StreamResult] = [None] * len(sources)  # type: ignore[list-item]
     for i, s in zip(order, streamed, strict=True):
