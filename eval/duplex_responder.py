@@ -21,6 +21,12 @@ reply steps, and the reply is every word said in them, silences skipped: a duple
 before it answers, so its first line is not always the answer (the reference parser then reads the first letter).
 Word pieces are joined (a piece that does not start a word is glued to the previous one).
 
+Batched (:meth:`DuplexResponder.answer_batch`): each question is one stream, the video (as patch features,
+:meth:`DuplexResponder.features`: each frame encoded as ``push_frame`` encodes it) streamed as ``prepare_video``
+streams it, then the prompt and the reply steps as ``answer`` runs them; ``batch`` such streams run at once through
+one LM step per tick (:func:`~mmduplex.inference.batched.run_lockstep`). Each reply is what ``prepare_video`` then
+``answer`` give, up to the batched matmuls' rounding; a video with several questions is streamed once per question.
+
 Likelihood (:meth:`DuplexResponder.letter_logprobs`): the log-softmax of the raw logits (no PAD bias, no
 temperature) of that first reply step, read at each letter's token id. A letter the text tokenizer cannot spell as
 one known token (several pieces, or the unknown token of a word-level vocabulary) gets ``-inf``: the model cannot
@@ -32,7 +38,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -114,6 +121,19 @@ class DuplexResponder:
 
     # ------------------------------------------------------------------ streaming a video
 
+    def _loop(
+        self, session: DuplexSession, frames: torch.Tensor, timestamps: Sequence[float], subtitles: Sequence[Subtitle]
+    ) -> StepLoop:
+        """The streaming loop of one video: frames (``[T, H, W, 3]`` pixels or ``[T, P, D]`` features) and subtitles
+        in the reference's interleaved order, drained at the end."""
+        events = [
+            (float(timestamps[item]), frames[item]) if isinstance(item, int) else Question(item.mid, item.text)
+            for item in interleave(timestamps, subtitles)
+        ]
+        return StepLoop(
+            session, events, after="drain", hold_s=0.0, max_gap_steps=self.max_gap_steps, late_questions="wait"
+        )
+
     def prepare_video(
         self, frames: torch.Tensor, timestamps: Sequence[float], subtitles: Sequence[Subtitle]
     ) -> DuplexSession:
@@ -126,13 +146,7 @@ class DuplexResponder:
             raise InputError("frames", f"expected [T, H, W, 3] with T = {len(timestamps)}, got {tuple(frames.shape)}")
         session = self._session.copy()
         session.reset()
-        events = [
-            (float(timestamps[item]), frames[item]) if isinstance(item, int) else Question(item.mid, item.text)
-            for item in interleave(timestamps, subtitles)
-        ]
-        loop = StepLoop(
-            session, events, after="drain", hold_s=0.0, max_gap_steps=self.max_gap_steps, late_questions="wait"
-        )
+        loop = self._loop(session, frames, timestamps, subtitles)
         for _ in loop:
             pass
         self.skipped_steps += loop.skipped_steps
@@ -153,6 +167,70 @@ class DuplexResponder:
         session, out = self._ask(state, prompt)
         outputs = [out] + [session.step() for _ in range(self.max_answer_steps - 1)]
         return " ".join(word for _, word in spoken_words(outputs))
+
+    # ------------------------------------------------------------------ many questions at once
+
+    @torch.inference_mode()
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """``[T, P, D]`` patch features of ``frames`` [T, H, W, 3] uint8, each frame encoded as ``push_frame`` does
+        (for :meth:`answer_batch`: a batch holds features, not pixels)."""
+        if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise InputError("frames", f"expected [T, H, W, 3] uint8, got {tuple(frames.shape)} {frames.dtype}")
+        encoder = self._session.encoder
+        return torch.stack([encoder.encode(frame[None]).patches[0] for frame in frames]) if len(frames) else frames
+
+    def answer_batch(
+        self,
+        videos: Sequence[tuple[Sequence[float], torch.Tensor, Sequence[Subtitle], Sequence[str]]],
+        batch: int = 8,
+    ) -> list[list[str]]:
+        """Every prompt of every video answered, ``batch`` questions at a time in lockstep (module docstring).
+
+        Args:
+            videos: ``(timestamps, features [T, P, D] from :meth:`features`, subtitles, prompts)`` per video.
+            batch: most questions streamed at once.
+
+        Returns:
+            Per video, the reply to each of its prompts (what ``answer(prepare_video(...), prompt)`` gives).
+        """
+        from mmduplex.inference.batched import run_lockstep
+
+        for timestamps, patches, _, _ in videos:
+            if patches.dim() != 3 or patches.shape[0] != len(timestamps):
+                shape = tuple(patches.shape)
+                raise InputError("features", f"expected [T, P, D] with T = {len(timestamps)}, got {shape}")
+        asked = [(v, p) for v, (_, _, _, prompts) in enumerate(videos) for p in range(len(prompts))]
+        first_step = [0] * len(asked)  # the step that feeds each prompt's last token: its reply's first step
+        outputs: list[list[StepOutput]] = [[] for _ in asked]
+
+        def program(k: int):
+            v, p = asked[k]
+            timestamps, patches, subtitles, prompts = videos[v]
+
+            def run(session: DuplexSession) -> Iterator[StepOutput]:
+                loop = self._loop(session, patches, timestamps, subtitles)
+                yield from loop
+                if p == 0:
+                    self.skipped_steps += loop.skipped_steps
+                session.ask(prompts[p])
+                yield session.step()
+                while session.pending_user_tokens:
+                    yield session.step()
+                first_step[k] = session.step_index - 1  # the lockstep driver has run the step when this resumes
+                for _ in range(self.max_answer_steps - 1):
+                    yield session.step()
+
+            return run
+
+        def keep(k: int, out: StepOutput) -> None:
+            outputs[k].append(replace(out, logits=out.logits[:0]))  # the [V] logits of every step are not kept
+
+        run_lockstep(self._session, [program(k) for k in range(len(asked))], batch=batch, on_step=keep)
+        replies: list[list[str]] = [[""] * len(prompts) for _, _, _, prompts in videos]
+        for k, (v, p) in enumerate(asked):
+            reply = [out for out in outputs[k] if out.index >= first_step[k]]
+            replies[v][p] = " ".join(word for _, word in spoken_words(reply))
+        return replies
 
     def letter_logprobs(self, state: DuplexSession, prompt: str, letters: Sequence[str]) -> dict[str, float]:
         """Log-probability of each letter as the first reply token after ``prompt`` (``-inf``: not one token)."""

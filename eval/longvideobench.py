@@ -90,7 +90,9 @@ REFERENCE_SUBTITLES = True
 """Model mode interleaves subtitles when not told otherwise (the same protocol)."""
 DEFAULT_MAX_ANSWER_STEPS = 32
 """``--checkpoint``: the cap on a generated reply's length in steps (an answer is one letter; not a tuned value)."""
-_MODEL_ONLY = ("scoring", "responses_out", "max_answer_steps", "max_gap_steps")
+DEFAULT_BATCH = 8
+"""``--checkpoint``: questions answered at once (lockstep streams) when ``--batch`` is not given."""
+_MODEL_ONLY = ("scoring", "responses_out", "max_answer_steps", "max_gap_steps", "batch")
 _PREDICTIONS_NOTE = "videos and subtitles not read (predictions mode); frames and subtitles are as stated, unchecked"
 _NO_ANSWER = len(LETTERS)  # class index of "no letter / no response": never equal to a target
 
@@ -179,6 +181,8 @@ class LongVideoBenchEval(EvalTask):
         responses_out: model mode: where to write the responses JSONL (``None``: beside the results JSON as
             ``<stem>.responses.jsonl`` when :meth:`write` is called, else not written).
         progress: show a progress bar over questions (model mode).
+        batch: model mode, generation scoring: questions answered at once by a responder that can
+            (``DuplexResponder``: that many streams in lockstep, the same replies up to rounding); 1: one at a time.
     """
 
     name = "longvideobench"
@@ -193,6 +197,7 @@ class LongVideoBenchEval(EvalTask):
         "responses_out": None,
         "max_answer_steps": None,
         "max_gap_steps": None,
+        "batch": None,
     }
     required = ("data_root",)
 
@@ -208,6 +213,7 @@ class LongVideoBenchEval(EvalTask):
         responses_out: str | os.PathLike | None = None,
         progress: bool = True,
         frame_fps: float | None = None,
+        batch: int = 1,
     ) -> None:
         if (predictions is None) == (responder is None):
             raise InputError("predictions", "give exactly one of a predictions file or a responder")
@@ -219,6 +225,9 @@ class LongVideoBenchEval(EvalTask):
             raise InputError("frames", "model mode needs subtitles set and exactly one of frames and frame_fps")
         if scoring not in SCORING_MODES:
             raise InputError("scoring", f"must be one of {SCORING_MODES}, got {scoring!r}")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise InputError("batch", f"must be a positive integer, got {batch!r}")
+        self.batch = batch
         self.data_root = Path(data_root)
         self.predictions = None if predictions is None else Path(predictions)
         self.responder = responder
@@ -247,6 +256,7 @@ class LongVideoBenchEval(EvalTask):
             "skipped": None if model_mode else _PREDICTIONS_NOTE,
             "checkpoint": str(getattr(self.responder, "bundle_path", "")) or None,
             "responder": getattr(self.responder, "settings", None),
+            "batch": self.batch if model_mode else None,
         }
 
     def run(self) -> dict[str, Any]:
@@ -271,6 +281,7 @@ class LongVideoBenchEval(EvalTask):
                 self.progress,
                 self.annotations,
                 self.frame_fps,
+                self.batch,
             )
             responses, reasons = run.responses, run.missing
             settings.update(missing_videos=run.missing_videos, missing_subtitles=run.missing_subtitles)
@@ -372,6 +383,13 @@ class LongVideoBenchEval(EvalTask):
             metavar="K",
             help="model mode: run at most K empty steps between frames/subtitles, skip the rest (default: run all)",
         )
+        add(
+            "--batch",
+            type=int | None,
+            metavar="N",
+            help=f"model mode, generation scoring: answer N questions at once, streamed in lockstep through one LM "
+            f"step per tick (default {DEFAULT_BATCH}; 1: one at a time; the replies are the same up to rounding)",
+        )
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> LongVideoBenchEval:
@@ -412,4 +430,5 @@ class LongVideoBenchEval(EvalTask):
             subtitles=REFERENCE_SUBTITLES if subtitles is None else subtitles,
             scoring=settings["scoring"] or "generation",
             responses_out=settings["responses_out"],
+            batch=DEFAULT_BATCH if settings["batch"] is None else settings["batch"],
         )

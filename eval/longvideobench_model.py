@@ -56,6 +56,21 @@ class Responder(Protocol):
         ...
 
 
+class BatchResponder(Responder, Protocol):
+    """A :class:`Responder` that also answers many questions at once (generation scoring)."""
+
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """What the model reads of ``frames`` [T, H, W, 3] (e.g. ``[T, P, D]`` patch features): held per video
+        until its batch runs, instead of the pixels."""
+        ...
+
+    def answer_batch(self, videos: Sequence[tuple[Sequence[float], Any, Sequence[Subtitle], Sequence[str]]],
+                     batch: int) -> list[list[str]]:  # fmt: skip
+        """Per video ``(timestamps, features, subtitles, prompts)``, the reply to each prompt: what ``answer`` on
+        ``prepare_video``'s state gives."""
+        ...
+
+
 @dataclass
 class ModelRun:
     """What :func:`run_responder` produced: responses, why some questions have none, missing-file counts."""
@@ -76,8 +91,11 @@ def run_responder(
     progress: bool = True,
     annotations: str = "lvb_val.json",
     sample_fps: float | None = None,
+    batch: int = 1,
 ) -> ModelRun:
-    """Ask every question through ``responder``: one ``prepare_video`` per video, then its questions on that state.
+    """Ask every question through ``responder``: one ``prepare_video`` per video, then its questions on that state;
+    with ``batch > 1``, generation scoring and a responder that has ``answer_batch`` (:class:`BatchResponder`), the
+    videos go in as features (``features``) and ``batch`` questions are answered at once.
 
     Args:
         questions: the records to ask (from :func:`load_annotations`).
@@ -89,9 +107,12 @@ def run_responder(
         progress: show a progress bar over questions.
         annotations: the annotation file name (for error messages).
         sample_fps: the frame rate used when ``max_frames`` is ``None`` (model mode's default: the bundle's fps).
+        batch: questions answered at once by a :class:`BatchResponder` (1: one at a time, the reference's order).
     """
     if scoring not in SCORING_MODES:
         raise InputError("scoring", f"must be one of {SCORING_MODES}, got {scoring!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InputError("batch", f"must be a positive integer, got {batch!r}")
     if (max_frames is None) == (sample_fps is None):
         raise InputError("max_frames", "give exactly one of max_frames (reference sampling) and sample_fps")
     root = Path(data_root)
@@ -106,6 +127,16 @@ def run_responder(
         by_video.setdefault(q.video_path, []).append(q)
     run = ModelRun({}, {}, 0, 0)
     bar = tqdm(total=len(questions), desc="longvideobench", unit="q", disable=not progress)
+    batched = batch > 1 and scoring == "generation" and hasattr(responder, "answer_batch")
+    pending: list[tuple[list[Question], tuple]] = []  # batched: videos waiting, as features
+
+    def answer_pending() -> None:
+        replies = responder.answer_batch([video for _, video in pending], batch)
+        for (asked, _), answers in zip(pending, replies, strict=True):
+            run.responses.update({q.id: answer for q, answer in zip(asked, answers, strict=True)})
+            bar.update(len(asked))
+        pending.clear()
+
     for video_path, video_questions in by_video.items():
         video_file = root / "videos" / video_path
         if not video_file.is_file():
@@ -126,6 +157,12 @@ def run_responder(
                 run.missing.update(
                     {q.id: f"subtitles missing (asked without): {subtitle_file}" for q in video_questions}
                 )
+        if batched:
+            prompts = [build_prompt(q) for q in video_questions]
+            pending.append((video_questions, (timestamps, responder.features(frames), kept, prompts)))
+            if sum(len(asked) for asked, _ in pending) >= batch:
+                answer_pending()
+            continue
         state = responder.prepare_video(frames, timestamps, kept)
         for q in video_questions:
             prompt = build_prompt(q)
@@ -136,5 +173,7 @@ def run_responder(
                 logprobs = responder.letter_logprobs(state, prompt, letters)
                 run.responses[q.id] = max(letters, key=lambda letter: logprobs[letter])
             bar.update(1)
+    if pending:
+        answer_pending()
     bar.close()
     return run

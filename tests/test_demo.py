@@ -180,8 +180,15 @@ def test_breakdown_tool_matches_the_demo(smoke_demo):
     accuracy, and its buckets partition the events."""
     tool = _breakdown_tool()
     report = json.loads((smoke_demo / "report.json").read_text())
-    figures = tool.breakdown(smoke_demo, smoke_demo / "bundle")
+    rows = []
+    figures = tool.breakdown(smoke_demo, smoke_demo / "bundle", events_out=rows)
     everything = figures["accuracy"]["all"]["all"]
+    # one row per scored event (to compare models event by event), agreeing with the figures
+    assert len(rows) == everything["events"]
+    assert sum(r["hit"] for r in rows) / len(rows) == pytest.approx(everything["accuracy"], abs=1e-3)
+    assert sum(r["action"] == "enters" and r["hit"] for r in rows) == round(
+        figures["accuracy"]["action"]["enters"]["accuracy"] * figures["accuracy"]["action"]["enters"]["events"]
+    )
     assert everything["events"] == report["details"]["bflow"]["events"]
     assert everything["accuracy"] == pytest.approx(report["event_accuracy"], abs=0.05)
     for kind in ("action", "objects", "time", "flow_at_shape", "video_on_time", "other shapes before", "turned before"):

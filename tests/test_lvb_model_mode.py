@@ -69,7 +69,7 @@ def count_prepares(monkeypatch):
 def test_model_mode_command_rescores_and_reuses_state(tiny_bundle, lvb_root, tmp_path, scoring, count_prepares):
     out = tmp_path / "out" / "results.json"
     argv = ["eval", "longvideobench", "--data-root", str(lvb_root), "--checkpoint", str(tiny_bundle)]
-    argv += ["--out", str(out), "--frames", "3", "--scoring", scoring, "--max-answer-steps", "8"]
+    argv += ["--out", str(out), "--frames", "3", "--scoring", scoring, "--max-answer-steps", "8", "--batch", "1"]
     assert cli.main(argv) == 0
     results = json.loads(out.read_text())
     for key in ("overall", "n", "by_duration_group", "by_question_category", "by_level", "no_letter", "settings"):
@@ -184,6 +184,49 @@ def test_wrong_bundle_and_flag_conflicts_fail_cleanly(lvb_root, tmp_path, capsys
     assert cli.main([*argv, "--predictions", str(preds), "--scoring", "likelihood"]) == 2
     assert "--scoring: only with --checkpoint" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_batched_answers_are_each_question_asked_alone(tiny_bundle):
+    """``answer_batch`` (lockstep streams, a video per question) replies as ``answer(prepare_video(...))`` does, for
+    videos of different lengths, with subtitles and gap skipping, over more questions than one batch holds."""
+    settings = {"max_answer_steps": 12, "max_gap_steps": 4, "temperature": 1.0}  # sampled: the tiny model speaks
+    responder, alone = DuplexResponder(tiny_bundle, **settings), DuplexResponder(tiny_bundle, **settings)
+    videos, expected = [], []
+    for seconds, times, subtitles, prompts in (
+        (4, None, [Subtitle(1.0, 2.0, "red square enters")], [PROMPT, "what colour is the square ?"]),
+        (6, [0.0, 1.0, 9.0, 10.0, 11.0, 12.0], [], [PROMPT]),  # a gap of 40 steps, cut to 4
+        (2, None, [Subtitle(0.5, 1.5, "blue circle moves")], ["how many shapes are on screen ?"]),
+    ):
+        frames, default_times = _video(seconds)
+        times = times or default_times
+        state = alone.prepare_video(frames, times, subtitles)
+        expected.append([alone.answer(state, prompt) for prompt in prompts])
+        videos.append((times, responder.features(frames), subtitles, prompts))
+    assert sum(bool(reply) for replies in expected for reply in replies) >= 2  # the tiny model says something
+    assert responder.answer_batch(videos, batch=3) == expected  # cohorts of 3 and 1
+    assert responder.skipped_steps == alone.skipped_steps > 0  # counted once per video
+    # the features are what push_frame encodes
+    frames, times = _video(2)
+    session = alone._session.copy()
+    session.reset()
+    session.push_frame(0.0, frames[0])
+    assert torch.equal(responder.features(frames)[0], alone._session.encoder.encode(frames[:1]).patches[0])
+
+
+def test_model_mode_batches_generation_by_default(tiny_bundle, lvb_root, tmp_path, count_prepares):
+    """``eval longvideobench --checkpoint`` answers 8 questions at once unless told otherwise: the same responses as
+    ``--batch 1``, without a ``prepare_video``."""
+    argv = ["eval", "longvideobench", "--data-root", str(lvb_root), "--checkpoint", str(tiny_bundle)]
+    argv += ["--frames", "3", "--max-answer-steps", "8"]
+    responses = {}
+    for batch in (None, "1"):
+        out = tmp_path / f"batch{batch}" / "results.json"
+        assert cli.main([*argv, "--out", str(out), *([] if batch is None else ["--batch", batch])]) == 0
+        results = json.loads(out.read_text())
+        assert results["settings"]["batch"] == (8 if batch is None else 1)
+        responses[batch] = out.with_name("results.responses.jsonl").read_text()
+    assert len(count_prepares) == 2  # only the --batch 1 run prepared videos (two of them)
+    assert responses[None] == responses["1"] and responses[None].count("\n") == 3
 
 
 def test_model_mode_default_streams_frames_at_the_bundle_fps(tiny_bundle, lvb_root, tmp_path, count_prepares):

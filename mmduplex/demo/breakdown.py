@@ -116,9 +116,12 @@ def breakdown(
     word_delay_s: float | None = None,
     cut_s: float = 0.0,
     min_event_s: float = 0.0,
+    events_out: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The figures the module docstring lists, as a JSON-ready dict (``pad_bias`` / ``word_delay_s`` ``None``: the
-    demo's; ``cut_s`` / ``min_event_s``: see ``--cut`` / ``--min-event-s``)."""
+    demo's; ``cut_s`` / ``min_event_s``: see ``--cut`` / ``--min-event-s``). With ``events_out`` a list, one row per
+    scored event is appended to it: its video, time, words, buckets, whether it was described and the words said in
+    its window (to compare two models event by event)."""
     import torch
 
     from mmduplex.data.synthetic import SyntheticDataset
@@ -191,10 +194,17 @@ def breakdown(
             for kind, group in groups.items():
                 total[kind, group] += 1
                 hit[kind, group] += latency is not None
+            window = [w for t, w in words if event.t - 1e-6 <= t <= event.t + tolerance_s + 1e-6]
+            if events_out is not None:
+                events_out.append({
+                    "video": vid, "t": round(event.t + cut_s, 3), "shape_id": event.shape_id,
+                    "words": [event.colour, event.shape, event.action], "hit": latency is not None,
+                    "latency_s": latency, "said": window, **groups,
+                })  # fmt: skip
             if latency is not None:
                 latencies.append(latency)
                 continue
-            said = {w for t, w in words if event.t - 1e-6 <= t <= event.t + tolerance_s + 1e-6}
+            said = set(window)
             absent = [name for name, w in zip(WORDS, (event.colour, event.shape, event.action), strict=True)
                       if w not in said]  # fmt: skip
             missing["silent" if not said else "+".join(absent)] += 1
@@ -227,14 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cut", type=float, default=0.0, help="stream each video from this time (s), fresh")
     parser.add_argument("--min-event-s", type=float, default=0.0, help="score only the events from this time (s)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--events", type=Path, default=None, help="also write one JSON line per scored event here")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     bundle = args.bundle or args.demo_dir / "bundle"
+    rows: list[dict[str, Any]] = []
     figures = breakdown(
         args.demo_dir, bundle, args.split, args.videos, args.within, args.pad_bias,
-        cut_s=args.cut, min_event_s=args.min_event_s,
+        cut_s=args.cut, min_event_s=args.min_event_s, events_out=rows,
     )  # fmt: skip
     for kind, groups in figures["accuracy"].items():
         cells = ", ".join(f"{g} {v['accuracy']:.3f} ({v['events']})" for g, v in groups.items())
@@ -245,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         from mmduplex.fileio import write_json_atomic
 
         write_json_atomic(args.json, figures)
+    if args.events is not None:
+        from mmduplex.fileio import write_text_atomic
+
+        write_text_atomic(args.events, "".join(json.dumps(row) + "\n" for row in rows))
     return 0
 
 

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from mmduplex.tokenizer.base import FrameTokens
     from mmduplex.tokenizer.encoders.base import FrozenImageEncoder
 
-__all__ = ["StreamedCommentary", "stream_batched", "stream_features_batched"]
+__all__ = ["Program", "StreamedCommentary", "run_lockstep", "stream_batched", "stream_features_batched"]
 
 
 @dataclass
@@ -119,9 +119,9 @@ class _Stream:
     position: int
     video_id: str
     session: _LockstepSession
-    loop: StepLoop
+    loop: StepLoop | None  # None: a program's stream (run_lockstep)
     steps: Iterator[StepOutput]
-    collector: LineCollector
+    collector: LineCollector | None  # None: a program's stream
     pending: StepOutput | None = None
 
 
@@ -174,7 +174,8 @@ def _run_cohort(
         still = []
         for row, stream in enumerate(active):
             out = stream.session.finish(logits[row].clone(), stream.pending)
-            stream.collector.push(out)
+            if stream.collector is not None:
+                stream.collector.push(out)
             if on_step is not None:
                 on_step(stream.position, out)
             if watch is not None:
@@ -187,6 +188,59 @@ def _run_cohort(
                 _keep_rows(cache, still)
             active = [active[row] for row in still]
         index += 1
+
+
+Program = Callable[[DuplexSession], Iterable[StepOutput]]
+"""One stream's steps, as a generator over the stream's own fresh (reset) session: it yields every ``session.step()``
+as soon as it is taken (e.g. ``yield from StepLoop(session, events)``, then ``session.ask(text)`` and more steps). The
+batch driver completes each step before the generator resumes, so a program may read the session's queues and clock
+between steps, never a step's result (the word, the logits): those reach ``on_step``."""
+
+
+@torch.inference_mode()
+def run_lockstep(
+    session: DuplexSession,
+    programs: Sequence[Program],
+    *,
+    batch: int = 8,
+    on_step: Callable[[int, StepOutput], None] | None = None,
+) -> list[int]:
+    """Run every program (see :data:`Program`) through ``session``'s model, ``batch`` at a time in lockstep.
+
+    Each program gets a fresh stream with ``session``'s model and settings (``session``'s own stream state is neither
+    used nor changed) and runs as it runs alone on a reset copy of ``session``, up to the batched matmuls' rounding.
+
+    Args:
+        session: the template session.
+        programs: one per stream, batched in the order given.
+        batch: most streams per LM step.
+        on_step: called with ``(program index, step output)`` after every step of every stream.
+
+    Returns:
+        The steps each program ran, in the order given.
+
+    Raises:
+        InputError: ``batch < 1`` or no programs.
+    """
+    if batch < 1:
+        raise InputError("batch", f"must be >= 1, got {batch}")
+    if not programs:
+        raise InputError("programs", "no streams to run")
+    steps = [0] * len(programs)
+
+    def count(position: int, out: StepOutput) -> None:
+        steps[position] += 1
+        if on_step is not None:
+            on_step(position, out)
+
+    for first in range(0, len(programs), batch):
+        streams = []
+        for position in range(first, min(first + batch, len(programs))):
+            member = _LockstepSession.following(session)
+            run = iter(programs[position](member))
+            streams.append(_Stream(position, f"stream {position}", member, None, run, None))
+        _run_cohort(session, streams, count)
+    return steps
 
 
 @torch.inference_mode()
