@@ -1,6 +1,7 @@
-"""B-Flow's region flow tokens (``flow_mode: region``): a stop reaches the tokens within one frame, a token covers
-a moving object whole and two objects get one each, still regions are refreshed, bundles written before the mode
-existed load and behave unchanged, and the real-footage targets of ``mmduplex tokenize`` hold in region mode.
+"""B-Flow's region flow tokens (``flow_mode: region``): a stop and a still shape's colour change reach the tokens
+within one frame, a token covers a moving object whole and two objects get one each, still regions are refreshed,
+bundles written before the mode existed load and behave unchanged, and the real-footage targets of ``mmduplex
+tokenize`` hold in region mode.
 Streaming == batch, causality and rate control of region mode are in ``tests/test_bflow.py`` (parametrised)."""
 
 from __future__ import annotations
@@ -82,6 +83,35 @@ def test_a_rendered_stop_reaches_the_tokens_within_one_frame():
     assert region.n_tokens[5:] == [0] * 7, region.n_tokens
     patch = BFlowTokenizer(BFlowConfig(**config)).eval().tokenize(patches, ts)
     assert patch.n_tokens[5] > 0, patch.n_tokens
+
+
+@pytest.mark.parametrize(("shape", "before", "after"), [("square", "green", "yellow"), ("circle", "red", "green")])
+def test_a_still_shapes_colour_change_reaches_the_tokens_within_one_frame(shape, before, after):
+    """At the demo recipe's settings (``recipes/tokenizer/lite0_s8_region.yaml``, on its encoder at 5 fps) a still
+    shape that changes colour gets a token in the frame after the change and none later; at ``flow_threshold`` 0.4
+    (the value before it was chosen on val) the change never reaches the tokens."""
+    import yaml
+
+    from mmduplex.data.synthetic import render_video
+    from mmduplex.data.synthetic_world import ShapeTrack, VideoSpec
+    from mmduplex.recipes import recipe_path
+    from mmduplex.tokenizer.encoders.factory import create_encoder
+
+    recipe = yaml.safe_load(recipe_path("tokenizer/lite0_s8_region").read_text(encoding="utf-8"))
+    config = dict(recipe["model"]["init_args"]["config"])
+    track = ShapeTrack(0, shape, 20.0, ((0.0, 48.0, 48.0), (6.0, 48.0, 48.0)), ((0.0, before), (2.0, after)))
+    spec = VideoSpec("turn", 100, 25.0, 96, 96, background_seed=1, shapes=(track,))
+    frames = torch.from_numpy(render_video(spec)[::5][:16].copy())  # 5 fps: t = 0, 0.2, ..., 3.0; the change: frame 10
+    encoder = create_encoder("efficientnet-lite0-s8", device="cpu")
+    assert (encoder.width, list(encoder.grid)) == (config["dim"], list(config["grid"]))
+    with torch.inference_mode():
+        patches = encoder.encode(frames).patches
+    ts = times(16)
+    tokens = BFlowTokenizer(BFlowConfig(**config)).eval().tokenize(patches, ts)
+    assert tokens.frames[10].kind == "flow" and tokens.n_tokens[10] >= 1, tokens.n_tokens
+    assert tokens.n_tokens[1:10] == [0] * 9 and tokens.n_tokens[11:] == [0] * 5, tokens.n_tokens
+    before_choice = BFlowTokenizer(BFlowConfig(**{**config, "flow_threshold": 0.4})).eval().tokenize(patches, ts)
+    assert before_choice.n_tokens[1:] == [0] * 15, before_choice.n_tokens
 
 
 def test_a_region_token_covers_a_moving_object_whole():
