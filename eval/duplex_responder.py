@@ -177,7 +177,9 @@ class DuplexResponder:
         if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise InputError("frames", f"expected [T, H, W, 3] uint8, got {tuple(frames.shape)} {frames.dtype}")
         encoder = self._session.encoder
-        return torch.stack([encoder.encode(frame[None]).patches[0] for frame in frames]) if len(frames) else frames
+        if not len(frames):
+            return torch.zeros(0, encoder.grid[0] * encoder.grid[1], encoder.width)  # no frame: nothing is pushed
+        return torch.stack([encoder.encode(frame[None]).patches[0] for frame in frames])
 
     def answer_batch(
         self,

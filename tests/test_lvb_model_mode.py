@@ -196,6 +196,7 @@ def test_batched_answers_are_each_question_asked_alone(tiny_bundle):
         (4, None, [Subtitle(1.0, 2.0, "red square enters")], [PROMPT, "what colour is the square ?"]),
         (6, [0.0, 1.0, 9.0, 10.0, 11.0, 12.0], [], [PROMPT]),  # a gap of 40 steps, cut to 4
         (2, None, [Subtitle(0.5, 1.5, "blue circle moves")], ["how many shapes are on screen ?"]),
+        (0, None, [], [PROMPT]),  # no frame: the prompt is typed at once
     ):
         frames, default_times = _video(seconds)
         times = times or default_times
@@ -203,7 +204,7 @@ def test_batched_answers_are_each_question_asked_alone(tiny_bundle):
         expected.append([alone.answer(state, prompt) for prompt in prompts])
         videos.append((times, responder.features(frames), subtitles, prompts))
     assert sum(bool(reply) for replies in expected for reply in replies) >= 2  # the tiny model says something
-    assert responder.answer_batch(videos, batch=3) == expected  # cohorts of 3 and 1
+    assert responder.answer_batch(videos, batch=3) == expected  # cohorts of 3 and 2
     assert responder.skipped_steps == alone.skipped_steps > 0  # counted once per video
     # the features are what push_frame encodes
     frames, times = _video(2)
