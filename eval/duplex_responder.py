@@ -46,7 +46,7 @@ import torch
 
 from mmduplex.errors import InputError
 from mmduplex.eval.longvideobench_data import Subtitle, interleave
-from mmduplex.inference.loop import Question, StepLoop, feed, spoken_words
+from mmduplex.inference.loop import Question, StepLoop, feed, feed_steps, spoken_words
 from mmduplex.inference.session import DuplexSession, StepOutput
 from mmduplex.lm.text import UNK_TOKEN
 
@@ -214,10 +214,7 @@ class DuplexResponder:
                 yield from loop
                 if p == 0:
                     self.skipped_steps += loop.skipped_steps
-                session.ask(prompts[p])
-                yield session.step()
-                while session.pending_user_tokens:
-                    yield session.step()
+                yield from feed_steps(session, prompts[p])
                 first_step[k] = session.step_index - 1  # the lockstep driver has run the step when this resumes
                 for _ in range(self.max_answer_steps - 1):
                     yield session.step()

@@ -208,9 +208,6 @@ def test_batched_answers_are_each_question_asked_alone(tiny_bundle):
     assert responder.skipped_steps == alone.skipped_steps > 0  # counted once per video
     # the features are what push_frame encodes
     frames, times = _video(2)
-    session = alone._session.copy()
-    session.reset()
-    session.push_frame(0.0, frames[0])
     assert torch.equal(responder.features(frames)[0], alone._session.encoder.encode(frames[:1]).patches[0])
 
 

@@ -114,14 +114,11 @@ class _LockstepSession(DuplexSession):
 
 @dataclass
 class _Stream:
-    """A source in a cohort: its position in the input, session, loop's step iterator, pending step and lines."""
+    """A stream in a cohort: its position in the input, session, step iterator and pending step."""
 
     position: int
-    video_id: str
     session: _LockstepSession
-    loop: StepLoop | None  # None: a program's stream (run_lockstep)
     steps: Iterator[StepOutput]
-    collector: LineCollector | None  # None: a program's stream
     pending: StepOutput | None = None
 
 
@@ -152,13 +149,8 @@ Watch = Callable[[int, StepOutput, DuplexSession, StepLoop], None]
 """Called after every step of a stream with ``(source index, step output, the stream's session, its loop)``."""
 
 
-def _run_cohort(
-    template: DuplexSession,
-    streams: list[_Stream],
-    on_step: Callable[[int, StepOutput], None] | None,
-    watch: Watch | None = None,
-) -> None:
-    """Run ``streams`` in lockstep until every one has ended; each keeps its lines in its collector."""
+def _run_cohort(template: DuplexSession, streams: list[_Stream], on_step: Callable[[int, StepOutput], None]) -> None:
+    """Run ``streams`` in lockstep until every one has ended, ``on_step(position, out)`` after each of their steps."""
     for stream in streams:
         stream.pending = next(stream.steps, None)
     active = [s for s in streams if s.pending is not None]  # a source with no frame runs no step
@@ -167,20 +159,12 @@ def _run_cohort(
     while active:
         for stream in active:
             if stream.pending.index != index:
-                raise RuntimeError(
-                    f"stream {stream.video_id!r} is at step {stream.pending.index}, the batch at {index}"
-                )
+                raise RuntimeError(f"stream {stream.position} is at step {stream.pending.index}, the batch at {index}")
         logits = _batched_step(template, cache, active)  # [B, V]
         still = []
         for row, stream in enumerate(active):
-            out = stream.session.finish(logits[row].clone(), stream.pending)
-            if stream.collector is not None:
-                stream.collector.push(out)
-            if on_step is not None:
-                on_step(stream.position, out)
-            if watch is not None:
-                watch(stream.position, out, stream.session, stream.loop)
-            stream.pending = next(stream.steps, None)  # the loop goes on to its next step or ends
+            on_step(stream.position, stream.session.finish(logits[row].clone(), stream.pending))
+            stream.pending = next(stream.steps, None)  # the stream goes on to its next step or ends
             if stream.pending is not None:
                 still.append(row)
         if len(still) < len(active):
@@ -217,7 +201,8 @@ def run_lockstep(
         on_step: called with ``(program index, step output)`` after every step of every stream.
 
     Returns:
-        The steps each program ran, in the order given.
+        Per program, in the order given: ``(steps run, compute_s)``, ``compute_s`` its share of its cohort's wall
+        time by steps (the shares add up to the wall time).
 
     Raises:
         InputError: ``batch < 1`` or no programs.
@@ -227,6 +212,7 @@ def run_lockstep(
     if not programs:
         raise InputError("programs", "no streams to run")
     steps = [0] * len(programs)
+    compute = [0.0] * len(programs)
 
     def count(position: int, out: StepOutput) -> None:
         steps[position] += 1
@@ -234,13 +220,17 @@ def run_lockstep(
             on_step(position, out)
 
     for first in range(0, len(programs), batch):
+        cohort = range(first, min(first + batch, len(programs)))
         streams = []
-        for position in range(first, min(first + batch, len(programs))):
+        for position in cohort:
             member = _LockstepSession.following(session)
-            run = iter(programs[position](member))
-            streams.append(_Stream(position, f"stream {position}", member, None, run, None))
+            streams.append(_Stream(position, member, iter(programs[position](member))))
+        started = time.perf_counter()
         _run_cohort(session, streams, count)
-    return steps
+        wall, total = time.perf_counter() - started, sum(steps[p] for p in cohort)
+        for position in cohort:
+            compute[position] = wall * steps[position] / total if total else 0.0
+    return list(zip(steps, compute, strict=True))
 
 
 @torch.inference_mode()
@@ -287,31 +277,39 @@ def stream_batched(
         raise InputError("videos", "no videos to stream")
     if pause_steps < 1:
         raise InputError("pause_steps", f"must be >= 1, got {pause_steps}")
-    results: list[StreamedCommentary | None] = [None] * len(sources)
-    for first in range(0, len(sources), batch):
-        streams = []
-        for position in range(first, min(first + batch, len(sources))):
-            video_id, events = sources[position]
-            member = _LockstepSession.following(session)
-            collector = LineCollector(LineBuilder(pause_steps, line_words, line_display_s))
-            loop = StepLoop(member, events)
-            streams.append(_Stream(position, video_id, member, loop, iter(loop), collector))
-        started = time.perf_counter()
-        _run_cohort(session, streams, on_step, watch)
-        wall = time.perf_counter() - started
-        total = sum(s.collector.steps for s in streams)
-        for s in streams:
-            s.collector.flush()
-            member = s.session
-            results[s.position] = StreamedCommentary(
-                video_id=s.video_id,
-                lines=s.collector.lines,
-                words=s.collector.words,
-                steps=s.collector.steps,
+    members: list[DuplexSession | None] = [None] * len(sources)
+    loops: list[StepLoop | None] = [None] * len(sources)
+    collectors = [LineCollector(LineBuilder(pause_steps, line_words, line_display_s)) for _ in sources]
+
+    def program(position: int) -> Program:
+        def run(member: DuplexSession) -> StepLoop:
+            members[position], loops[position] = member, StepLoop(member, sources[position][1])
+            return loops[position]
+
+        return run
+
+    def step(position: int, out: StepOutput) -> None:
+        collectors[position].push(out)
+        if on_step is not None:
+            on_step(position, out)
+        if watch is not None:
+            watch(position, out, members[position], loops[position])
+
+    ran = run_lockstep(session, [program(i) for i in range(len(sources))], batch=batch, on_step=step)
+    results = []
+    for (video_id, _), collector, member, (_, compute_s) in zip(sources, collectors, members, ran, strict=True):
+        collector.flush()
+        results.append(
+            StreamedCommentary(
+                video_id=video_id,
+                lines=collector.lines,
+                words=collector.words,
+                steps=collector.steps,
                 video_tokens=member.video_tokens + member.dropped_video_tokens,
-                compute_s=wall * s.collector.steps / total if total else 0.0,
+                compute_s=compute_s,
                 frame_tokens=member.frame_tokens,
             )
+        )
     return results
 
 

@@ -241,16 +241,23 @@ class StepLoop:
             yield session.step()
 
 
+def feed_steps(session: DuplexSession, text: str) -> Iterator[StepOutput]:
+    """Type ``text`` from the next step and yield each step run (no new video) until its last token has been fed;
+    the last one's token is the model's first reply to ``text``. Reads only the session's queue between steps (so a
+    lockstep stream can run it, :func:`~mmduplex.inference.batched.run_lockstep`)."""
+    session.ask(text)
+    yield session.step()
+    while session.pending_user_tokens:
+        yield session.step()
+
+
 def feed(session: DuplexSession, text: str) -> StepOutput:
     """Type ``text`` from the next step and run steps (no new video) until its last token has been fed.
 
     Returns:
         The output of the step that fed the last token (its token is the model's first reply to ``text``).
     """
-    session.ask(text)
-    out = session.step()
-    while session.pending_user_tokens:
-        out = session.step()
+    *_, out = feed_steps(session, text)
     return out
 
 
