@@ -511,3 +511,20 @@ def test_questions_are_asked_in_lockstep_batches_as_each_alone(smoke_demo):
         assert [line.text for line in result.lines] == [line.text for line in lines]
         assert [a.fed_s for a in asked] == [a.fed_s for a in alone]
         assert all(a.fed_s is not None for a in asked[:1])
+
+
+def test_summary_reports_the_wall_time_against_the_configs_own_target(tmp_path):
+    from dataclasses import asdict
+
+    from mmduplex.demo.pages import summary_lines
+    from mmduplex.demo.run import SETTINGS_FILE, DemoPaths, check_reusable
+
+    main_figures = {"event_accuracy": 0.5, "median_latency_s": 1.0, "video_tokens_per_second": 5.0}
+    for recipe, target in (("demo/default", 600), ("demo/smollm2", 3600), ("demo/smollm2_projector", 3600)):
+        config = DemoConfig.from_yaml(recipe_path(recipe))
+        report = {"wall_s": 1234.4, "details": {"bflow": main_figures}, "baselines": {},
+                  "settings": {"demo": json.loads(json.dumps(asdict(config)))}}  # fmt: skip
+        assert summary_lines(report)[0] == f"wall time: 1234 s (target <= {target} s)"
+    config = DemoConfig.from_yaml(recipe_path("demo/smoke"))
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(asdict(replace(config, wall_target_s=60.0))))
+    check_reusable(DemoPaths(tmp_path), config)  # a target only changes the summary: the run is reused

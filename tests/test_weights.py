@@ -360,11 +360,14 @@ def test_smollm2_demo_configs_train_the_frozen_lm_only(name):
     # The full demo's data and stream grid, so its figures compare with the main demo's (the same val / held out).
     default = DemoConfig.from_yaml(mmduplex.recipes.recipe_path("demo/default"))
     same = ("num_videos", "heldout_fraction", "val_fraction", "duration_s", "word_delay_s", "fps", "encoder")
-    same += ("tokenizer_recipe", "tokenizer_steps", "question_interval_s", "data_seed", "duplex_epochs")
+    same += ("tokenizer_recipe", "tokenizer_steps", "question_interval_s", "data_seed")
     assert {k: getattr(config, k) for k in same} == {k: getattr(default, k) for k in same}
     demo = yaml.safe_load(mmduplex.recipes.recipe_path(default.duplex_recipe).read_text())
-    grid = ("step_hz", "delay_steps", "slots_per_step", "user_slots_per_step", "decay_steps")
+    grid = ("step_hz", "delay_steps", "slots_per_step", "user_slots_per_step")
     assert {k: init[k] for k in grid} == {k: demo["model"]["init_args"][k] for k in grid}
+    # Each route trains for the epochs chosen on val for it; the cosine spans them, at the demo's steps per epoch.
+    per_epoch = demo["model"]["init_args"]["decay_steps"] / default.duplex_epochs
+    assert init["decay_steps"] == per_epoch * config.duplex_epochs
     assert recipe["data"]["init_args"]["window_s"] == demo["data"]["init_args"]["window_s"]
 
 

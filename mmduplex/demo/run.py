@@ -109,6 +109,8 @@ def _bundle_settings(bundle: Path) -> dict[str, Any]:
 
 
 SETTINGS_FILE = "demo_config.json"
+REPORT_ONLY = frozenset({"wall_target_s"})
+"""Settings that change only what the summary says, never a stage's output: a run that differs in them is reused."""
 
 
 def check_reusable(paths: DemoPaths, config: DemoConfig, record: bool = True) -> None:
@@ -128,7 +130,11 @@ def check_reusable(paths: DemoPaths, config: DemoConfig, record: bool = True) ->
             problem = f"unreadable demo settings ({err}); delete the folder or use another --out"
             raise InputError(marker, problem) from err
         defaults = json.loads(json.dumps(asdict(DemoConfig())))  # a setting added since that run had its default
-        differ = sorted(k for k in set(wanted) | set(previous) if wanted.get(k) != previous.get(k, defaults.get(k)))
+        differ = sorted(
+            k
+            for k in (set(wanted) | set(previous)) - REPORT_ONLY
+            if wanted.get(k) != previous.get(k, defaults.get(k))
+        )
         if differ:
             problem = f"holds a demo run with other settings ({', '.join(differ)}); use another --out or delete it"
             raise InputError(paths.root, problem)

@@ -101,6 +101,9 @@ class DemoConfig:
     """Mean time between the user's questions in the synthetic videos (``0``: no questions, no ``qa`` figures)."""
     choice_fraction: float = 0.5
     """Share of the questions asked as multiple choice (LongVideoBench's prompt) rather than open."""
+    wall_target_s: float = 600.0
+    """The configuration's wall-time target (s), which the closing summary reports the run against (the demo's 10
+    minutes; the SmolLM2 configurations' 60)."""
 
     def __post_init__(self) -> None:
         self.duration_s = tuple(float(v) for v in self.duration_s)
@@ -119,6 +122,8 @@ class DemoConfig:
         if self.score_split not in ("val", "heldout") or (self.score_split == "val" and not self.val_fraction > 0):
             problem = f"must be 'heldout' or 'val' (with val_fraction > 0); got {self.score_split!r}"
             raise InputError("demo.score_split", problem)
+        if not self.wall_target_s > 0:
+            raise InputError("demo.wall_target_s", f"must be > 0; got {self.wall_target_s}")
         if self.selected_on not in (None, "train", "val", "heldout"):
             raise InputError("demo.selected_on", f"must be train, val, heldout or null; got {self.selected_on!r}")
 
