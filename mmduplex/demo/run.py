@@ -131,9 +131,7 @@ def check_reusable(paths: DemoPaths, config: DemoConfig, record: bool = True) ->
             raise InputError(marker, problem) from err
         defaults = json.loads(json.dumps(asdict(DemoConfig())))  # a setting added since that run had its default
         differ = sorted(
-            k
-            for k in (set(wanted) | set(previous)) - REPORT_ONLY
-            if wanted.get(k) != previous.get(k, defaults.get(k))
+            k for k in (set(wanted) | set(previous)) - REPORT_ONLY if wanted.get(k) != previous.get(k, defaults.get(k))
         )
         if differ:
             problem = f"holds a demo run with other settings ({', '.join(differ)}); use another --out or delete it"
