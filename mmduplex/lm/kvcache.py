@@ -281,6 +281,7 @@ class SinkWindowCache(DynamicCache):
         self.table = ShiftTable(self.rotary)
         num_layers = _config_of(model).num_hidden_layers
         Cache.__init__(self, layers=[SinkWindowLayer(sink, window, self.table) for _ in range(num_layers)])
+        self.side: dict[str, torch.Tensor] = {}  # per-position side tensors [B, L, ...] (extend_side)
 
     @property
     def max_length(self) -> int:
@@ -308,12 +309,35 @@ class SinkWindowCache(DynamicCache):
             device = self.layers[0].keys.device
         return torch.arange(start, start + num_new, device=device).expand(batch_size, num_new)  # [B, num_new]
 
+    def extend_side(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        """Append ``[B, q, ...]`` per-position values to the side tensor ``name``; return it untrimmed
+        (``[B, L + q, ...]``, aligned with this step's attention) and keep it trimmed as the layers keep their keys
+        (the first ``sink`` and the last ``window`` positions). A model's extra per-position state (the copy head's
+        keys) so lives and is evicted, copied and batch-selected with the cache."""
+        held = self.side.get(name)
+        full = values if held is None else torch.cat((held, values), dim=1)
+        drop = full.shape[1] - self.max_length
+        self.side[name] = torch.cat((full[:, : self.sink], full[:, self.sink + drop :]), dim=1) if drop > 0 else full
+        return full
+
     def copy(self) -> SinkWindowCache:
         """An independent copy of the cached state (e.g. one streamed video, several questions)."""
         new = object.__new__(SinkWindowCache)
         new.rotary, new.sink, new.window, new.table = self.rotary, self.sink, self.window, self.table
         Cache.__init__(new, layers=[layer.copy(self.table) for layer in self.layers])
+        new.side = dict(self.side)  # side tensors are replaced, never written in place: sharing them is safe
         return new
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the batch rows ``indices`` (streams that left a batch are dropped), side tensors included."""
+        super().batch_select_indices(indices)
+        self.side = {name: values[indices.to(values.device)] for name, values in self.side.items()}
+
+    def crop(self, max_length: int) -> None:
+        """HF's ``crop`` (a negative ``max_length`` drops that many of the last entries), side tensors included."""
+        super().crop(max_length)
+        length = self.get_seq_length()
+        self.side = {name: values[:, :length] for name, values in self.side.items()}
 
     def __deepcopy__(self, memo: dict) -> SinkWindowCache:
         """``copy.deepcopy`` clones the cached tensors but shares the model's rotary module."""

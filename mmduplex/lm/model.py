@@ -13,8 +13,8 @@ One sequence position per time step. At step ``s`` the backbone's input is the s
   embedding, and the unmasked slots are summed (an empty step embeds to zero; :class:`VideoProjector`).
 
 The backbone is any Hugging Face causal LM with rotary positions (Llama, Qwen2, SmolLM, Mistral, ...), used through
-``inputs_embeds``; its LM head gives the text logits, whose PAD / EPAD columns come from a small trainable head.
-Logits at step ``s`` predict ``text[s + 1]``. The same ``forward`` serves teacher-forced training over a window and
+``inputs_embeds``; its LM head gives the text logits, whose PAD / EPAD columns come from a small trainable head, plus
+an optional copy head's bonus on the words the user typed (:mod:`mmduplex.lm.copy_head`). Logits at step ``s`` predict ``text[s + 1]``. The same ``forward`` serves teacher-forced training over a window and
 streaming (``S = 1`` with a KV cache), so both give the same numbers (tested).
 """
 
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmduplex.errors import CheckpointError, InputError
+from mmduplex.lm.copy_head import CopyHead, extend_memory
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,9 @@ class DuplexLM(nn.Module):
             the question drowns in the step's sum; 1 keeps the LM's own embedding scale (pretrained LMs).
         text_scale: fixed factor on the embedding of the model's own text token (PAD / EPAD included), for the same
             reason: a step's own word (norm ~0.9 in the demo) is what a look-up back into the question starts from.
+        copy_dim: width of the copy head's queries and keys (:class:`~mmduplex.lm.copy_head.CopyHead`: a pointer
+            into the user stream that raises the logits of the words typed at the steps it attends to); 0: no copy
+            head. Its copy targets are set from the text tokenizer (``copy_head.set_targets``) or the state dict.
     """
 
     def __init__(
@@ -279,6 +283,7 @@ class DuplexLM(nn.Module):
         user_scale: float = 1.0,
         text_scale: float = 1.0,
         projector_gated: bool = False,
+        copy_dim: int = 0,
     ) -> None:
         super().__init__()
         if user_slots_per_step < 1:
@@ -307,6 +312,9 @@ class DuplexLM(nn.Module):
             self.user_slot_bias = nn.Parameter(torch.randn(u, self.hidden) * 0.02)  # [U, H]
         self.video = VideoProjector(
             token_dim, self.hidden, slots_per_step, projector_hidden, projector_layers, projector_heads, projector_gated
+        )
+        self.copy_head = (
+            CopyHead(self.hidden, copy_dim, self.vocab_size, self.user_slots_per_step) if copy_dim > 0 else None
         )
         decoder_params = inspect.signature(backbone.get_decoder().forward).parameters
         self._cache_kw = "cache" if "cache" in decoder_params else "past_key_values"
@@ -340,6 +348,16 @@ class DuplexLM(nn.Module):
         user_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The summed per-step input embeddings ``[B, S, H]``."""
+        return self._embed(text_ids, video_slots, video_mask, user_ids)[0]
+
+    def _embed(
+        self,
+        text_ids: torch.Tensor,
+        video_slots: torch.Tensor,
+        video_mask: torch.Tensor,
+        user_ids: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`embed`, and the user stream's part of it ``[B, S, H]`` (``None`` without a user stream)."""
         if text_ids.dim() != 2:
             raise InputError("text_ids", f"expected [B, S], got {tuple(text_ids.shape)}")
         if video_slots.shape[:2] != text_ids.shape:
@@ -351,9 +369,11 @@ class DuplexLM(nn.Module):
                 "text_ids", f"ids must be in [0, {self.vocab_size}), got [{int(text_ids.min())}, {int(text_ids.max())}]"
             )
         embeds = self._token_embedding(text_ids) * self.text_scale + self.video(video_slots, video_mask)  # [B, S, H]
+        user = None
         if user_ids is not None:
-            embeds = embeds + self.embed_user(user_ids, text_ids.shape)
-        return embeds
+            user = self.embed_user(user_ids, text_ids.shape)  # [B, S, H]
+            embeds = embeds + user
+        return embeds, user
 
     def embed_user(self, user_ids: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         """The user stream's per-step embedding ``[B, S, H]``; PAD (an empty slot, silence) embeds to zero.
@@ -425,12 +445,12 @@ class DuplexLM(nn.Module):
         Returns:
             :class:`DuplexOutput` with ``logits [B, S, V]`` (step ``s`` predicts ``text[s + 1]``).
         """
-        embeds = self.embed(text_ids, video_slots, video_mask, user_ids)
+        embeds, user = self._embed(text_ids, video_slots, video_mask, user_ids)
         param = next(self.backbone.parameters())
         if not torch.is_autocast_enabled(embeds.device.type):
             embeds = embeds.to(param.dtype)
+        start = 0 if past_key_values is None else int(past_key_values.get_seq_length())
         if position_ids is None:
-            start = 0 if past_key_values is None else int(past_key_values.get_seq_length())
             position_ids = torch.arange(start, start + text_ids.shape[1], device=text_ids.device)
             position_ids = position_ids.unsqueeze(0).expand(text_ids.shape[0], -1)  # [B, S]
         out = self.backbone.get_decoder()(
@@ -445,7 +465,12 @@ class DuplexLM(nn.Module):
         hidden = out.last_hidden_state  # [B, S, H]
         if targets_only:
             hidden = hidden[:, :-1].contiguous()  # [B, S - 1, H] (contiguous: one matmul, not one per window)
-        return DuplexOutput(logits=self.head(hidden), past_key_values=cache)
+        logits = self.head(hidden)
+        if self.copy_head is not None:
+            keys, targets = self.copy_head.step_memory(user, user_ids, text_ids.shape)  # [B, S, d], [B, S, U]
+            keys, targets = extend_memory(past_key_values, keys, targets, start)  # the cached steps', then these
+            logits = logits + self.copy_head(hidden, keys, targets, first=start)
+        return DuplexOutput(logits=logits, past_key_values=cache)
 
 
 @dataclass

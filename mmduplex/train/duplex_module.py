@@ -31,6 +31,7 @@ from mmduplex.data.transcripts import Word
 from mmduplex.errors import CacheError, CheckpointError, InputError
 from mmduplex.lm.alignment import align_text, align_user, pack_video, time_to_step
 from mmduplex.lm.bundle import DUPLEX_KIND, describe_video_tokenizer, frozen_keys, frozen_sha256
+from mmduplex.lm.copy_head import copy_targets
 from mmduplex.lm.model import DuplexLM, LoraSettings, LossWeights, apply_lora, build_backbone, text_loss
 from mmduplex.lm.text import load_text_tokenizer
 from mmduplex.schedules import warmup_cosine_schedule
@@ -85,6 +86,9 @@ class DuplexModule(LightningModule):
         user_slots_per_step: U, user-stream (question) tokens per step (1: one token per step).
         user_scale: fixed factor on the user stream's step embedding (:class:`~mmduplex.lm.model.DuplexLM`).
         text_scale: fixed factor on the model's own text token embedding (:class:`~mmduplex.lm.model.DuplexLM`).
+        copy_dim: width of the copy head's queries and keys, a pointer into the user stream that raises the logits of
+            the words typed where it points (a multiple-choice letter after the option's name;
+            :mod:`mmduplex.lm.copy_head`); 0: none.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class DuplexModule(LightningModule):
         user_slots_per_step: int = 1,
         user_scale: float = 1.0,
         text_scale: float = 1.0,
+        copy_dim: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -166,7 +171,10 @@ class DuplexModule(LightningModule):
             user_slots_per_step=user_slots_per_step,
             user_scale=user_scale,
             text_scale=text_scale,
+            copy_dim=copy_dim,
         )
+        if self.model.copy_head is not None:
+            self.model.copy_head.set_targets(copy_targets(self.text_tokenizer))
         self._set_trainable(finetune)
         if gradient_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -370,6 +378,7 @@ class DuplexModule(LightningModule):
             "user_slots_per_step": int(self.model.user_slots_per_step),
             "user_scale": float(self.model.user_scale),
             "text_scale": float(self.model.text_scale),
+            "copy_dim": int(hp.get("copy_dim", 0)),
             "token_dim": int(self.model.token_dim),
             "projector_hidden": hp.projector_hidden,
             "projector_layers": int(hp.get("projector_layers", 0)),
