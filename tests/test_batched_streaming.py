@@ -1,6 +1,7 @@
 """Lockstep batching (``mmduplex.inference.batched``): streaming several videos at once gives each video what streaming
 it alone gives (per-step logits within float rounding, the same commentary), also when streams leave the batch at
-different steps, past the cache window and with a question on one stream; a wrong cache slice is caught."""
+different steps, past the cache window and with a question on one stream (the copy head's memory rides with the
+cache); a wrong cache slice is caught."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ SECONDS = (3.0, 9.0, 5.5, 7.0)  # different lengths: streams leave the batch at 
 
 @pytest.fixture(scope="module")
 def session(tiny_bundle):
-    return DuplexSession(load_bundle(tiny_bundle), sink=SINK, window=WINDOW, pad_bias=-2.0)  # the bias: it talks
+    session = DuplexSession(load_bundle(tiny_bundle), sink=SINK, window=WINDOW, pad_bias=-2.0)  # the bias: it talks
+    assert session.model.copy_head is not None  # the tiny recipe's: its memory must follow each stream's cache rows
+    return session
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,9 @@ Punctuation is written as separate words (``?``, ``,``) so the word-level vocabu
 question is the LongVideoBench prompt exactly (``mmduplex.eval.longvideobench_data.build_prompt``): the question line,
 one ``A. option`` line per option, then ``Answer with the option's letter from the given choices directly.``; its answer
 is the right option's words, then its letter (``red A``; the reference parser reads the letter). Naming what was
-seen first makes the choice a look-up, the option whose line holds the word just said; the demo's model has not
-learnt that look-up either way (notebooks/LOG.md, 2026-11-29 night and 2026-11-30).
+seen first makes the choice a look-up, the option whose line holds the word just said: a model without a copy head
+did not learn it either way (notebooks/LOG.md, 2026-11-29 night and 2026-11-30); the copy head
+(:mod:`mmduplex.lm.copy_head`) makes it one attention (notebooks/LOG.md#2026-12-07-copy-head).
 "On screen" follows the events: a shape is on screen from its ``enters`` to its ``leaves`` event.
 A question is only asked when its answer is *steady*: the same from ``STEADY_BEFORE_S`` before ``t`` until its
 answer is due (``end_t + answer_delay_s``), so the scene cannot change while the user types.
