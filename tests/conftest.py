@@ -92,7 +92,8 @@ def duplex_fit_args(data: dict, out_dir, *extra: str, recipe: str = "duplex/tiny
 
 @pytest.fixture(scope="session")
 def tiny_duplex_run(duplex_data, tmp_path_factory):
-    """The tiny duplex recipe trained for 48 steps on ``duplex_data`` (in-process), shared by several tests.
+    """The tiny duplex recipe trained for 48 steps on ``duplex_data`` (in-process), with a copy head (as the demo's
+    recipe has; the tiny recipe, which the smoke demo trains, has none), shared by several tests.
 
     Returns ``{"checkpoint": last.ckpt, "metrics": metrics.csv, "module": the trained DuplexModule}``.
     """
@@ -108,6 +109,7 @@ def tiny_duplex_run(duplex_data, tmp_path_factory):
                 out,
                 "--data.init_args.window_stride_s=2.0",
                 "--trainer.max_steps=48",
+                "--model.init_args.copy_dim=8",
                 "--trainer.limit_val_batches=0",
                 "--trainer.log_every_n_steps=1",
                 "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
