@@ -26,7 +26,7 @@ SECONDS = (3.0, 9.0, 5.5, 7.0)  # different lengths: streams leave the batch at 
 @pytest.fixture(scope="module")
 def session(tiny_bundle):
     session = DuplexSession(load_bundle(tiny_bundle), sink=SINK, window=WINDOW, pad_bias=-2.0)  # the bias: it talks
-    assert session.model.copy_head is not None  # the tests' tiny model has one: its memory must follow each stream's rows
+    assert session.model.copy_head is not None  # the tests' tiny model has one: its memory follows each stream's rows
     return session
 
 

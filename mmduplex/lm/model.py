@@ -14,8 +14,9 @@ One sequence position per time step. At step ``s`` the backbone's input is the s
 
 The backbone is any Hugging Face causal LM with rotary positions (Llama, Qwen2, SmolLM, Mistral, ...), used through
 ``inputs_embeds``; its LM head gives the text logits, whose PAD / EPAD columns come from a small trainable head, plus
-an optional copy head's bonus on the words the user typed (:mod:`mmduplex.lm.copy_head`). Logits at step ``s`` predict ``text[s + 1]``. The same ``forward`` serves teacher-forced training over a window and
-streaming (``S = 1`` with a KV cache), so both give the same numbers (tested).
+an optional copy head's bonus on the words the user typed (:mod:`mmduplex.lm.copy_head`). Logits at step ``s``
+predict ``text[s + 1]``. The same ``forward`` serves teacher-forced training over a window and streaming (``S = 1``
+with a KV cache), so both give the same numbers (tested).
 """
 
 from __future__ import annotations
