@@ -32,7 +32,7 @@ from torch import nn
 
 from mmduplex.errors import InputError
 
-__all__ = ["CopyHead", "copy_targets"]
+__all__ = ["CopyHead", "copy_targets", "extend_memory"]
 
 _STRIP = " \t\n()[]{}.,:;!?\"'"
 _SIDE_KEYS, _SIDE_TARGETS = "copy_keys", "copy_targets"
