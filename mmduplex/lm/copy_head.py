@@ -122,7 +122,7 @@ class CopyHead(nn.Module):
         allowed = seen[None] & has_text[:, None]  # [B, T, P]
         x = hidden.to(self.query.weight.dtype)
         scores = (self.query(x) @ keys.transpose(1, 2)).float() / math.sqrt(self.dim)  # [B, T, P]
-        attn = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        attn = torch.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min), dim=-1)  # no NaN rows
         attn = torch.where(allowed.any(dim=-1, keepdim=True), attn, torch.zeros_like(attn))  # no typed step: 0
         weights = attn.unsqueeze(-1) * typed[:, None].float()  # [B, T, P, U]
         index = targets[:, None].expand(b, t, -1, -1).reshape(b, t, -1)  # [B, T, P * U]
