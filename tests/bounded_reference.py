@@ -46,8 +46,22 @@ def bounded_hidden(decoder: torch.nn.Module, embeds: torch.Tensor, sink: int, wi
 
 
 @torch.no_grad()
-def bounded_reference(model: DuplexLM, embeds: torch.Tensor, sink: int, window: int) -> torch.Tensor:
+def bounded_reference(
+    model: DuplexLM, embeds: torch.Tensor, sink: int, window: int, user_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """Logits ``[S, V]`` of streaming ``embeds`` (``[1, S, H]``, :meth:`DuplexLM.embed`) step by step on a bounded
-    sink + window cache, recomputed without a cache (see the module docstring)."""
+    sink + window cache, recomputed without a cache (see the module docstring). With a copy head, each step's bonus
+    points at the user stream's steps the cache keeps (the first ``sink``, the last ``window``, the step itself);
+    ``user_ids`` (``[1, S]`` or ``[1, S, U]``) is the stream ``embeds`` was made with."""
     dtype = next(model.backbone.parameters()).dtype
-    return model.head(bounded_hidden(model.backbone.get_decoder(), embeds.to(dtype), sink, window))[0]
+    hidden = bounded_hidden(model.backbone.get_decoder(), embeds.to(dtype), sink, window)  # [1, S, H]
+    logits = model.head(hidden)  # [1, S, V]
+    if model.copy_head is not None:
+        shape = tuple(embeds.shape[:2])
+        user = model.embed_user(user_ids, shape) if user_ids is not None else None
+        keys, targets = model.copy_head.step_memory(user, user_ids, shape)  # [1, S, d], [1, S, U]
+        kept = [[*kept_steps(t, sink, window), t] for t in range(shape[1])]
+        bonus = [model.copy_head(hidden[:, t : t + 1], keys[:, k], targets[:, k], first=len(k) - 1) for t, k in
+                 enumerate(kept)]  # fmt: skip
+        logits = logits + torch.cat(bonus, dim=1)
+    return logits[0]

@@ -86,7 +86,8 @@ def test_session_past_the_window_equals_bounded_reference(bundle, clip):
     assert session.cache.total_seen == len(outs) and session.cache.length == sink + window
     text, slots, mask, user, _ = offline_inputs(session, clip, outs, [question])
     with torch.inference_mode():
-        reference = bounded_reference(bundle.model, bundle.model.embed(text, slots, mask, user), sink, window)
+        embeds = bundle.model.embed(text, slots, mask, user)
+        reference = bounded_reference(bundle.model, embeds, sink, window, user)  # the copy head's bonus included
         unbounded = bundle.model(text, slots, mask, user).logits[0]  # [S, V]
     streamed = torch.stack([o.logits for o in outs])  # [S, V]
     torch.testing.assert_close(streamed, reference, rtol=1e-4, atol=1e-4)
@@ -107,7 +108,7 @@ def test_window_smaller_than_stream_stays_bounded(bundle, clip):
     assert session.cache.total_seen == len(outs)
     text, slots, mask, user, _ = offline_inputs(session, clip, outs)
     with torch.inference_mode():
-        reference = bounded_reference(bundle.model, bundle.model.embed(text, slots, mask, user), sink, window)
+        reference = bounded_reference(bundle.model, bundle.model.embed(text, slots, mask, user), sink, window, user)
     # every step, the flushed ones included, equals the reference over the sink + the last `window` steps
     torch.testing.assert_close(torch.stack([o.logits for o in outs]), reference, rtol=1e-4, atol=1e-4)
 
