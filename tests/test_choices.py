@@ -33,6 +33,9 @@ def test_the_longvideobench_files(tmp_path, capsys):
     assert main([str(tmp_path)]) == 0
     counts = json.loads(capsys.readouterr().out)
     assert (counts["correct"], counts["names_right"], counts["letter_is_named"]) == (2, 1, 1)
+    (tmp_path / "lvb_results.responses.jsonl").unlink()
+    assert main([str(tmp_path)]) == 2
+    assert "lvb_results.responses.jsonl: missing" in capsys.readouterr().err
 
 
 def test_mid_stream_counts_equal_the_reports_figure(smoke_demo, capsys):

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from mmduplex.errors import InputError, MMDuplexError
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -51,12 +54,21 @@ def count_choices(items: Iterable[tuple[Sequence[str], Sequence[str], int]]) -> 
 
 
 def lvb_items(demo_dir: Path) -> list[tuple[list[str], list[str], int]]:
-    """The LongVideoBench-format split's questions and replies (the files ``mmduplex demo`` writes)."""
-    records = {r["id"]: r for r in json.loads((demo_dir / "lvb" / "lvb_val.json").read_text(encoding="utf-8"))}
-    lines = (demo_dir / "lvb_results.responses.jsonl").read_text(encoding="utf-8").splitlines()
+    """The LongVideoBench-format split's questions and replies (the files ``mmduplex demo`` writes).
+
+    Raises:
+        InputError: a file is missing, or a reply names a question the split does not hold.
+    """
+    split, replies = demo_dir / "lvb" / "lvb_val.json", demo_dir / "lvb_results.responses.jsonl"
+    for path in (split, replies):
+        if not path.is_file():
+            raise InputError(path, "missing: a `mmduplex demo --out` folder whose LongVideoBench split was asked")
+    records = {r["id"]: r for r in json.loads(split.read_text(encoding="utf-8"))}
     items = []
-    for reply in map(json.loads, filter(None, lines)):
-        record = records[reply["id"]]
+    for reply in map(json.loads, filter(None, replies.read_text(encoding="utf-8").splitlines())):
+        record = records.get(reply["id"])
+        if record is None:
+            raise InputError(replies, f"a reply to {reply['id']!r}, which {split.name} does not hold")
         items.append((str(reply["response"]).split(), list(record["candidates"]), int(record["correct_choice"])))
     return items
 
@@ -95,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mid-stream", action="store_true", help="questions asked while the videos stream")
     parser.add_argument("--split", choices=("heldout", "val", "train"), help="with --mid-stream (default: scored)")
     args = parser.parse_args(argv)
-    items = mid_stream_items(args.demo_dir, args.split) if args.mid_stream else lvb_items(args.demo_dir)
+    try:
+        items = mid_stream_items(args.demo_dir, args.split) if args.mid_stream else lvb_items(args.demo_dir)
+    except MMDuplexError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     counts: dict[str, Any] = count_choices(items)
     print(json.dumps(counts))
     return 0
