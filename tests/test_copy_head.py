@@ -109,6 +109,8 @@ def test_causality_and_the_cache_copy():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     cache.batch_select_indices(torch.tensor([1]))
     assert all(v.shape[0] == 1 for v in cache.side.values())
+    cache.crop(-2)  # HF's crop drops the last entries: the copy memory follows
+    assert cache.length == 4 and all(v.shape[1] == 4 for v in cache.side.values())
 
 
 def test_a_cache_filled_without_the_copy_head_is_refused():
