@@ -59,9 +59,11 @@ def bounded_reference(
     if model.copy_head is not None:
         shape = tuple(embeds.shape[:2])
         user = model.embed_user(user_ids, shape) if user_ids is not None else None
-        keys, targets = model.copy_head.step_memory(user, user_ids, shape)  # [1, S, d], [1, S, U]
+        memory = model.copy_head.step_memory(user, user_ids, shape, model._copy_tokens(user_ids))  # [1, S, ...]
         kept = [[*kept_steps(t, sink, window), t] for t in range(shape[1])]
-        bonus = [model.copy_head(hidden[:, t : t + 1], keys[:, k], targets[:, k], first=len(k) - 1) for t, k in
-                 enumerate(kept)]  # fmt: skip
-        logits = logits + torch.cat(bonus, dim=1)
+        step = [
+            model.copy_head(hidden[:, t : t + 1], [m[:, k] for m in memory], len(k) - 1, logits[:, t : t + 1])
+            for t, k in enumerate(kept)
+        ]  # fmt: skip
+        logits = torch.cat(step, dim=1)
     return logits[0]

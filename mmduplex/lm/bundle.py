@@ -5,7 +5,7 @@ A bundle folder holds::
     config.json                  {"kind": "mmduplex-duplex", "format_version": 1, step_hz, delay_steps, slots,
                                   user_slots_per_step (absent = 1), user_scale / text_scale (absent = 1),
                                   projector_hidden / _layers / _heads / _gated (absent: null, 0, 4, false),
-                                  copy_dim (absent = 0: no copy head),
+                                  copy_dim (absent = 0: no copy head), copy_mode (absent = "add"),
                                   encoder, fps,
                                   backbone config, video tokenizer description, text tokenizer settings, ...}
     model.safetensors            the DuplexLM weights (backbone incl. LoRA adapters, projector, stream embeddings)
@@ -198,6 +198,7 @@ def build_duplex_model(config: dict[str, Any], attn_implementation: str | None =
         user_scale=float(config.get("user_scale", 1.0)),
         text_scale=float(config.get("text_scale", 1.0)),
         copy_dim=int(config.get("copy_dim", 0)),
+        copy_mode=str(config.get("copy_mode", "add")),
     )
 
 

@@ -267,6 +267,8 @@ class DuplexLM(nn.Module):
         copy_dim: width of the copy head's queries and keys (:class:`~mmduplex.lm.copy_head.CopyHead`: a pointer
             into the user stream that raises the logits of the words typed at the steps it attends to); 0: no copy
             head. Its copy targets are set from the text tokenizer (``copy_head.set_targets``) or the state dict.
+        copy_mode: ``"add"`` (a gated bonus on the logits) or ``"mix"`` (a pointer-generator mixture of
+            probabilities, scale-free: the logits are then log-probabilities); see :mod:`mmduplex.lm.copy_head`.
     """
 
     def __init__(
@@ -285,6 +287,7 @@ class DuplexLM(nn.Module):
         text_scale: float = 1.0,
         projector_gated: bool = False,
         copy_dim: int = 0,
+        copy_mode: str = "add",
     ) -> None:
         super().__init__()
         if user_slots_per_step < 1:
@@ -314,9 +317,9 @@ class DuplexLM(nn.Module):
         self.video = VideoProjector(
             token_dim, self.hidden, slots_per_step, projector_hidden, projector_layers, projector_heads, projector_gated
         )
-        self.copy_head = (
-            CopyHead(self.hidden, copy_dim, self.vocab_size, self.user_slots_per_step) if copy_dim > 0 else None
-        )
+        self.copy_head = None
+        if copy_dim > 0:
+            self.copy_head = CopyHead(self.hidden, copy_dim, self.vocab_size, self.user_slots_per_step, copy_mode)
         decoder_params = inspect.signature(backbone.get_decoder().forward).parameters
         self._cache_kw = "cache" if "cache" in decoder_params else "past_key_values"
 
@@ -397,6 +400,12 @@ class DuplexLM(nn.Module):
         user = tokens * (1.0 + self.user_slot_gain) + self.user_slot_bias + self.user_stream  # [B, S, U, H]
         return torch.where(speaking, user, torch.zeros_like(user)).sum(dim=2) * self.user_scale  # [B, S, H]
 
+    def _copy_tokens(self, user_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """``[B, S, U, H]``: the user slots' token embeddings, for a ``mix`` copy head (else ``None``)."""
+        if user_ids is None or self.copy_head is None or self.copy_head.mode != "mix":
+            return None
+        return self._token_embedding(user_ids if user_ids.dim() == 3 else user_ids.unsqueeze(-1))
+
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final hidden states ``[B, S, H]`` -> text logits ``[B, S, V]`` (float32)."""
         lm_logits = self.backbone.get_output_embeddings()(hidden)  # [B, S, rows]
@@ -468,9 +477,9 @@ class DuplexLM(nn.Module):
             hidden = hidden[:, :-1].contiguous()  # [B, S - 1, H] (contiguous: one matmul, not one per window)
         logits = self.head(hidden)
         if self.copy_head is not None:
-            keys, targets = self.copy_head.step_memory(user, user_ids, text_ids.shape)  # [B, S, d], [B, S, U]
-            keys, targets = extend_memory(past_key_values, keys, targets, start)  # the cached steps', then these
-            logits = logits + self.copy_head(hidden, keys, targets, first=start)
+            memory = self.copy_head.step_memory(user, user_ids, text_ids.shape, self._copy_tokens(user_ids))
+            memory = extend_memory(past_key_values, memory, start)  # the cached steps', then these
+            logits = self.copy_head(hidden, memory, first=start, logits=logits)
         return DuplexOutput(logits=logits, past_key_values=cache)
 
 

@@ -89,6 +89,8 @@ class DuplexModule(LightningModule):
         copy_dim: width of the copy head's queries and keys, a pointer into the user stream that raises the logits of
             the words typed where it points (a multiple-choice letter after the option's name;
             :mod:`mmduplex.lm.copy_head`); 0: none.
+        copy_mode: ``"add"`` (a gated bonus on the logits) or ``"mix"`` (a pointer-generator mixture of
+            probabilities, whatever the LM's logit scale: pretrained LMs).
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class DuplexModule(LightningModule):
         user_scale: float = 1.0,
         text_scale: float = 1.0,
         copy_dim: int = 0,
+        copy_mode: str = "add",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -172,6 +175,7 @@ class DuplexModule(LightningModule):
             user_scale=user_scale,
             text_scale=text_scale,
             copy_dim=copy_dim,
+            copy_mode=copy_mode,
         )
         if self.model.copy_head is not None:
             self.model.copy_head.set_targets(copy_targets(self.text_tokenizer))
@@ -379,6 +383,7 @@ class DuplexModule(LightningModule):
             "user_scale": float(self.model.user_scale),
             "text_scale": float(self.model.text_scale),
             "copy_dim": int(hp.get("copy_dim", 0)),
+            "copy_mode": str(hp.get("copy_mode", "add")),
             "token_dim": int(self.model.token_dim),
             "projector_hidden": hp.projector_hidden,
             "projector_layers": int(hp.get("projector_layers", 0)),
