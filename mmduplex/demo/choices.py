@@ -80,19 +80,16 @@ def mid_stream_items(demo_dir: Path, split: str | None = None) -> list[tuple[lis
     from mmduplex.demo import qa
     from mmduplex.demo.stages import DemoConfig, DemoPaths
     from mmduplex.inference.session import DuplexSession
-    from mmduplex.io.feature_cache import FeatureCache, video_key
+    from mmduplex.io.feature_cache import FeatureCache
 
     config = DemoConfig(**json.loads((demo_dir / "demo_config.json").read_text(encoding="utf-8")))
     report = json.loads((demo_dir / "report.json").read_text(encoding="utf-8"))
     paths = DemoPaths(demo_dir)
     dataset, cache = SyntheticDataset(paths.data), FeatureCache(paths.features)
     session = DuplexSession.from_bundle(paths.model_bundle("bflow"), pad_bias=report["qa"]["pad_bias"])
-    ids = dataset.video_ids(split or config.score_split)
-    records = [cache.load(video_key(dataset.video_path(vid))) for vid in ids]
-    videos = [(v, r.timestamps.tolist(), r.patches, dataset.questions(v)) for v, r in zip(ids, records, strict=True)]
     items = []
-    for result, asked in qa.stream_asking_many(session, videos, config.pause_steps):
-        qa.score_answers(asked, result.words, config.tolerance_s)
+    for _, _, asked in qa.ask_split(session, dataset, cache, split or config.score_split, config.tolerance_s,
+                                    config.pause_steps):  # fmt: skip
         for item in asked:
             question = item.question
             if question.choices and item.fed_s is not None:

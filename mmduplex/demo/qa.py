@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -229,6 +229,26 @@ def run_lvb(root: Path, bundle: Path, out: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- the stage
 
 
+def ask_split(
+    session: DuplexSession,
+    dataset: SyntheticDataset,
+    cache: FeatureCache,
+    split: str,
+    tolerance_s: float,
+    pause_steps: int,
+) -> Iterator[tuple[str, StreamResult, list[AskedQuestion]]]:
+    """Every video of ``split`` streamed with its questions typed at their times (:func:`stream_asking_many`), each
+    question scored on the words said after it (:func:`score_answers`): ``(video id, stream, asked)`` per video."""
+    from mmduplex.io.feature_cache import video_key
+
+    ids = dataset.video_ids(split)
+    records = [cache.load(video_key(dataset.video_path(vid))) for vid in ids]
+    videos = [(v, r.timestamps.tolist(), r.patches, dataset.questions(v)) for v, r in zip(ids, records, strict=True)]
+    for vid, (result, asked) in zip(ids, stream_asking_many(session, videos, pause_steps), strict=True):
+        score_answers(asked, result.words, tolerance_s)
+        yield vid, result, asked
+
+
 def ask_heldout(
     session: DuplexSession,
     dataset: SyntheticDataset,
@@ -254,16 +274,11 @@ def ask_heldout(
         split: the videos asked (``heldout`` for the report, ``val`` while choosing settings).
     """
     from mmduplex.demo.stream import score_videos
-    from mmduplex.io.feature_cache import video_key
 
     words_without = {result.video_id: result.words for result in plain}
     with_q, asked_all, control_all = [], [], []
-    ids = dataset.video_ids(split)
-    records = [cache.load(video_key(dataset.video_path(vid))) for vid in ids]
-    videos = [(v, r.timestamps.tolist(), r.patches, dataset.questions(v)) for v, r in zip(ids, records, strict=True)]
-    for vid, (result, asked) in zip(ids, stream_asking_many(session, videos, pause_steps), strict=True):
+    for vid, result, asked in ask_split(session, dataset, cache, split, tolerance_s, pause_steps):
         with_q.append(result)
-        score_answers(asked, result.words, tolerance_s)
         control = [AskedQuestion(a.question, fed_s=a.fed_s) for a in asked]  # the same windows, nothing asked
         score_answers(control, words_without.get(vid, []), tolerance_s)
         asked_all += asked
