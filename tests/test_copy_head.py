@@ -202,3 +202,34 @@ def test_the_copy_head_learns_the_letter_look_up(copy_dim, mode, scale):
     with torch.no_grad():
         accuracy = float((model.eval()(text, slots, mask, user).logits[:, 4].argmax(-1) == text[:, 5]).float().mean())
     assert accuracy > 0.9 if copy_dim and (mode == "mix" or scale == 1) else accuracy < 0.5
+
+
+@pytest.mark.parametrize("supervised", [False, True])
+def test_supervision_trains_the_pointer_when_the_gate_starts_shut(supervised):
+    """A mix head whose gate is nearly shut (lambda 0.05) gets little gradient to its pointer and settles on the LM's
+    own guess (near chance, as SmolLM2's head did on the val split: lambda <= 0.002); supervised (the pointer on the
+    word to say where it was typed, the gate on whether it was) it learns the look-up."""
+    model = make_model(mode="mix").train()
+    with torch.no_grad():
+        model.copy_head.gate.bias.fill_(-3.0)
+    g = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        text, slots, mask, user = lookup_batch(32, g)
+        out = model(text, slots, mask, user, targets_only=True, copy_labels=text[:, 1:] if supervised else None)
+        loss = torch.nn.functional.cross_entropy(out.logits[:, 4], text[:, 5])
+        assert (out.copy_loss is not None) == supervised
+        optimizer.zero_grad()
+        (loss + out.copy_loss if supervised else loss).backward()
+        optimizer.step()
+    text, slots, mask, user = lookup_batch(400, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        accuracy = float((model.eval()(text, slots, mask, user).logits[:, 4].argmax(-1) == text[:, 5]).float().mean())
+    assert accuracy > 0.9 if supervised else accuracy < 0.5
+
+
+def test_only_a_mix_head_is_supervised():
+    text, slots, mask, user = make_inputs(batch=1, steps=4)
+    for model in (make_model(copy_dim=0), make_model(mode="add")):
+        with pytest.raises(InputError, match="copy"):
+            model(text, slots, mask, user, copy_labels=text)

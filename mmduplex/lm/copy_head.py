@@ -28,6 +28,17 @@ not a dense ``[B, T, V]`` bonus). ``b_g`` starts at 0 (``lambda = 1/2``): that k
 typed, and a gate started low (-1.5, -3) learnt to stay shut before the pointer learnt where to look (the toy look-up
 of ``tests/test_copy_head.py`` at 0.3-0.4 instead of 1.0).
 
+On SmolLM2 the mixture alone collapsed the same way at scale: the gate shut (``lambda`` at most 0.002 over the val
+split's LongVideoBench steps) while the pointer's word choice stayed on option contents, never the letter
+(notebooks/LOG.md#2026-12-07-copy-mix); the mixture's gradient to the pointer is proportional to ``lambda``. So in
+training the ``mix`` head can be supervised (:meth:`CopyHead.forward` with ``labels``; ``copy_loss_weight`` in
+:class:`~mmduplex.train.duplex_module.DuplexModule`), as pointer networks with a supervised switch are::
+
+    present_t = the target word's class is typed at a step the query may attend to
+    loss = mean_{t : present_t} -log w_t,target(y_t)  +  mean_{t : a typed step} BCE(lambda_t, present_t)
+
+which trains the pointer whatever the gate, and opens the gate where the word to say was typed.
+
 ``target`` (:func:`copy_targets`) maps a token to the first token of the vocabulary whose text is the same word once
 spaces and surrounding punctuation are stripped (``A.``, `` A``, ``(A)`` and ``A`` are one), so typing ``A.`` lends
 weight to saying ``A``; tokens that are only punctuation or spaces, PAD and EPAD take no part. The gate lets the
@@ -150,7 +161,14 @@ class CopyHead(nn.Module):
             raise InputError("user_tokens", f"a mix copy head needs slot embeddings for ids {tuple(ids.shape)}")
         return keys, self.targets[ids], self.word_key(user_tokens.to(self.word_key.weight.dtype))  # [B, S, U, d]
 
-    def forward(self, hidden: torch.Tensor, memory: tuple[torch.Tensor, ...], first: int, logits: torch.Tensor):
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        memory: tuple[torch.Tensor, ...],
+        first: int,
+        logits: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ):
         """The text logits ``[B, T, V]`` (float32) of ``T`` query steps with the copy head applied.
 
         Args:
@@ -158,9 +176,11 @@ class CopyHead(nn.Module):
             memory: :meth:`step_memory`'s tensors over the memory's ``P`` steps (the cached ones, then this call's).
             first: the memory index of the first query.
             logits: ``[B, T, V]`` the LM's own logits at those steps.
+            labels: ``[B, T]`` the token each query should say (``mix`` only): also return the head's supervision.
 
         Returns:
-            ``add``: ``logits`` plus the gated bonus; ``mix``: the mixture's log-probabilities.
+            ``add``: ``logits`` plus the gated bonus; ``mix``: the mixture's log-probabilities; with ``labels``,
+            ``(those, the supervision loss)`` (a scalar; see the module docstring).
         """
         keys, targets = memory[:2]
         b, t, _ = hidden.shape
@@ -177,10 +197,31 @@ class CopyHead(nn.Module):
         attn = torch.where(on[..., None], attn, torch.zeros_like(attn))  # no typed step: 0
         gate = self.gate(x).float().squeeze(-1)  # [B, T]
         if self.mode == "add":
+            if labels is not None:
+                raise InputError("labels", "only a mix copy head is supervised")
             return logits.float() + F.softplus(gate)[..., None] * self._dense_bonus(attn, typed, targets)
         scores = torch.einsum("btd,bpud->btpu", self.word_query(x), memory[2]).float() / math.sqrt(self.dim)
         within = torch.softmax(scores.masked_fill(~typed[:, None], torch.finfo(scores.dtype).min), dim=-1)
-        return self._mix(logits, attn.unsqueeze(-1) * within * typed[:, None], targets, gate, on)
+        weights = attn.unsqueeze(-1) * within * typed[:, None]  # [B, T, P, U]
+        mixed = self._mix(logits, weights, targets, gate, on)
+        if labels is None:
+            return mixed
+        return mixed, self._supervision(weights, allowed, targets, gate, on, labels)
+
+    def _supervision(self, weights, allowed, targets, gate, on, labels) -> torch.Tensor:
+        """The pointer's ``-log`` weight on the label's class where it was typed, plus the gate's cross-entropy
+        against "it was typed" (see the module docstring)."""
+        b, t = labels.shape
+        if weights.shape[:2] != (b, t):
+            raise InputError("labels", f"expected {tuple(weights.shape[:2])}, got {tuple(labels.shape)}")
+        wanted = self.targets[labels]  # [B, T]: V for PAD, EPAD and punctuation
+        same = (targets[:, None] == wanted[..., None, None]) & (wanted < self.vocab_size)[..., None, None]  # [B,T,P,U]
+        same = same & allowed[..., None]
+        present = same.flatten(2).any(dim=-1)  # [B, T]
+        mass = (weights * same).flatten(2).sum(dim=-1)  # [B, T]
+        pointer = -(mass.clamp(min=1e-6).log() * present).sum() / present.sum().clamp(min=1)
+        switch = F.binary_cross_entropy_with_logits(gate, present.float(), reduction="none")
+        return pointer + (switch * on).sum() / on.sum().clamp(min=1)
 
     def _dense_bonus(self, attn: torch.Tensor, typed: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``add``'s ungated bonus ``[B, T, V]``: per token, the attention on the steps that typed its word."""

@@ -45,6 +45,8 @@ class DuplexOutput:
     steps that have a target in the window, with ``targets_only``)."""
     past_key_values: Any = None
     """The backbone's KV cache (a ``transformers`` ``Cache``) when ``use_cache`` is set."""
+    copy_loss: torch.Tensor | None = None
+    """The ``mix`` copy head's supervision (a scalar) when ``copy_labels`` are given."""
 
 
 def default_attn_implementation() -> str:
@@ -436,6 +438,7 @@ class DuplexLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         use_cache: bool = False,
         targets_only: bool = False,
+        copy_labels: torch.Tensor | None = None,
     ) -> DuplexOutput:
         """Run ``S`` steps.
 
@@ -451,6 +454,8 @@ class DuplexLM(nn.Module):
             targets_only: the LM head runs only on the steps whose prediction has a target in the window (all but
                 the last): ``logits [B, S - 1, V]``, the same values as the first ``S - 1`` steps of the full logits
                 (the training loss, :func:`text_loss`, needs no more).
+            copy_labels: ``[B, S - 1]`` with ``targets_only`` (else ``[B, S]``), the token each step's prediction
+                should be: a ``mix`` copy head's supervision comes back as ``copy_loss``.
 
         Returns:
             :class:`DuplexOutput` with ``logits [B, S, V]`` (step ``s`` predicts ``text[s + 1]``).
@@ -479,7 +484,12 @@ class DuplexLM(nn.Module):
         if self.copy_head is not None:
             memory = self.copy_head.step_memory(user, user_ids, text_ids.shape, self._copy_tokens(user_ids))
             memory = extend_memory(past_key_values, memory, start)  # the cached steps', then these
-            logits = self.copy_head(hidden, memory, first=start, logits=logits)
+            logits = self.copy_head(hidden, memory, first=start, logits=logits, labels=copy_labels)
+            if copy_labels is not None:
+                logits, copy_loss = logits
+                return DuplexOutput(logits=logits, past_key_values=cache, copy_loss=copy_loss)
+        elif copy_labels is not None:
+            raise InputError("copy_labels", "the model has no copy head")
         return DuplexOutput(logits=logits, past_key_values=cache)
 
 

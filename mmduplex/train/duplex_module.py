@@ -91,6 +91,8 @@ class DuplexModule(LightningModule):
             :mod:`mmduplex.lm.copy_head`); 0: none.
         copy_mode: ``"add"`` (a gated bonus on the logits) or ``"mix"`` (a pointer-generator mixture of
             probabilities, whatever the LM's logit scale: pretrained LMs).
+        copy_loss_weight: weight of a ``mix`` copy head's supervision (its pointer on the word to say where that word
+            was typed, its gate on whether it was) added to the text loss; 0: none.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class DuplexModule(LightningModule):
         text_scale: float = 1.0,
         copy_dim: int = 0,
         copy_mode: str = "add",
+        copy_loss_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -177,6 +180,8 @@ class DuplexModule(LightningModule):
             copy_dim=copy_dim,
             copy_mode=copy_mode,
         )
+        if copy_loss_weight > 0 and (self.model.copy_head is None or copy_mode != "mix"):
+            raise InputError("copy_loss_weight", "supervises a mix copy head (copy_dim > 0, copy_mode: mix)")
         if self.model.copy_head is not None:
             self.model.copy_head.set_targets(copy_targets(self.text_tokenizer))
         self._set_trainable(finetune)
@@ -334,12 +339,17 @@ class DuplexModule(LightningModule):
     def _step(self, batch: dict[str, torch.Tensor] | list[dict[str, Any]], stage: str) -> torch.Tensor:
         tensors = batch if isinstance(batch, dict) else self.collate(batch)
         # The LM head only where a step's prediction has a target (all steps but the window's last): the same loss
-        logits = self.model(
-            tensors["text_ids"], tensors["video_slots"], tensors["video_mask"], tensors["user_ids"], targets_only=True
-        ).logits  # [B, S - 1, V]
+        copy_weight = float(self.hparams.get("copy_loss_weight", 0.0))
+        out = self.model(
+            tensors["text_ids"], tensors["video_slots"], tensors["video_mask"], tensors["user_ids"], targets_only=True,
+            copy_labels=tensors["text_ids"][:, 1:] if copy_weight > 0 else None,
+        )  # fmt: skip
         loss, stats = text_loss(
-            logits, tensors["text_ids"], self.text_tokenizer.pad_id, self.text_tokenizer.epad_id, self.loss_weights
-        )
+            out.logits, tensors["text_ids"], self.text_tokenizer.pad_id, self.text_tokenizer.epad_id, self.loss_weights
+        )  # logits [B, S - 1, V]
+        if out.copy_loss is not None:
+            stats["copy_loss"] = out.copy_loss.detach()
+            loss = loss + copy_weight * out.copy_loss
         size = tensors["text_ids"].shape[0]
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage != "train")
         for name, value in stats.items():
