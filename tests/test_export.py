@@ -124,7 +124,7 @@ BFLOW = "class_path: mmduplex.tokenizer.bflow.BFlowTokenizer.from_checkpoint\n  
 
 LORA = "finetune: lora\n    lora: {r: 2, alpha: 4.0}\n    video_tokenizer:\n      " + UNIFORM
 COPY = "copy_dim: 8\n    video_tokenizer:\n      " + UNIFORM
-COPY_MIX = "copy_dim: 8\n    copy_mode: mix\n    video_tokenizer:\n      " + UNIFORM
+COPY_MIX = "copy_dim: 8\n    copy_mode: mix\n    copy_loss_weight: 0.5\n    video_tokenizer:\n      " + UNIFORM
 
 
 @pytest.mark.parametrize("which", ["uniform", "bflow_bundle", "lora", "copy", "copy_mix"])
