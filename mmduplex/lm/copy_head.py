@@ -116,7 +116,7 @@ class CopyHead(nn.Module):
         nn.init.zeros_(self.gate.bias)
         # every token's copy target (set from the text tokenizer with set_targets; saved in the state dict)
         self.register_buffer("targets", torch.full((vocab_size,), vocab_size, dtype=torch.long))  # [V]
-        self._members: tuple[tuple, torch.Tensor] | None = None  # (the targets' version, [V + 1, M] members)
+        self._members: tuple[tuple, tuple] | None = None  # (the targets' version, members()): rebuilt when they change
 
     def set_targets(self, targets: torch.Tensor) -> None:
         """Set the ``[V]`` copy targets (:func:`copy_targets`)."""
