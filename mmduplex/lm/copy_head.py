@@ -11,10 +11,9 @@ attention over the user stream's steps, whose result raises the logits of the wo
     a_ts = softmax_{s <= t} (q_t . k_s / sqrt(d))
     logits_t[v] += softplus(w_g . h_t + b_g) * sum_s a_ts * #{slots u of step s : target(user_su) = target(v)}
 
-That is the ``add`` mode. An additive bonus is not scale-free: a from-scratch LM's letters sit a few logits apart and
-its gate reached 9.8, but a pretrained LM's letter logits are far apart and SmolLM2's gate stopped at 3.0, leaving the
-letter at chance (notebooks/LOG.md#2026-12-07-copy-head). The ``mix`` mode is a pointer-generator mixture in
-probability space, whatever the logits' scale::
+That is the ``add`` mode. An additive bonus is not scale-free: it works where the letters' logits sit a few apart (a
+from-scratch LM) and not where they are far apart (a pretrained LM's; notebooks/LOG.md#2026-12-07-copy-head). The
+``mix`` mode is a pointer-generator mixture in probability space, whatever the logits' scale::
 
     lambda_t = sigmoid(w_g . h_t + b_g)                      (0 before the first typed step)
     b_tsu = softmax_{typed u of step s} (r_t . W_w e_su / sqrt(d))     e_su: the LM's embedding of slot u's token
@@ -24,15 +23,14 @@ probability space, whatever the logits' scale::
 (``r_t = W_r h_t``: which word of the step, e.g. an option line's letter rather than its colour). The copy mass of a
 word goes to its surface forms (``A``, `` A``) in the LM's own proportions, and the output sums to 1; the model returns
 ``log p_t`` as its logits. Only the typed words' classes are touched (a sparse gather and scatter over their members,
-not a dense ``[B, T, V]`` bonus). ``b_g`` starts at 0 (``lambda = 1/2``): that keeps the ranking of every word not
-typed, and a gate started low (-1.5, -3) learnt to stay shut before the pointer learnt where to look (the toy look-up
-of ``tests/test_copy_head.py`` at 0.3-0.4 instead of 1.0).
+not a dense ``[B, T, V]`` bonus). ``b_g`` starts at 0 (``lambda = 1/2``), which keeps the ranking of every word not
+typed.
 
-On SmolLM2 the mixture alone collapsed the same way at scale: the gate shut (``lambda`` at most 0.002 over the val
-split's LongVideoBench steps) while the pointer's word choice stayed on option contents, never the letter
-(notebooks/LOG.md#2026-12-07-copy-mix); the mixture's gradient to the pointer is proportional to ``lambda``. So in
-training the ``mix`` head can be supervised (:meth:`CopyHead.forward` with ``labels``; ``copy_loss_weight`` in
-:class:`~mmduplex.train.duplex_module.DuplexModule`), as pointer networks with a supervised switch are::
+The mixture's gradient to the pointer is proportional to ``lambda``: a gate that shuts early (most steps after a
+question are commentary, where copying is wrong) leaves the pointer untrained, as SmolLM2's did
+(notebooks/LOG.md#2026-12-07-copy-mix). So in training the ``mix`` head can be supervised (:meth:`CopyHead.forward`
+with ``labels``; ``copy_loss_weight`` in :class:`~mmduplex.train.duplex_module.DuplexModule`), as pointer networks
+with a supervised switch are::
 
     present_t = the target word's class is typed at a step the query may attend to
     loss = mean_{t : present_t} -log w_t,target(y_t)  +  mean_{t : a typed step} BCE(lambda_t, present_t)
