@@ -97,8 +97,9 @@ def test_the_mixture_is_its_dense_formula():
         keys, targets, word_keys = memory
         typed = targets < V  # [B, P, U]
         allowed = (torch.arange(8)[None] <= torch.arange(8)[:, None])[None] & typed.any(-1)[:, None]  # [B, T, P]
-        attn = (head.query(hidden) @ keys.transpose(1, 2) / 4.0).masked_fill(~allowed, -torch.inf).softmax(-1)
-        words = torch.einsum("btd,bpud->btpu", head.word_query(hidden), word_keys) / 4.0
+        scale = head.dim**0.5
+        attn = (head.query(hidden) @ keys.transpose(1, 2) / scale).masked_fill(~allowed, -torch.inf).softmax(-1)
+        words = torch.einsum("btd,bpud->btpu", head.word_query(hidden), word_keys) / scale
         within = words.masked_fill(~typed[:, None], -torch.inf).softmax(-1).nan_to_num(0.0)
         pointer = attn.nan_to_num(0.0).unsqueeze(-1) * within  # [B, T, P, U]
         w = torch.zeros(2, 8, V + 1).scatter_add_(2, targets[:, None].expand(-1, 8, -1, -1).reshape(2, 8, -1),
