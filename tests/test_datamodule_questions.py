@@ -106,3 +106,29 @@ def test_stream_end_questions_move_last_windows_past_the_video_to_the_answer(dup
         assert typed[0] == cut_step  # typed from the video's end on
         assert tok.decode(window["text_ids"][typed[-1] :].tolist()).split() == answer  # inside the window
         assert time_to_step(max(w[1] for w in sample["words"]) + END_TAIL_S, 5.0) - start <= len(video)
+
+
+def test_max_train_clips_keeps_the_first_clips_and_the_split(duplex_data):
+    """``max_train_clips``: the first N training videos' windows, exactly as the full set cuts them; the held-out
+    windows are unchanged; more clips than the split holds, or fewer than one, is an error naming the setting."""
+
+    def data(limit: int | None) -> DuplexDataModule:
+        module = DuplexDataModule(
+            window_s=10.0,
+            features=str(duplex_data["features"]),
+            synthetic_dir=str(duplex_data["synthetic_dir"]),
+            max_train_clips=limit,
+        )
+        module.setup()
+        return module
+
+    full, two = data(None), data(2)
+    videos = list(dict.fromkeys(s["key"] for s in full.train_samples))
+    assert len(videos) > 2
+    assert {s["key"] for s in two.train_samples} == set(videos[:2])
+    assert two.train_samples == [s for s in full.train_samples if s["key"] in videos[:2]]
+    assert two.val_samples == full.val_samples
+    with pytest.raises(Exception, match="max_train_clips"):
+        data(len(videos) + 1)
+    with pytest.raises(Exception, match="max_train_clips"):
+        data(0)

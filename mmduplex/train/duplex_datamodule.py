@@ -124,6 +124,9 @@ class DuplexDataModule(LightningDataModule):
         tokens: the token store's folder (``None``: ``<features>/tokens/<tokenizer digest>``); a store made by another
             tokenizer is refused.
         token_shard_mb: size of a token-store shard (MB of tokens).
+        max_train_clips: train on the first this many training clips only (in the transcripts' order; the synthetic
+            set's is its video order; ``None``: all), so that a data-size study keeps the data set and its val /
+            held-out split and varies only what the model trains on.
     """
 
     def __init__(
@@ -145,8 +148,11 @@ class DuplexDataModule(LightningDataModule):
         fps: float = 2.0,
         tokens: str | None = None,
         token_shard_mb: float = 256.0,
+        max_train_clips: int | None = None,
     ) -> None:
         super().__init__()
+        if max_train_clips is not None and max_train_clips < 1:
+            raise InputError("max_train_clips", f"must be >= 1 (or null: all), got {max_train_clips}")
         if not window_s > 0 or batch_size < 1 or num_workers < 0:
             raise InputError(
                 "data",
@@ -173,6 +179,7 @@ class DuplexDataModule(LightningDataModule):
         self.fps = fps
         self.tokens = tokens
         self.token_shard_mb = float(token_shard_mb)
+        self.max_train_clips = max_train_clips
         self.grid: StepGrid | None = None
         self.store = None
         self.cache = None
@@ -289,6 +296,11 @@ class DuplexDataModule(LightningDataModule):
             return
         self.cache = FeatureCache(self.features)
         train, val = self._clips()
+        if self.max_train_clips is not None:
+            if self.max_train_clips > len(train):
+                problem = f"max_train_clips is {self.max_train_clips}, but there are only {len(train)} training clips"
+                raise InputError(self.transcripts or self.synthetic_dir, problem)
+            train = train[: self.max_train_clips]
         self.train_samples, self.val_samples = self._samples(train), self._samples(val)
         self.train_samples = self._with_stream_ends(self.train_samples)
         if not self.train_samples:
