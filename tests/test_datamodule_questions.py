@@ -26,6 +26,18 @@ class _Cache:
         return {"k": {"source": self.source, "duration_s": 40.0}}
 
 
+def _synthetic_windows(duplex_data: dict, **options) -> DuplexDataModule:
+    """The 10 s windows of the ``duplex_data`` set, set up, with the data module's ``options``."""
+    module = DuplexDataModule(
+        window_s=10.0,
+        features=str(duplex_data["features"]),
+        synthetic_dir=str(duplex_data["synthetic_dir"]),
+        **options,
+    )
+    module.setup()
+    return module
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     with one_torch_thread():
@@ -67,14 +79,7 @@ def test_stream_end_questions_move_last_windows_past_the_video_to_the_answer(dup
     from mmduplex.train.duplex_datamodule import END_TAIL_S
 
     def data(fraction: float) -> DuplexDataModule:
-        module = DuplexDataModule(
-            window_s=10.0,
-            features=str(duplex_data["features"]),
-            synthetic_dir=str(duplex_data["synthetic_dir"]),
-            synthetic_end_questions=fraction,
-        )
-        module.setup()
-        return module
+        return _synthetic_windows(duplex_data, synthetic_end_questions=fraction)
 
     plain, ending = data(0.0), data(1.0)
     assert len(ending.train_samples) == len(plain.train_samples) and ending.val_samples == plain.val_samples
@@ -113,14 +118,7 @@ def test_max_train_clips_keeps_the_first_clips_and_the_split(duplex_data):
     windows are unchanged; more clips than the split holds, or fewer than one, is an error naming the setting."""
 
     def data(limit: int | None) -> DuplexDataModule:
-        module = DuplexDataModule(
-            window_s=10.0,
-            features=str(duplex_data["features"]),
-            synthetic_dir=str(duplex_data["synthetic_dir"]),
-            max_train_clips=limit,
-        )
-        module.setup()
-        return module
+        return _synthetic_windows(duplex_data, max_train_clips=limit)
 
     full, two = data(None), data(2)
     videos = list(dict.fromkeys(s["key"] for s in full.train_samples))
