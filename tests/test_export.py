@@ -125,19 +125,23 @@ BFLOW = "class_path: mmduplex.tokenizer.bflow.BFlowTokenizer.from_checkpoint\n  
 LORA = "finetune: lora\n    lora: {r: 2, alpha: 4.0}\n    video_tokenizer:\n      " + UNIFORM
 COPY = "copy_dim: 8\n    video_tokenizer:\n      " + UNIFORM
 COPY_MIX = "copy_dim: 8\n    copy_mode: mix\n    copy_loss_weight: 0.5\n    video_tokenizer:\n      " + UNIFORM
+READOUT = "readout_dim: 4\n    readout_heads: 2\n    video_tokenizer:\n      " + UNIFORM
 
 
-@pytest.mark.parametrize("which", ["uniform", "bflow_bundle", "lora", "copy", "copy_mix"])
+@pytest.mark.parametrize("which", ["uniform", "bflow_bundle", "lora", "copy", "copy_mix", "readout"])
 def test_injected_video_tokenizers_round_trip(duplex_data, tmp_path, which):
     """A baseline given by class_path, a saved B-Flow loaded by a factory, and a LoRA model rebuild from the bundle
-    (LoRA adapters merged into the weights at load time); a model with a copy head keeps it, its mode and targets."""
-    if which in ("uniform", "lora", "copy", "copy_mix"):
+    (LoRA adapters merged into the weights at load time); a model with a copy head keeps it, its mode and targets, one
+    with a slot readout keeps it."""
+    if which in ("uniform", "lora", "copy", "copy_mix", "readout"):
         spec, expected = UNIFORM, "UniformTokenizer"
     else:
         config = BFlowConfig(dim=64, grid=(12, 12), num_key_tokens=4, max_flow_tokens=6)
         spec, expected = BFLOW % BFlowTokenizer(config).save_pretrained(tmp_path / "bflow"), "BFlowTokenizer"
     override = tmp_path / "tokenizer.yaml"
-    model_args = {"lora": LORA, "copy": COPY, "copy_mix": COPY_MIX}.get(which, f"video_tokenizer:\n      {spec}")
+    model_args = {"lora": LORA, "copy": COPY, "copy_mix": COPY_MIX, "readout": READOUT}.get(
+        which, f"video_tokenizer:\n      {spec}"
+    )
     override.write_text(f"model:\n  init_args:\n    {model_args}\n")
     cli = run_cli(
         duplex_fit_args(duplex_data, tmp_path / "run", f"--config={override}", "--trainer.max_steps=1",
@@ -155,6 +159,9 @@ def test_injected_video_tokenizers_round_trip(duplex_data, tmp_path, which):
     assert [f.n_tokens for f in ours] == [f.n_tokens for f in theirs] and ours[0].n_tokens == 4
     torch.testing.assert_close(ours[0].tokens, theirs[0].tokens)
     assert which.startswith("copy") == (bundle.model.copy_head is not None)
+    assert (which == "readout") == (bundle.model.readout is not None)
+    if which == "readout":  # trained (its output weights leave zero) and rebuilt with its heads
+        assert bundle.model.readout.heads == 2 and float(bundle.model.readout.out.weight.abs().max()) > 0
     if which.startswith("copy"):  # the copy targets come back from the bundle: typing "A." points at saying "A"
         mode = "mix" if which == "copy_mix" else "add"
         assert bundle.model.copy_head.mode == cli.model.model.copy_head.mode == mode

@@ -257,7 +257,7 @@ def test_gated_projector_binds_what_a_sum_of_plain_features_cannot():
     sum of one-hot features; the gated projector embeds them apart (the products bind colour to shape), while a
     projector that is linear in the token (what a plain MLP learns first) cannot. A gate that stopped multiplying
     would make the two sums equal again."""
-    from mmduplex.lm.model import GatedMLP
+    from mmduplex.lm.projector import GatedMLP
 
     def token(colour, shape):  # one-hot colour (0-1) and shape (2-3) in a 4-wide token
         t = torch.zeros(4)

@@ -6,6 +6,7 @@ A bundle folder holds::
                                   user_slots_per_step (absent = 1), user_scale / text_scale (absent = 1),
                                   projector_hidden / _layers / _heads / _gated (absent: null, 0, 4, false),
                                   copy_dim (absent = 0: no copy head), copy_mode (absent = "add"),
+                                  readout_dim / _heads (absent = 0, 4: no slot readout),
                                   encoder, fps,
                                   backbone config, video tokenizer description, text tokenizer settings, ...}
     model.safetensors            the DuplexLM weights (backbone incl. LoRA adapters, projector, stream embeddings)
@@ -199,6 +200,8 @@ def build_duplex_model(config: dict[str, Any], attn_implementation: str | None =
         text_scale=float(config.get("text_scale", 1.0)),
         copy_dim=int(config.get("copy_dim", 0)),
         copy_mode=str(config.get("copy_mode", "add")),
+        readout_dim=int(config.get("readout_dim", 0)),
+        readout_heads=int(config.get("readout_heads", 4)),
     )
 
 

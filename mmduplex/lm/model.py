@@ -32,6 +32,8 @@ from torch import nn
 
 from mmduplex.errors import CheckpointError, InputError
 from mmduplex.lm.copy_head import CopyHead, extend_memory
+from mmduplex.lm.projector import VideoProjector
+from mmduplex.lm.readout import SlotReadout, extend_readout_memory
 
 log = logging.getLogger(__name__)
 
@@ -146,102 +148,6 @@ def build_backbone(
     return model
 
 
-class GatedMLP(nn.Module):
-    """``[..., D] -> [..., H]``: ``W_out(gelu(W_a x) * W_b x)`` (a GLU of hidden width ``mid``)."""
-
-    def __init__(self, dim: int, mid: int, out: int) -> None:
-        super().__init__()
-        self.inp = nn.Linear(dim, 2 * mid)
-        self.out = nn.Linear(mid, out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, value = self.inp(x).chunk(2, dim=-1)
-        return self.out(nn.functional.gelu(gate) * value)
-
-
-class VideoProjector(nn.Module):
-    """Video slots ``[B, S, K, Dv]`` -> one embedding per step ``[B, S, H]``.
-
-    With ``layers = 0`` each slot is projected on its own (MLP to the LM width plus a learned slot embedding) and the
-    unmasked slots are summed. With ``layers > 0`` the step's slots first attend to each other (a small pre-norm
-    transformer encoder of width ``mlp_hidden`` over the ``K`` slots, empty slots masked out), so what one token
-    holds (an object's colour) can be bound to what another holds (its shape, its position) before the sum; then each
-    slot is projected to the LM width and the unmasked slots are summed. Either way an empty step embeds to zero.
-
-    Args:
-        token_dim: ``Dv``.
-        hidden: ``H``, the LM width.
-        slots_per_step: ``K``.
-        mlp_hidden: width of the projector's hidden layer / slot encoder (``None``: ``H``).
-        layers: slot-encoder layers (0: no attention between a step's slots).
-        heads: attention heads of the slot encoder.
-        gated: with ``layers = 0``, each slot's MLP is gated (``W_out(gelu(W_a x) * W_b x)``, a GLU) instead of
-            ``W_out(gelu(W x))``. The gate's products of the token's own features (colour times shape) give the
-            projected slot conjunctions that survive the sum over a step's slots: with two shapes on screen, a plain
-            MLP's sum tends to hold "blue + triangle + yellow + circle", from which the LM names the acting shape's
-            colour with the other one's shape (notebooks/LOG.md#2026-12-06-binding).
-    """
-
-    def __init__(
-        self,
-        token_dim: int,
-        hidden: int,
-        slots_per_step: int,
-        mlp_hidden: int | None = None,
-        layers: int = 0,
-        heads: int = 4,
-        gated: bool = False,
-    ) -> None:
-        super().__init__()
-        mid = mlp_hidden or hidden
-        if layers < 0 or (layers and mid % heads):
-            raise InputError("projector", f"need layers >= 0 and width % heads == 0; got {layers}, {mid}/{heads}")
-        if gated and layers:
-            raise InputError("projector", "a gated projector MLP needs projector_layers 0")
-        self.norm = nn.LayerNorm(token_dim)
-        self.slots_per_step = slots_per_step
-        self.token_dim = token_dim
-        self.layers = layers
-        if layers == 0:
-            if gated:
-                self.mlp = GatedMLP(token_dim, mid, hidden)
-            else:
-                self.mlp = nn.Sequential(nn.Linear(token_dim, mid), nn.GELU(), nn.Linear(mid, hidden))
-            self.slot_embedding = nn.Parameter(torch.randn(slots_per_step, hidden) * 0.02)  # [K, H]
-            return
-        self.inp = nn.Linear(token_dim, mid)
-        self.slot_embedding = nn.Parameter(torch.randn(slots_per_step, mid) * 0.02)  # [K, W]
-        layer = nn.TransformerEncoderLayer(
-            mid, heads, 2 * mid, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.out = nn.Sequential(nn.LayerNorm(mid), nn.Linear(mid, hidden))
-
-    def forward(self, slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if slots.dim() != 4 or slots.shape[-2:] != (self.slots_per_step, self.token_dim):
-            raise InputError(
-                "video_slots", f"expected [B, S, {self.slots_per_step}, {self.token_dim}], got {tuple(slots.shape)}"
-            )
-        if mask.shape != slots.shape[:-1]:
-            raise InputError("video_mask", f"expected {tuple(slots.shape[:-1])}, got {tuple(mask.shape)}")
-        if self.layers == 0:  # only the filled slots are projected (most are empty): the same sum, less work
-            b, s, k, _ = slots.shape
-            filled = mask.reshape(-1, k).nonzero(as_tuple=True)  # (step index in [B*S], slot index)
-            x = self.norm(slots.reshape(-1, k, self.token_dim)[filled].to(self.slot_embedding.dtype))  # [N, Dv]
-            projected = self.mlp(x) + self.slot_embedding[filled[1]]  # [N, H]
-            steps = projected.new_zeros(b * s, projected.shape[-1])
-            return steps.index_add(0, filled[0], projected).reshape(b, s, -1)  # [B, S, H]
-        x = self.norm(slots.to(self.slot_embedding.dtype))
-        b, s, k, _ = x.shape
-        tokens = (self.inp(x) + self.slot_embedding).reshape(b * s, k, -1)  # [B*S, K, W]
-        flat = mask.reshape(b * s, k)
-        keep = flat.clone()
-        keep[:, 0] |= ~flat.any(dim=1)  # an empty step attends to one slot (no all-masked softmax); zeroed below
-        mixed = self.encoder(tokens, src_key_padding_mask=~keep)  # [B*S, K, W]
-        projected = self.out(mixed).reshape(b, s, k, -1)  # [B, S, K, H]
-        return (projected * mask.unsqueeze(-1).to(projected.dtype)).sum(dim=2)  # [B, S, H]
-
-
 class DuplexLM(nn.Module):
     """Causal LM over summed per-step stream embeddings; predicts the next step's text token.
 
@@ -271,6 +177,9 @@ class DuplexLM(nn.Module):
             head. Its copy targets are set from the text tokenizer (``copy_head.set_targets``) or the state dict.
         copy_mode: ``"add"`` (a gated bonus on the logits) or ``"mix"`` (a pointer-generator mixture of
             probabilities, scale-free: the logits are then log-probabilities); see :mod:`mmduplex.lm.copy_head`.
+        readout_dim: per-head width of the slot readout (:class:`~mmduplex.lm.readout.SlotReadout`: the final hidden
+            state attends to the separate projected video slots of the steps held, before the text head); 0: none.
+        readout_heads: its attention heads.
     """
 
     def __init__(
@@ -290,6 +199,8 @@ class DuplexLM(nn.Module):
         projector_gated: bool = False,
         copy_dim: int = 0,
         copy_mode: str = "add",
+        readout_dim: int = 0,
+        readout_heads: int = 4,
     ) -> None:
         super().__init__()
         if user_slots_per_step < 1:
@@ -322,6 +233,7 @@ class DuplexLM(nn.Module):
         self.copy_head = None
         if copy_dim > 0:
             self.copy_head = CopyHead(self.hidden, copy_dim, self.vocab_size, self.user_slots_per_step, copy_mode)
+        self.readout = SlotReadout(self.hidden, readout_dim, readout_heads) if readout_dim > 0 else None
         decoder_params = inspect.signature(backbone.get_decoder().forward).parameters
         self._cache_kw = "cache" if "cache" in decoder_params else "past_key_values"
 
@@ -362,8 +274,9 @@ class DuplexLM(nn.Module):
         video_slots: torch.Tensor,
         video_mask: torch.Tensor,
         user_ids: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:meth:`embed`, and the user stream's part of it ``[B, S, H]`` (``None`` without a user stream)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`embed`, the user stream's part of it ``[B, S, H]`` (``None`` without a user stream) and, with a slot
+        readout, the projected video slots ``[B, S, K, H]`` (else ``None``)."""
         if text_ids.dim() != 2:
             raise InputError("text_ids", f"expected [B, S], got {tuple(text_ids.shape)}")
         if video_slots.shape[:2] != text_ids.shape:
@@ -374,12 +287,15 @@ class DuplexLM(nn.Module):
             raise InputError(
                 "text_ids", f"ids must be in [0, {self.vocab_size}), got [{int(text_ids.min())}, {int(text_ids.max())}]"
             )
-        embeds = self._token_embedding(text_ids) * self.text_scale + self.video(video_slots, video_mask)  # [B, S, H]
+        video, slots = self.video(video_slots, video_mask, per_slot=True) if self.readout else (None, None)
+        if video is None:
+            video = self.video(video_slots, video_mask)
+        embeds = self._token_embedding(text_ids) * self.text_scale + video  # [B, S, H]
         user = None
         if user_ids is not None:
             user = self.embed_user(user_ids, text_ids.shape)  # [B, S, H]
             embeds = embeds + user
-        return embeds, user
+        return embeds, user, slots
 
     def embed_user(self, user_ids: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         """The user stream's per-step embedding ``[B, S, H]``; PAD (an empty slot, silence) embeds to zero.
@@ -460,7 +376,7 @@ class DuplexLM(nn.Module):
         Returns:
             :class:`DuplexOutput` with ``logits [B, S, V]`` (step ``s`` predicts ``text[s + 1]``).
         """
-        embeds, user = self._embed(text_ids, video_slots, video_mask, user_ids)
+        embeds, user, slots = self._embed(text_ids, video_slots, video_mask, user_ids)
         param = next(self.backbone.parameters())
         if not torch.is_autocast_enabled(embeds.device.type):
             embeds = embeds.to(param.dtype)
@@ -480,6 +396,9 @@ class DuplexLM(nn.Module):
         hidden = out.last_hidden_state  # [B, S, H]
         if targets_only:
             hidden = hidden[:, :-1].contiguous()  # [B, S - 1, H] (contiguous: one matmul, not one per window)
+        if self.readout is not None:
+            memory = extend_readout_memory(past_key_values, self.readout.step_memory(slots, video_mask), start)
+            hidden = self.readout(hidden, memory, first=start)
         logits = self.head(hidden)
         if self.copy_head is not None:
             memory = self.copy_head.step_memory(user, user_ids, text_ids.shape, self._copy_tokens(user_ids))

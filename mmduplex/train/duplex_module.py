@@ -93,6 +93,9 @@ class DuplexModule(LightningModule):
             probabilities, whatever the LM's logit scale: pretrained LMs).
         copy_loss_weight: weight of a ``mix`` copy head's supervision (its pointer on the word to say where that word
             was typed, its gate on whether it was) added to the text loss; 0: none.
+        readout_dim: per-head width of the slot readout, an attention from the final hidden state into the separate
+            video slots of the steps held (:mod:`mmduplex.lm.readout`); 0: none.
+        readout_heads: the slot readout's attention heads.
     """
 
     def __init__(
@@ -129,6 +132,8 @@ class DuplexModule(LightningModule):
         copy_dim: int = 0,
         copy_mode: str = "add",
         copy_loss_weight: float = 0.0,
+        readout_dim: int = 0,
+        readout_heads: int = 4,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -179,6 +184,8 @@ class DuplexModule(LightningModule):
             text_scale=text_scale,
             copy_dim=copy_dim,
             copy_mode=copy_mode,
+            readout_dim=readout_dim,
+            readout_heads=readout_heads,
         )
         if copy_loss_weight > 0 and (self.model.copy_head is None or copy_mode != "mix"):
             raise InputError("copy_loss_weight", "supervises a mix copy head (copy_dim > 0, copy_mode: mix)")
@@ -394,6 +401,8 @@ class DuplexModule(LightningModule):
             "text_scale": float(self.model.text_scale),
             "copy_dim": int(hp.get("copy_dim", 0)),
             "copy_mode": str(hp.get("copy_mode", "add")),
+            "readout_dim": int(hp.get("readout_dim", 0)),
+            "readout_heads": int(hp.get("readout_heads", 4)),
             "token_dim": int(self.model.token_dim),
             "projector_hidden": hp.projector_hidden,
             "projector_layers": int(hp.get("projector_layers", 0)),
