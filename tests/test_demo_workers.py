@@ -90,3 +90,55 @@ def test_every_process_pool_of_the_data_stage_watches_its_parent(tmp_path, monke
     report = extract_features(videos, tmp_path / "features", encoder="mmduplex-tiny", fps=2.0, processes=2)
     assert len(report.encoded) == 2
     assert initializers == [watch_parent, watch_parent]
+
+
+def test_the_baselines_run_niced_beside_the_main_model(monkeypatch):
+    """The demo's main model and its extras run at normal priority, the baselines in a pool of their own whose workers
+    lower their priority (the main model's chain is the demo's longest; a baseline must not slow it)."""
+    import concurrent.futures
+
+    from mmduplex.demo import stages
+    from mmduplex.recipes import recipe_path
+
+    pools = []
+
+    class RecordingPool:  # records each pool's priority and the jobs it ran, runs them here
+        def __init__(self, workers, mp_context=None, initializer=None, initargs=()):
+            self.niceness = initargs[1] if len(initargs) > 1 else 0
+            self.jobs = []
+            pools.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, *args):
+            self.jobs.append(args[2])  # the model's name, or the extra's kind
+            future = concurrent.futures.Future()
+            future.set_result(fn(*args))
+            return future
+
+    def fake_model_job(config, root, name, tokens_per_frame):
+        return {"pad_bias": 0.0}, [], {f"duplex_{name}": 1.0}, []
+
+    def fake_extra_job(config, root, kind, pad_bias, plain):
+        return {}, {kind: 1.0}
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", RecordingPool)
+    monkeypatch.setattr(stages, "model_job", fake_model_job)
+    monkeypatch.setattr(stages, "extra_job", fake_extra_job)
+    config = stages.DemoConfig.from_yaml(recipe_path("demo/default"))
+    figures, _, _ = stages.run_models(config, stages.DemoPaths("unused"), tokens_per_frame=2)
+    assert set(figures) == {"bflow", *config.baselines} and len(config.baselines) == 2
+    front, back = pools
+    assert (front.niceness, front.jobs) == (0, ["bflow", "video_ablation", "qa", "lvb"])
+    assert back.niceness == stages.BASELINE_NICENESS > 0 and back.jobs == list(config.baselines)
+
+
+def test_a_worker_started_niced_runs_at_lower_priority():
+    code = "import os; from mmduplex.demo.stages import worker_init; before = os.nice(0); worker_init(False, 3); "
+    code += "print(os.nice(0) - before)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "3"
