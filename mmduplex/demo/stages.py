@@ -540,29 +540,17 @@ def _extras(config: DemoConfig) -> list[str]:
     return [kind for kind in MAIN_EXTRAS if wanted[kind]]
 
 
-BASELINE_NICENESS = 10
-"""How much lower the baselines' worker processes run (``os.nice``) than the main model's. The main model, its stream
-and its extras are the demo's longest chain; at equal priority three single-threaded models on two cores each get two
-thirds of a core, and once the baselines end one core idles while the main model still trains (the 27f29fb run: 121
-of its 494 s). Niced, the baselines take what the main chain leaves: the same work, every figure the same, a shorter
-wall time."""
-
-
-def worker_init(verbose: bool, niceness: int = 0) -> None:
-    """Start of a spawned model worker: frameworks quiet (unless ``verbose``), :func:`watch_parent`, and the process's
-    priority lowered by ``niceness`` (where the system has ``os.nice``)."""
+def worker_init(verbose: bool) -> None:
+    """Start of a spawned model worker: frameworks quiet (unless ``verbose``) and :func:`watch_parent`."""
     quiet_frameworks(verbose)
     watch_parent()
-    if niceness and hasattr(os, "nice"):
-        os.nice(niceness)
 
 
 def run_models(config: DemoConfig, paths: DemoPaths, tokens_per_frame: int) -> tuple[dict[str, dict], list, dict]:
     """Train and stream the main model and every baseline: ``config.workers`` at a time, each in its own process
     (spawned, so no thread pool or lock is inherited), or one after the other here when ``workers`` is 1. Once the
     main model has streamed, its extras (:data:`MAIN_EXTRAS`) run as jobs of their own, in parallel with each other
-    and with baselines still running. The baselines run in a pool of their own at a lower priority
-    (:data:`BASELINE_NICENESS`), so the main model's chain is not slowed by them.
+    and with baselines still running.
 
     Returns:
         Figures by model name (the main model's with its extras), the main model's per-video scores, the timings.
@@ -578,17 +566,10 @@ def run_models(config: DemoConfig, paths: DemoPaths, tokens_per_frame: int) -> t
         from concurrent.futures import ProcessPoolExecutor
 
         context = multiprocessing.get_context("spawn")
+        workers = min(config.workers, len(names))
         verbose = logging.getLogger().level <= logging.DEBUG
-        front = max(1, min(config.workers, len(_extras(config))))  # the main model, then its extras at once
-        back = min(config.workers - 1, len(names) - 1)  # the baselines, niced
-        with (
-            ProcessPoolExecutor(front, mp_context=context, initializer=worker_init, initargs=(verbose,)) as pool,
-            ProcessPoolExecutor(
-                back, mp_context=context, initializer=worker_init, initargs=(verbose, BASELINE_NICENESS)
-            ) as background,
-        ):
-            futures = [pool.submit(model_job, config, root, names[0], tokens_per_frame)]
-            futures += [background.submit(model_job, config, root, name, tokens_per_frame) for name in names[1:]]
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init, initargs=(verbose,)) as pool:
+            futures = [pool.submit(model_job, config, root, name, tokens_per_frame) for name in names]
             main = futures[0].result()
             pending = {
                 kind: pool.submit(extra_job, config, root, kind, main[0]["pad_bias"], main[3])
