@@ -67,3 +67,14 @@ def bounded_reference(
         ]  # fmt: skip
         logits = torch.cat(step, dim=1)
     return logits[0]
+
+
+@torch.no_grad()
+def stream_steps(model: DuplexLM, cache, text, slots, mask, user) -> torch.Tensor:
+    """Logits ``[B, S, V]`` of feeding ``text [B, S]``, ``slots [B, S, K, Dv]``, ``mask [B, S, K]`` and ``user [B, S,
+    U]`` through ``model`` one step at a time on ``cache`` (the streaming path under test)."""
+    out = []
+    for s in range(text.shape[1]):
+        step = (text[:, s : s + 1], slots[:, s : s + 1], mask[:, s : s + 1], user[:, s : s + 1])
+        out.append(model(*step, past_key_values=cache, use_cache=True).logits)
+    return torch.cat(out, dim=1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bounded_reference import bounded_reference
+from bounded_reference import bounded_reference, stream_steps
 
 from mmduplex.errors import InputError
 from mmduplex.lm.copy_head import COPY_MODES, copy_targets
@@ -45,15 +45,6 @@ def make_inputs(batch=2, steps=12, seed=1):
     return text, slots, mask, user
 
 
-def stream(model, cache, text, slots, mask, user) -> torch.Tensor:
-    out = []
-    with torch.no_grad():
-        for s in range(text.shape[1]):
-            step = (text[:, s : s + 1], slots[:, s : s + 1], mask[:, s : s + 1], user[:, s : s + 1])
-            out.append(model(*step, past_key_values=cache, use_cache=True).logits)
-    return torch.cat(out, dim=1)  # [B, S, V]
-
-
 def test_targets_join_an_option_label_and_its_letter():
     targets = copy_targets(TOKENIZER)
     a_label, a, b, red, question = (TOKENIZER.encode_word(w)[0] for w in ("A.", "A", "B", "red", "?"))
@@ -69,7 +60,7 @@ def test_streaming_equals_teacher_forced_and_the_bonus_needs_typed_text(mode):
         full = model(text, slots, mask, user).logits  # [B, S, V]
         plain = model.head(model.backbone.get_decoder()(inputs_embeds=model.embed(text, slots, mask, user))[0])
     cache = SinkWindowCache(model, sink=2, window=text.shape[1])  # nothing is evicted
-    torch.testing.assert_close(stream(model, cache, text, slots, mask, user), full, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stream_steps(model, cache, text, slots, mask, user), full, rtol=1e-4, atol=1e-5)
     if mode == "mix":  # log-probabilities: they sum to 1, and the LM's own before anything is typed
         torch.testing.assert_close(full.exp().sum(-1), torch.ones(full.shape[:2]))
         plain = plain.log_softmax(-1)
@@ -122,7 +113,7 @@ def test_streaming_past_the_window_points_only_at_the_steps_the_cache_keeps(mode
     sink, window, steps = 2, 4, 14
     text, slots, mask, user = make_inputs(batch=1, steps=steps)
     cache = SinkWindowCache(model, sink=sink, window=window)
-    streamed = stream(model, cache, text, slots, mask, user)
+    streamed = stream_steps(model, cache, text, slots, mask, user)
     assert all(v.shape[1] == sink + window for v in cache.side.values())
     with torch.no_grad():
         reference = bounded_reference(model, model.embed(text, slots, mask, user), sink, window, user)  # [S, V]
@@ -143,10 +134,10 @@ def test_causality_and_the_cache_copy(mode):
         changed = model(text, slots, mask, later).logits
     torch.testing.assert_close(changed[:, :8], base[:, :8], rtol=0, atol=1e-6)
     cache = SinkWindowCache(model, sink=2, window=4)
-    stream(model, cache, text[:, :6], slots[:, :6], mask[:, :6], user[:, :6])
+    stream_steps(model, cache, text[:, :6], slots[:, :6], mask[:, :6], user[:, :6])
     twin = cache.copy()  # one streamed video, two continuations: each keeps its own copy memory
-    a = stream(model, cache, text[:, 6:], slots[:, 6:], mask[:, 6:], user[:, 6:])
-    b = stream(model, twin, text[:, 6:], slots[:, 6:], mask[:, 6:], user[:, 6:])
+    a = stream_steps(model, cache, text[:, 6:], slots[:, 6:], mask[:, 6:], user[:, 6:])
+    b = stream_steps(model, twin, text[:, 6:], slots[:, 6:], mask[:, 6:], user[:, 6:])
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     cache.batch_select_indices(torch.tensor([1]))
     assert all(v.shape[0] == 1 for v in cache.side.values())
@@ -158,9 +149,9 @@ def test_a_cache_filled_without_the_copy_head_is_refused():
     plain, copying = make_model(copy_dim=0), make_model()
     text, slots, mask, user = make_inputs(batch=1, steps=3)
     cache = SinkWindowCache(plain, sink=2, window=4)
-    stream(plain, cache, text, slots, mask, user)
+    stream_steps(plain, cache, text, slots, mask, user)
     with pytest.raises(InputError, match="copy memory holds 0 steps, the cache 3"):
-        stream(copying, cache, text, slots, mask, user)
+        stream_steps(copying, cache, text, slots, mask, user)
 
 
 def lookup_batch(batch: int, g: torch.Generator):

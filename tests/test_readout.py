@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bounded_reference import bounded_hidden, kept_steps
+from bounded_reference import bounded_hidden, kept_steps, stream_steps
 
 from mmduplex.errors import InputError
 from mmduplex.lm.copy_head import copy_targets
@@ -48,15 +48,6 @@ def make_inputs(batch=2, steps=12, seed=1):
     return text, slots, mask, user
 
 
-def stream(model, cache, text, slots, mask, user) -> torch.Tensor:
-    out = []
-    with torch.no_grad():
-        for s in range(text.shape[1]):
-            step = (text[:, s : s + 1], slots[:, s : s + 1], mask[:, s : s + 1], user[:, s : s + 1])
-            out.append(model(*step, past_key_values=cache, use_cache=True).logits)
-    return torch.cat(out, dim=1)  # [B, S, V]
-
-
 def test_the_readout_tells_apart_slots_whose_sum_is_the_same():
     """Two steps whose projected slots sum to the same vector (``u + v, u - v`` against ``u + w, u - w``) embed the
     same into the stream, and the readout still reads them apart: it looks at each slot, not at the sum."""
@@ -94,7 +85,7 @@ def test_streaming_equals_teacher_forced(copy_dim):
         full = model(text, slots, mask, user).logits  # [B, S, V]
         unread = model.head(model.backbone.get_decoder()(inputs_embeds=model.embed(text, slots, mask, user))[0])
     cache = SinkWindowCache(model, sink=2, window=text.shape[1])  # nothing is evicted
-    torch.testing.assert_close(stream(model, cache, text, slots, mask, user), full, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stream_steps(model, cache, text, slots, mask, user), full, rtol=1e-4, atol=1e-5)
     if copy_dim == 0:  # and the readout is in those logits: none before the first video, some after
         assert (full - unread)[:, :2].abs().max() < 1e-5 and (full - unread)[:, 2:].abs().max() > 0.1
 
@@ -104,7 +95,7 @@ def test_streaming_past_the_window_reads_only_the_steps_the_cache_keeps():
     sink, window, steps = 2, 4, 14
     text, slots, mask, user = make_inputs(batch=1, steps=steps)
     cache = SinkWindowCache(model, sink=sink, window=window)
-    streamed = stream(model, cache, text, slots, mask, user)
+    streamed = stream_steps(model, cache, text, slots, mask, user)
     assert all(v.shape[1] == sink + window for v in cache.side.values())
     with torch.no_grad():
         hidden = bounded_hidden(model.backbone.get_decoder(), model.embed(text, slots, mask, user), sink, window)
@@ -129,10 +120,10 @@ def test_causality_and_the_cache_copy():
     torch.testing.assert_close(changed[:, :8], base[:, :8], rtol=0, atol=1e-6)
     assert (changed[:, 8:] - base[:, 8:]).abs().max() > 1e-3
     cache = SinkWindowCache(model, sink=2, window=4)
-    stream(model, cache, text[:, :6], slots[:, :6], mask[:, :6], user[:, :6])
+    stream_steps(model, cache, text[:, :6], slots[:, :6], mask[:, :6], user[:, :6])
     twin = cache.copy()  # one streamed video, two continuations: each keeps its own readout memory
-    a = stream(model, cache, text[:, 6:], slots[:, 6:], mask[:, 6:], user[:, 6:])
-    b = stream(model, twin, text[:, 6:], slots[:, 6:], mask[:, 6:], user[:, 6:])
+    a = stream_steps(model, cache, text[:, 6:], slots[:, 6:], mask[:, 6:], user[:, 6:])
+    b = stream_steps(model, twin, text[:, 6:], slots[:, 6:], mask[:, 6:], user[:, 6:])
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -140,6 +131,6 @@ def test_a_cache_filled_without_the_readout_is_refused():
     plain, reading = make_model(readout_dim=0), make_model()
     text, slots, mask, user = make_inputs(batch=1, steps=3)
     cache = SinkWindowCache(plain, sink=2, window=4)
-    stream(plain, cache, text, slots, mask, user)
+    stream_steps(plain, cache, text, slots, mask, user)
     with pytest.raises(InputError, match="readout memory holds 0 steps"):
-        stream(reading, cache, text, slots, mask, user)
+        stream_steps(reading, cache, text, slots, mask, user)

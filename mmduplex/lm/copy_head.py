@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmduplex.errors import InputError
+from mmduplex.lm.kvcache import extend_side_memory
 
 __all__ = ["COPY_MODES", "CopyHead", "copy_targets", "extend_memory"]
 
@@ -265,22 +266,5 @@ class CopyHead(nn.Module):
 
 def extend_memory(cache, memory: tuple[torch.Tensor, ...], start: int) -> tuple[torch.Tensor, ...]:
     """The copy memory with this call's steps appended (:meth:`CopyHead.step_memory`'s tensors, ``[B, P, ...]``), kept
-    on ``cache``'s side tensors.
-
-    Args:
-        cache: the KV cache of the call (a :class:`~mmduplex.lm.kvcache.SinkWindowCache`), or ``None`` (no memory).
-        memory: this call's ``[B, S, ...]`` tensors.
-        start: cached positions before this call (the memory must hold as many).
-    """
-    if cache is None:
-        return memory
-    if not hasattr(cache, "extend_side"):
-        raise InputError("past_key_values", f"the copy head streams on a SinkWindowCache, got {type(cache).__name__}")
-    held = cache.side.get(_SIDE[0])
-    if (0 if held is None else held.shape[1]) != start:
-        raise InputError(
-            "past_key_values",
-            f"the copy memory holds {0 if held is None else held.shape[1]} steps, the cache {start}: "
-            "a cache filled by a model without the copy head, or cropped",
-        )
-    return tuple(cache.extend_side(name, values) for name, values in zip(_SIDE, memory, strict=False))  # add: 2, mix: 3
+    on ``cache``'s side tensors (:func:`~mmduplex.lm.kvcache.extend_side_memory`; ``cache`` ``None``: no memory)."""
+    return extend_side_memory(cache, _SIDE, memory, start, "copy")  # add: 2 tensors, mix: 3

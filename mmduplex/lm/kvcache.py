@@ -37,6 +37,7 @@ __all__ = [
     "ShiftTable",
     "SinkWindowCache",
     "SinkWindowLayer",
+    "extend_side_memory",
     "find_rotary",
     "rotate_positions",
 ]
@@ -342,3 +343,33 @@ class SinkWindowCache(DynamicCache):
     def __deepcopy__(self, memo: dict) -> SinkWindowCache:
         """``copy.deepcopy`` clones the cached tensors but shares the model's rotary module."""
         return self.copy()
+
+
+def extend_side_memory(cache, names: tuple[str, ...], memory: tuple[torch.Tensor, ...], start: int, owner: str):
+    """A model part's per-step memory with this call's steps appended, kept on ``cache``'s side tensors ``names`` (in
+    the memory's order; ``memory`` may hold fewer tensors than names) and returned untrimmed (``[B, P, ...]``).
+
+    Args:
+        cache: the KV cache of the call (a :class:`SinkWindowCache`), or ``None`` (no memory: ``memory`` itself).
+        names: the side tensors' names; the first one's length is checked against ``start``.
+        memory: this call's ``[B, S, ...]`` tensors.
+        start: cached positions before this call (the memory must hold as many).
+        owner: the model part, for the error messages (``"copy"``: "the copy memory ...").
+
+    Raises:
+        InputError: ``cache`` is not a :class:`SinkWindowCache`, or its memory and its positions disagree (a cache
+            filled by a model without that part, or cropped).
+    """
+    if cache is None:
+        return memory
+    if not hasattr(cache, "extend_side"):
+        kind = type(cache).__name__
+        raise InputError("past_key_values", f"the {owner} memory streams on a SinkWindowCache, got {kind}")
+    held = cache.side.get(names[0])
+    if (0 if held is None else held.shape[1]) != start:
+        raise InputError(
+            "past_key_values",
+            f"the {owner} memory holds {0 if held is None else held.shape[1]} steps, the cache {start}: "
+            f"a cache filled by a model without it, or cropped",
+        )
+    return tuple(cache.extend_side(name, values) for name, values in zip(names, memory, strict=False))

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from mmduplex.errors import InputError
+from mmduplex.lm.kvcache import extend_side_memory
 
 __all__ = ["SlotReadout", "extend_readout_memory"]
 
@@ -98,24 +99,6 @@ class SlotReadout(nn.Module):
 
 
 def extend_readout_memory(cache, memory: tuple[torch.Tensor, ...], start: int) -> tuple[torch.Tensor, ...]:
-    """The readout memory with this call's steps appended, kept on ``cache``'s side tensors (``None``: this call's
-    only).
-
-    Args:
-        cache: the KV cache of the call (a :class:`~mmduplex.lm.kvcache.SinkWindowCache`), or ``None``.
-        memory: this call's ``[B, S, ...]`` tensors.
-        start: cached positions before this call (the memory must hold as many).
-    """
-    if cache is None:
-        return memory
-    if not hasattr(cache, "extend_side"):
-        name = type(cache).__name__
-        raise InputError("past_key_values", f"the slot readout streams on a SinkWindowCache, got {name}")
-    held = cache.side.get(_SIDE[0])
-    if (0 if held is None else held.shape[1]) != start:
-        raise InputError(
-            "past_key_values",
-            f"the readout memory holds {0 if held is None else held.shape[1]} steps, the cache {start}: "
-            "a cache filled by a model without the slot readout, or cropped",
-        )
-    return tuple(cache.extend_side(name, values) for name, values in zip(_SIDE, memory, strict=True))
+    """The readout memory with this call's steps appended (:meth:`SlotReadout.step_memory`'s tensors), kept on
+    ``cache``'s side tensors (:func:`~mmduplex.lm.kvcache.extend_side_memory`; ``cache`` ``None``: no memory)."""
+    return extend_side_memory(cache, _SIDE, memory, start, "readout")
