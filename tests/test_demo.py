@@ -528,3 +528,34 @@ def test_summary_reports_the_wall_time_against_the_configs_own_target(tmp_path):
     config = DemoConfig.from_yaml(recipe_path("demo/smoke"))
     (tmp_path / SETTINGS_FILE).write_text(json.dumps(asdict(replace(config, wall_target_s=60.0))))
     check_reusable(DemoPaths(tmp_path), config)  # a target only changes the summary: the run is reused
+
+
+def test_the_main_models_token_store_is_built_before_the_models(smoke_demo, tmp_path, monkeypatch):
+    """``prepare_token_store`` (the stage before the models) leaves the main model's token store complete, so the main
+    model's fit tokenizes nothing on its own path; without it that fit would tokenize every video itself."""
+    from mmduplex.demo.stages import DemoPaths, duplex_fit_args, prepare_token_store
+    from mmduplex.train.duplex_datamodule import DuplexDataModule
+    from mmduplex.train.lightning_cli import run_cli
+    from mmduplex.train.token_store import TokenStore, tokenizer_fingerprint
+
+    config = DemoConfig.from_yaml(recipe_path("demo/smoke"))
+    paths = DemoPaths(smoke_demo)
+    paths.bundle = tmp_path / "bundle"  # as before the main model is trained
+    monkeypatch.setattr(DuplexDataModule, "token_store_root", lambda self, fingerprint: tmp_path / "tokens")
+
+    def main_fit_setup():  # what the main model's fit does in its setup (DuplexModule.setup)
+        cli = run_cli(duplex_fit_args(config, paths, "bflow", 1), run=False)
+        cli.datamodule.setup()
+        fingerprint = tokenizer_fingerprint(cli.model.video_tokenizer, cli.model.video_tokenizer_spec)
+        cli.datamodule.prepare_tokens(cli.model.video_tokenizer, fingerprint)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the main model's fit tokenized videos")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(TokenStore, "_tokenize", refuse)
+        with pytest.raises(AssertionError, match="tokenized videos"):  # the control: an empty store is filled there
+            main_fit_setup()
+    prepare_token_store(config, paths, tokens_per_frame=1)
+    monkeypatch.setattr(TokenStore, "_tokenize", refuse)
+    main_fit_setup()  # nothing left to tokenize

@@ -11,7 +11,9 @@ atomically, so a stage killed half-way is simply redone; a folder holding a run 
 3. ``tokenizer/`` the B-Flow tokenizer trained by the shipped recipe :attr:`DemoConfig.tokenizer_recipe`
    (``recipes/tokenizer/lite0_s8_region.yaml``, region flow tokens, in the default config) with the demo's sizes,
    saved with its token budget;
-   then B-Flow's tokens per frame on the training features, the rate the ``uniform_tokens`` baseline gets;
+   then B-Flow's tokens per frame on the training features, the rate the ``uniform_tokens`` baseline gets, and the
+   main model's token store (its video tokens of every training video, one process per core:
+   :func:`~mmduplex.demo.stages.prepare_token_store`);
 4. ``bundle/``    the duplex model trained by the shipped recipe :attr:`DemoConfig.duplex_recipe`
    (``recipes/duplex/demo.yaml``; ``smoke``: ``recipes/duplex/tiny.yaml``) on B-Flow tokens, exported;
    ``baselines/<name>/bundle`` the same recipe with the video stream zeroed (``text_only``) and with uniform pooled
@@ -53,6 +55,7 @@ from mmduplex.demo.stages import (
     evaluate_model,
     make_data,
     model_job,
+    prepare_token_store,
     quiet_frameworks,
     restore_frameworks,
     run_models,
@@ -169,6 +172,7 @@ def _run_demo(out_dir: str | os.PathLike, config: DemoConfig) -> dict[str, Any]:
     dataset = timed("data_and_features", make_data, config, paths)
     timed("tokenizer", train_tokenizer, config, paths)
     tokens_per_frame = max(1, round(timed("bflow_rate", bflow_tokens_per_frame, config, paths, dataset)))
+    timed("token_store", prepare_token_store, config, paths, tokens_per_frame)
     figures, scores, model_timings = timed("models", run_models, config, paths, tokens_per_frame)
     timings.update(model_timings)
     main = figures.pop("bflow")

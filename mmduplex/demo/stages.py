@@ -273,6 +273,28 @@ def bflow_tokens_per_frame(config: DemoConfig, paths: DemoPaths, dataset) -> flo
     return tokens / max(frames, 1)
 
 
+def prepare_token_store(config: DemoConfig, paths: DemoPaths, tokens_per_frame: int) -> None:
+    """Stage 3b: the main model's token store (its video tokenizer's tokens of every training and validation video,
+    :mod:`mmduplex.train.token_store`) built here, one tokenizing process per core, before the models start.
+
+    The main model's fit builds what its store lacks in its own setup, in one process and beside the baselines'
+    training; on the demo's 704 videos B-Flow's region tokens take 144 s alone there, all of it on the main model's
+    path, the demo's longest (notebooks/LOG.md#2026-12-07-demo-time). The store is made from the main fit's own
+    model and data module (the same arguments), so the fit finds it complete.
+    """
+    from mmduplex.train.lightning_cli import run_cli
+    from mmduplex.train.token_store import tokenizer_fingerprint
+
+    if (paths.model_bundle("bflow") / "config.json").is_file():
+        return  # the main model is trained: it reads no tokens again
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    args = duplex_fit_args(config, paths, "bflow", tokens_per_frame)
+    cli = run_cli([*args, "--data.init_args.num_workers", str(cores)], run=False)
+    model, data = cli.model, cli.datamodule
+    data.setup()
+    data.prepare_tokens(model.video_tokenizer, tokenizer_fingerprint(model.video_tokenizer, model.video_tokenizer_spec))
+
+
 def _video_tokenizer_arg(name: str, paths: DemoPaths, tokens_per_frame: int) -> dict[str, Any]:
     """The ``video_tokenizer`` (class_path + init_args) of each model the demo trains."""
     from mmduplex.tokenizer.bflow import BFlowTokenizer

@@ -17,8 +17,9 @@ class MMDuplexCLI(LightningCLI):
     """LightningCLI with the project's defaults (config saved next to every run, overwrite allowed)."""
 
 
-def run_cli(args: list[str]) -> MMDuplexCLI:
-    """Run the CLI on ``args`` (e.g. ``["fit", "--config", "recipes/tokenizer/tiny.yaml"]``).
+def run_cli(args: list[str], run: bool = True) -> MMDuplexCLI:
+    """Run the CLI on ``args`` (e.g. ``["fit", "--config", "recipes/tokenizer/tiny.yaml"]``); with ``run=False``
+    only build the model, data module and trainer ``args`` describe (no subcommand in ``args``).
 
     ``args`` is handed over as ``sys.argv`` (restored afterwards): LightningCLI's DDP launcher re-executes
     ``sys.argv`` in its worker processes, so it must hold the real command, whoever called this function.
@@ -33,6 +34,7 @@ def run_cli(args: list[str]) -> MMDuplexCLI:
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            run=run,
         )
     finally:
         sys.argv = saved
