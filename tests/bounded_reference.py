@@ -78,3 +78,18 @@ def stream_steps(model: DuplexLM, cache, text, slots, mask, user) -> torch.Tenso
         step = (text[:, s : s + 1], slots[:, s : s + 1], mask[:, s : s + 1], user[:, s : s + 1])
         out.append(model(*step, past_key_values=cache, use_cache=True).logits)
     return torch.cat(out, dim=1)
+
+
+def random_steps(batch: int, steps: int, slots: int, token_dim: int, user_slots: int, vocab: int, pad: int, seed: int,
+                 fill: float = 0.5):  # fmt: skip
+    """Random stream inputs for a streaming test: ``text [B, S]``, ``slots [B, S, K, Dv]``, ``mask [B, S, K]`` (a
+    slot filled with probability ``fill``) and ``user [B, S, U]`` (half typed); the first two steps hold no video
+    and no typed text, so a head that reads either adds nothing there."""
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(0, vocab, (batch, steps), generator=g)
+    video = torch.randn(batch, steps, slots, token_dim, generator=g)
+    mask = torch.rand(batch, steps, slots, generator=g) < fill
+    typed = torch.rand(batch, steps, user_slots, generator=g) > 0.5
+    user = torch.where(typed, torch.randint(0, pad, (batch, steps, user_slots), generator=g), pad)
+    mask[:, :2], user[:, :2] = False, pad
+    return text, video, mask, user

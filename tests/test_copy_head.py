@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bounded_reference import bounded_reference, stream_steps
+from bounded_reference import bounded_reference, random_steps, stream_steps
 
 from mmduplex.errors import InputError
 from mmduplex.lm.copy_head import COPY_MODES, copy_targets
@@ -36,13 +36,7 @@ def make_model(copy_dim: int = 16, seed: int = 0, mode: str = "add") -> DuplexLM
 
 
 def make_inputs(batch=2, steps=12, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(0, V, (batch, steps), generator=g)
-    slots = torch.randn(batch, steps, K, DV, generator=g)
-    mask = torch.rand(batch, steps, K, generator=g) > 0.4
-    user = torch.where(torch.rand(batch, steps, U, generator=g) > 0.5, torch.randint(0, PAD, (batch, steps, U)), PAD)
-    user[:, :2] = PAD  # the first steps see no typed text: no bonus
-    return text, slots, mask, user
+    return random_steps(batch, steps, K, DV, U, V, PAD, seed, fill=0.6)
 
 
 def test_targets_join_an_option_label_and_its_letter():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bounded_reference import bounded_hidden, kept_steps, stream_steps
+from bounded_reference import bounded_hidden, kept_steps, random_steps, stream_steps
 
 from mmduplex.errors import InputError
 from mmduplex.lm.copy_head import copy_targets
@@ -39,13 +39,7 @@ def make_model(readout_dim: int = 8, copy_dim: int = 0, seed: int = 0, trained: 
 
 
 def make_inputs(batch=2, steps=12, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(0, V, (batch, steps), generator=g)
-    slots = torch.randn(batch, steps, K, DV, generator=g)
-    mask = torch.rand(batch, steps, K, generator=g) > 0.5
-    mask[:, :2] = False  # the first steps hold no video: nothing to read yet
-    user = torch.where(torch.rand(batch, steps, U, generator=g) > 0.5, torch.randint(0, PAD, (batch, steps, U)), PAD)
-    return text, slots, mask, user
+    return random_steps(batch, steps, K, DV, U, V, PAD, seed, fill=0.5)
 
 
 def test_the_readout_tells_apart_slots_whose_sum_is_the_same():
