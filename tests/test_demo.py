@@ -536,18 +536,17 @@ def test_the_main_models_token_store_is_built_before_the_models(smoke_demo, tmp_
     from mmduplex.demo.stages import DemoPaths, duplex_fit_args, prepare_token_store
     from mmduplex.train.duplex_datamodule import DuplexDataModule
     from mmduplex.train.lightning_cli import run_cli
-    from mmduplex.train.token_store import TokenStore, tokenizer_fingerprint
+    from mmduplex.train.token_store import TokenStore
 
     config = DemoConfig.from_yaml(recipe_path("demo/smoke"))
     paths = DemoPaths(smoke_demo)
     paths.bundle = tmp_path / "bundle"  # as before the main model is trained
     monkeypatch.setattr(DuplexDataModule, "token_store_root", lambda self, fingerprint: tmp_path / "tokens")
 
-    def main_fit_setup():  # what the main model's fit does in its setup (DuplexModule.setup)
+    def main_fit_setup():  # what the main model's fit does in its setup (DuplexModule.setup, first rank)
         cli = run_cli(duplex_fit_args(config, paths, "bflow", 1), run=False)
         cli.datamodule.setup()
-        fingerprint = tokenizer_fingerprint(cli.model.video_tokenizer, cli.model.video_tokenizer_spec)
-        cli.datamodule.prepare_tokens(cli.model.video_tokenizer, fingerprint)
+        cli.model.build_token_store(cli.datamodule)
 
     def refuse(*args, **kwargs):
         raise AssertionError("the main model's fit tokenized videos")

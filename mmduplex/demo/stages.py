@@ -283,16 +283,14 @@ def prepare_token_store(config: DemoConfig, paths: DemoPaths, tokens_per_frame: 
     model and data module (the same arguments), so the fit finds it complete.
     """
     from mmduplex.train.lightning_cli import run_cli
-    from mmduplex.train.token_store import tokenizer_fingerprint
 
     if (paths.model_bundle("bflow") / "config.json").is_file():
         return  # the main model is trained: it reads no tokens again
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     args = duplex_fit_args(config, paths, "bflow", tokens_per_frame)
     cli = run_cli([*args, "--data.init_args.num_workers", str(cores)], run=False)
-    model, data = cli.model, cli.datamodule
-    data.setup()
-    data.prepare_tokens(model.video_tokenizer, tokenizer_fingerprint(model.video_tokenizer, model.video_tokenizer_spec))
+    cli.datamodule.setup()
+    cli.model.build_token_store(cli.datamodule)
 
 
 def _video_tokenizer_arg(name: str, paths: DemoPaths, tokens_per_frame: int) -> dict[str, Any]:

@@ -287,9 +287,10 @@ class DuplexLM(nn.Module):
             raise InputError(
                 "text_ids", f"ids must be in [0, {self.vocab_size}), got [{int(text_ids.min())}, {int(text_ids.max())}]"
             )
-        video, slots = self.video(video_slots, video_mask, per_slot=True) if self.readout else (None, None)
-        if video is None:
-            video = self.video(video_slots, video_mask)
+        if self.readout is not None:  # the readout also reads the projected slots one by one
+            video, slots = self.video(video_slots, video_mask, per_slot=True)
+        else:
+            video, slots = self.video(video_slots, video_mask), None
         embeds = self._token_embedding(text_ids) * self.text_scale + video  # [B, S, H]
         user = None
         if user_ids is not None:

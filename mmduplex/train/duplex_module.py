@@ -252,14 +252,22 @@ class DuplexModule(LightningModule):
         if self.video_tokenizer_spec is None:
             log.warning("video tokenizer not described: its tokens are not stored, windows are built in the step")
             return
+        self._check_features(data.feature_info())
+        if trainer.is_global_zero:
+            self.build_token_store(data)
+        trainer.strategy.barrier("mmduplex-token-store")
+        data.use_step_grid(self.step_grid(), self.token_fingerprint())
+
+    def token_fingerprint(self) -> dict[str, Any]:
+        """What identifies the frozen video tokenizer's tokens (the token store's key)."""
         from mmduplex.train.token_store import tokenizer_fingerprint
 
-        self._check_features(data.feature_info())
-        fingerprint = tokenizer_fingerprint(self.video_tokenizer, self.video_tokenizer_spec)
-        if trainer.is_global_zero:
-            data.prepare_tokens(self.video_tokenizer, fingerprint)
-        trainer.strategy.barrier("mmduplex-token-store")
-        data.use_step_grid(self.step_grid(), fingerprint)
+        return tokenizer_fingerprint(self.video_tokenizer, self.video_tokenizer_spec)
+
+    def build_token_store(self, data: Any) -> None:
+        """Bring ``data``'s token store of this model's video tokenizer up to date (what :meth:`setup` does on the
+        first rank; ``mmduplex demo`` calls it before the models start, with one tokenizing process per core)."""
+        data.prepare_tokens(self.video_tokenizer, self.token_fingerprint())
 
     def on_fit_start(self) -> None:
         """Check the feature cache fits the video tokenizer and record its encoder fingerprint and fps."""
