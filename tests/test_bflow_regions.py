@@ -19,7 +19,7 @@ from mmduplex.tokenizer.fidelity import normalize_features
 D, GRID, FPS = 32, (12, 12), 5.0
 P = GRID[0] * GRID[1]
 REGION = {"flow_mode": "region"}
-NEW_KEYS = ("flow_mode", "region_grow", "region_max", "region_split", "refresh_interval_s")
+NEW_KEYS = ("flow_mode", "region_grow", "region_max", "region_split", "refresh_interval_s", "flow_order")
 
 
 def make(**changes) -> BFlowTokenizer:
@@ -160,6 +160,29 @@ def test_two_objects_whose_changes_touch_get_a_token_each():
         assert any(r >= a and not r & b for r in regions) and any(r >= b and not r & a for r in regions), regions
 
 
+def test_position_order_sends_the_same_tokens_in_raster_order():
+    """Two blocks move at once, the lower one larger and faster (the larger change, so first in ``score`` order). With
+    ``flow_order: position`` every frame sends the same tokens, decisions and reconstruction, but the upper block's
+    token first in every frame: an object keeps its slot while the objects do not pass each other."""
+    background, things = scene(3)
+    frames = []
+    for t in range(4):
+        frame = background.clone()
+        frame[1:3, 2 * t : 2 * t + 2] = things[0]  # upper 2x2 block, 2 patches a frame
+        frame[8:11, 3 * t : 3 * t + 3] = things[1]  # lower 3x3 block, 3 patches a frame
+        frames.append(frame.reshape(P, D))
+    x, ts = torch.stack(frames), times(4)
+    by_score = make(**REGION, region_max=None).tokenize(x, ts)
+    by_position = make(**REGION, region_max=None, flow_order="position").tokenize(x, ts)
+    assert by_score.n_tokens == by_position.n_tokens and by_score.n_tokens[1:] == [2] * 3, by_score.n_tokens
+    torch.testing.assert_close(by_position.recon, by_score.recon)
+    for score_frame, position_frame in zip(by_score.frames[1:], by_position.frames[1:], strict=True):
+        rows = [int(p) // GRID[1] for p in position_frame.positions]
+        assert rows[0] < 3 < 8 <= rows[1], rows  # upper block first
+        assert [int(p) // GRID[1] for p in score_frame.positions][0] >= 8  # the larger change first
+        torch.testing.assert_close(position_frame.tokens, score_frame.tokens.flip(0))
+
+
 def test_a_still_object_is_refreshed_between_keyframes():
     """After a block stops, ``refresh_interval_s`` brings it back as a ``still`` token (its own kind embedding) at
     most one interval later, and again every interval; without the refresh nothing comes until the keyframe."""
@@ -229,6 +252,8 @@ def test_bundles_written_before_flow_mode_load_and_behave_unchanged(tmp_path):
         ({**REGION, "region_split": 0.0}, "region_split=0.0 must be > 0"),
         ({"refresh_interval_s": 2.0}, "needs flow_mode 'region'"),
         ({**REGION, "refresh_interval_s": 0.0}, "must be > 0"),
+        ({"flow_order": "position"}, "needs region mode"),
+        ({**REGION, "flow_order": "size"}, "must be one of"),
     ],
 )
 def test_bad_region_settings_raise_input_error(changes, message):

@@ -24,12 +24,13 @@ TINY_LLAMA = {
 V, PAD, EPAD, DV, K = 12, 10, 11, 16, 3
 
 
-def make_model(spec=None, vocab_size=V, projector_layers=0, gated=False) -> DuplexLM:
+def make_model(spec=None, vocab_size=V, projector_layers=0, gated=False, slot_maps=False) -> DuplexLM:
     torch.manual_seed(0)
     backbone = build_backbone(spec or TINY_LLAMA, vocab_size=vocab_size, attn_implementation="sdpa")
     return DuplexLM(
-        backbone, V, PAD, EPAD, DV, K, projector_hidden=32, projector_layers=projector_layers, projector_gated=gated
-    ).eval()
+        backbone, V, PAD, EPAD, DV, K, projector_hidden=32, projector_layers=projector_layers, projector_gated=gated,
+        projector_slot_maps=slot_maps,
+    ).eval()  # fmt: skip
 
 
 def make_inputs(batch=2, steps=9, seed=1):
@@ -56,12 +57,14 @@ def stream_steps(model: DuplexLM, cache: SinkWindowCache, text, slots, mask, use
 
 
 @pytest.mark.parametrize(
-    ("model_type", "projector_layers", "gated"), [("llama", 0, False), ("qwen2", 0, False), ("llama", 1, False),
-                                                   ("llama", 0, True)]
+    ("model_type", "projector_layers", "gated", "slot_maps"),
+    [("llama", 0, False, False), ("qwen2", 0, False, False), ("llama", 1, False, False), ("llama", 0, True, False),
+     ("llama", 0, False, True)]
 )  # fmt: skip
-def test_streaming_equals_teacher_forced(model_type, projector_layers, gated):
+def test_streaming_equals_teacher_forced(model_type, projector_layers, gated, slot_maps):
     """Streaming on the project's SinkWindowCache (the cache DuplexSession uses) == the teacher-forced forward."""
-    model = make_model({**TINY_LLAMA, "model_type": model_type}, projector_layers=projector_layers, gated=gated)
+    spec = {**TINY_LLAMA, "model_type": model_type}
+    model = make_model(spec, projector_layers=projector_layers, gated=gated, slot_maps=slot_maps)
     text, slots, mask, user = make_inputs()
     with torch.no_grad():
         full = model(text, slots, mask, user).logits  # [B, S, V]
@@ -296,3 +299,44 @@ def test_projector_projects_only_filled_slots_and_sums_as_before(gated):
     (grad_sparse,) = torch.autograd.grad(sparse.square().sum(), slots)
     torch.testing.assert_close(grad_sparse, grad_dense, rtol=1e-4, atol=1e-5)
     assert sparse.dtype == torch.float32 and projector.to(torch.bfloat16)(slots, mask).dtype == torch.bfloat16
+
+
+def test_per_slot_output_layers_keep_which_features_came_from_which_slot():
+    """With ``slot_maps`` each slot has its own output layer: the step embedding is the masked sum of
+    ``slot_maps[k](hidden(x_k)) + slot_embedding[k]`` (checked against that dense form, gradients included). Two
+    tokens swapped between slots then embed apart, and so do (red triangle, blue circle) and (red circle, blue
+    triangle) even where the token's features are linear (a plain projector's sum cannot tell either apart)."""
+    torch.manual_seed(0)
+    projector = VideoProjector(DV, 24, K, mlp_hidden=32, slot_maps=True)
+    slots = torch.randn(2, 7, K, DV, requires_grad=True)
+    mask = torch.rand(2, 7, K) > 0.5
+    mask[0, 0] = False
+    hidden = projector.mlp(projector.norm(slots))  # [B, S, K, W]
+    per_slot = torch.stack([projector.slot_maps[k](hidden[:, :, k]) for k in range(K)], dim=2)
+    dense = ((per_slot + projector.slot_embedding) * mask.unsqueeze(-1)).sum(dim=2)
+    sparse = projector(slots, mask)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    assert sparse[0, 0].abs().max() == 0
+    (grad_dense,) = torch.autograd.grad(dense.square().sum(), slots)
+    (grad_sparse,) = torch.autograd.grad(sparse.square().sum(), slots)
+    torch.testing.assert_close(grad_sparse, grad_dense, rtol=1e-4, atol=1e-5)
+
+    def token(colour, shape):  # one-hot colour (0-1) and shape (2-3) in a 4-wide token
+        t = torch.zeros(4)
+        t[colour], t[2 + shape] = 1.0, 1.0
+        return t
+
+    a = torch.stack([token(0, 0), token(1, 1)])[None, None]  # [1, 1, 2, 4]
+    b = torch.stack([token(0, 1), token(1, 0)])[None, None]
+    swapped = a.flip(2)
+    two = torch.ones(1, 1, 2, dtype=torch.bool)
+    for slot_maps in (True, False):
+        torch.manual_seed(0)
+        projector = VideoProjector(4, 16, 2, mlp_hidden=16, slot_maps=slot_maps)
+        projector.norm = torch.nn.Identity()
+        projector.mlp[1] = torch.nn.Identity()  # features linear in the token: only the slot maps can bind
+        with torch.no_grad():
+            gaps = [(projector(a, two) - projector(other, two)).abs().max() for other in (b, swapped)]
+        assert all(g > 1e-3 for g in gaps) if slot_maps else all(g < 1e-5 for g in gaps), (slot_maps, gaps)
+    with pytest.raises(InputError, match="per-slot output layers"):
+        VideoProjector(4, 16, 2, layers=1, slot_maps=True)

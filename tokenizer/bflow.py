@@ -32,7 +32,8 @@ How a frame is handled (all in :meth:`BFlowTokenizer._advance`, the only place d
   follows every changed region, emitted or not, so nothing queues behind later frames (a stop is news at once, a
   change past the caps is dropped); the stale-scene rule then measures motion against the last keyframe. With
   ``refresh_interval_s`` the still regions that differ from the last keyframe (a shape that stopped) get a token of
-  kind ``still`` every interval, after the frame's changed regions.
+  kind ``still`` every interval, after the frame's changed regions. With ``flow_order: position`` the tokens chosen
+  go out in raster order of their centres instead, so an object tends to keep its slot from frame to frame.
 * **Tokens handed downstream** are the values plus fixed kind / time / position embeddings; with ``change_tokens``
   each also carries what changed at its region (``value - before``, zeros for keyframe tokens), width ``2D``.
 * **Reconstruction** (causal): the last keyframe's ``K`` tokens decoded to ``[P, D]`` (:class:`KeyCodec`), then
@@ -250,6 +251,8 @@ class BFlowTokenizer(VideoTokenizer):
                 bucket = bucket - n_flow - torch.where(started & is_key, num_key, 0)
             if region_mode:
                 chosen = candidates.take(n_flow)
+                if cfg.flow_order == "position":
+                    chosen = chosen.by_position((self.grid[0] // cfg.flow_region, self.grid[1] // cfg.flow_region))
                 flow_batch = chosen.batch
             else:
                 order = torch.argsort(-score, dim=-1, stable=True)  # [B, R] most changed first

@@ -13,6 +13,7 @@ from mmduplex.errors import InputError
 from mmduplex.tokenizer.flow import FLOW_MODES
 
 RECONSTRUCTIONS = ("learned", "cells")
+FLOW_ORDERS = ("score", "position")
 
 
 @dataclass
@@ -80,6 +81,11 @@ class BFlowConfig:
     """Region mode: every this many seconds, the still regions that differ from the last keyframe (what appeared
     since and stays, e.g. a shape that stopped) get a token of kind ``still`` if the frame has room after its changed
     regions (None = no refresh: a still shape is seen again at the next keyframe)."""
+    flow_order: str = "score"
+    """Region mode: the order of a frame's flow tokens (hence of the duplex model's video slots). ``"score"``: the
+    largest change first; ``"position"``: the regions chosen (still the largest changes first when a cap binds) in
+    raster order of their centres, so an object keeps its place among the frame's tokens from one frame to the next
+    while the objects do not pass each other (a slot then tends to follow one object)."""
 
     def __post_init__(self) -> None:
         self.grid = (int(self.grid[0]), int(self.grid[1]))
@@ -119,6 +125,8 @@ class BFlowConfig:
             problems.append(f"region_split={self.region_split} must be > 0 (or None)")
         if self.refresh_interval_s is not None and not (self.refresh_interval_s > 0 and self.flow_mode == "region"):
             problems.append(f"refresh_interval_s={self.refresh_interval_s} needs flow_mode 'region' and must be > 0")
+        if self.flow_order not in FLOW_ORDERS or (self.flow_order != "score" and self.flow_mode != "region"):
+            problems.append(f"flow_order={self.flow_order!r} must be one of {FLOW_ORDERS} (position needs region mode)")
         if self.reconstruction not in RECONSTRUCTIONS:
             problems.append(f"reconstruction={self.reconstruction!r} must be one of {RECONSTRUCTIONS}")
         if not self.bucket_seconds > 0:

@@ -72,6 +72,22 @@ class Regions:
         idx = keep.nonzero(as_tuple=True)[0][order]
         return Regions(self.batch[idx], self.rank[idx], self.cells[idx], self.score[idx], self.still[idx])
 
+    def by_position(self, grid: tuple[int, int]) -> Regions:
+        """The same regions, ordered by video then by the raster position of each region's centre (row, then
+        column, of its cells' mean); ranks renumbered in that order."""
+        h, w = grid
+        cells = self.cells.float()  # [m, R]
+        count = cells.sum(dim=1).clamp(min=1.0)
+        index = torch.arange(h * w, device=cells.device, dtype=cells.dtype)
+        row = (cells @ (index // w)) / count  # [m]
+        col = (cells @ (index % w)) / count
+        key = row * (w + 1) + col  # raster order of the centre, < (h + 1) * (w + 1)
+        order = torch.argsort(self.batch.to(key.dtype) * (h + 1) * (w + 1) + key, stable=True)
+        batch = self.batch[order]
+        starts = torch.searchsorted(batch, batch, right=False)
+        rank = torch.arange(batch.shape[0], device=batch.device) - starts
+        return Regions(batch, rank, self.cells[order], self.score[order], self.still[order])
+
     def cover(self, batch_size: int) -> torch.Tensor:
         """``[B, R]`` bool: the cells of any region of each video."""
         hits = torch.zeros(batch_size, self.cells.shape[1], device=self.cells.device)

@@ -195,6 +195,7 @@ def build_duplex_model(config: dict[str, Any], attn_implementation: str | None =
         projector_layers=int(config.get("projector_layers", 0)),
         projector_heads=int(config.get("projector_heads", 4)),
         projector_gated=bool(config.get("projector_gated", False)),
+        projector_slot_maps=bool(config.get("projector_slot_maps", False)),
         user_slots_per_step=int(config.get("user_slots_per_step", 1)),
         user_scale=float(config.get("user_scale", 1.0)),
         text_scale=float(config.get("text_scale", 1.0)),

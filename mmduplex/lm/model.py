@@ -163,6 +163,7 @@ class DuplexLM(nn.Module):
         projector_layers: attention layers between a step's slots (:class:`VideoProjector`; 0: none).
         projector_heads: their attention heads.
         projector_gated: a gated (GLU) slot MLP (:class:`VideoProjector`'s ``gated``).
+        projector_slot_maps: one output layer per video slot (:class:`VideoProjector`'s ``slot_maps``).
         user_slots_per_step: ``U``, user-stream tokens per step. With ``U = 1`` the model has no per-slot
             parameters (its state dict is the one-token-per-step model's); with ``U > 1`` slot ``u`` embeds as
             ``token_embedding(id) * (1 + user_slot_gain[u]) + user_slot_bias[u] + user_stream`` (the gain is kept
@@ -201,6 +202,7 @@ class DuplexLM(nn.Module):
         copy_mode: str = "add",
         readout_dim: int = 0,
         readout_heads: int = 4,
+        projector_slot_maps: bool = False,
     ) -> None:
         super().__init__()
         if user_slots_per_step < 1:
@@ -228,7 +230,14 @@ class DuplexLM(nn.Module):
             self.user_slot_gain = nn.Parameter(torch.randn(u, self.hidden) * 0.02)  # [U, H]; scale = 1 + gain
             self.user_slot_bias = nn.Parameter(torch.randn(u, self.hidden) * 0.02)  # [U, H]
         self.video = VideoProjector(
-            token_dim, self.hidden, slots_per_step, projector_hidden, projector_layers, projector_heads, projector_gated
+            token_dim,
+            self.hidden,
+            slots_per_step,
+            projector_hidden,
+            projector_layers,
+            projector_heads,
+            projector_gated,
+            projector_slot_maps,
         )
         self.copy_head = None
         if copy_dim > 0:

@@ -44,6 +44,10 @@ class VideoProjector(nn.Module):
             projected slot conjunctions that survive the sum over a step's slots: with two shapes on screen, a plain
             MLP's sum tends to hold "blue + triangle + yellow + circle", from which the LM names the acting shape's
             colour with the other one's shape (notebooks/LOG.md#2026-12-06-binding).
+        slot_maps: with ``layers = 0``, each slot ``k`` has its own output layer (``W_k gelu(W x) + b_k``, the
+            hidden layer shared), as Moshi gives each of a step's audio codebooks its own embedding table: the sum
+            over a step's slots then keeps which features came from which slot (a token's colour stays with its
+            shape) instead of pooling them in one space.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class VideoProjector(nn.Module):
         layers: int = 0,
         heads: int = 4,
         gated: bool = False,
+        slot_maps: bool = False,
     ) -> None:
         super().__init__()
         mid = mlp_hidden or hidden
@@ -62,12 +67,18 @@ class VideoProjector(nn.Module):
             raise InputError("projector", f"need layers >= 0 and width % heads == 0; got {layers}, {mid}/{heads}")
         if gated and layers:
             raise InputError("projector", "a gated projector MLP needs projector_layers 0")
+        if slot_maps and (layers or gated):
+            raise InputError("projector", "per-slot output layers need projector_layers 0 and no gate")
         self.norm = nn.LayerNorm(token_dim)
         self.slots_per_step = slots_per_step
         self.token_dim = token_dim
         self.layers = layers
+        self.slot_maps = None
         if layers == 0:
-            if gated:
+            if slot_maps:  # the shared hidden layer, then one output layer per slot
+                self.mlp = nn.Sequential(nn.Linear(token_dim, mid), nn.GELU())
+                self.slot_maps = nn.ModuleList(nn.Linear(mid, hidden) for _ in range(slots_per_step))
+            elif gated:
                 self.mlp = GatedMLP(token_dim, mid, hidden)
             else:
                 self.mlp = nn.Sequential(nn.Linear(token_dim, mid), nn.GELU(), nn.Linear(mid, hidden))
@@ -80,6 +91,18 @@ class VideoProjector(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out = nn.Sequential(nn.LayerNorm(mid), nn.Linear(mid, hidden))
+
+    def _project(self, x: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Filled slots' normalised tokens ``[N, Dv]`` (slot index ``[N]``) -> ``[N, H]``."""
+        if self.slot_maps is None:
+            return self.mlp(x)
+        h = self.mlp(x)  # [N, W]
+        out = h.new_zeros(h.shape[0], self.slot_embedding.shape[-1])
+        for k, layer in enumerate(self.slot_maps):
+            rows = (slot == k).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                out = out.index_copy(0, rows, layer(h[rows]))
+        return out
 
     def forward(
         self, slots: torch.Tensor, mask: torch.Tensor, per_slot: bool = False
@@ -96,7 +119,7 @@ class VideoProjector(nn.Module):
             b, s, k, _ = slots.shape
             filled = mask.reshape(-1, k).nonzero(as_tuple=True)  # (step index in [B*S], slot index)
             x = self.norm(slots.reshape(-1, k, self.token_dim)[filled].to(self.slot_embedding.dtype))  # [N, Dv]
-            projected = self.mlp(x) + self.slot_embedding[filled[1]]  # [N, H]
+            projected = self._project(x, filled[1]) + self.slot_embedding[filled[1]]  # [N, H]
             steps = projected.new_zeros(b * s, projected.shape[-1])
             summed = steps.index_add(0, filled[0], projected).reshape(b, s, -1)  # [B, S, H]
             if not per_slot:

@@ -69,6 +69,8 @@ class DuplexModule(LightningModule):
         projector_layers: attention layers between a step's video slots before they are summed (0: none).
         projector_gated: a gated (GLU) slot MLP, whose products bind a token's features before the sum
             (:class:`~mmduplex.lm.model.VideoProjector`).
+        projector_slot_maps: one output layer per video slot (Moshi's per-codebook tables), so the step's sum keeps
+            which features came from which slot (:class:`~mmduplex.lm.projector.VideoProjector`'s ``slot_maps``).
         projector_heads: attention heads of those layers.
         pad_weight: loss weight of PAD targets (Moshi: 0.5).
         epad_weight: loss weight of EPAD targets.
@@ -116,6 +118,7 @@ class DuplexModule(LightningModule):
         projector_layers: int = 0,
         projector_heads: int = 4,
         projector_gated: bool = False,
+        projector_slot_maps: bool = False,
         pad_weight: float = 1.0,
         epad_weight: float = 1.0,
         silence_weight: float = 0.0,
@@ -179,6 +182,7 @@ class DuplexModule(LightningModule):
             projector_layers=projector_layers,
             projector_heads=projector_heads,
             projector_gated=projector_gated,
+            projector_slot_maps=projector_slot_maps,
             user_slots_per_step=user_slots_per_step,
             user_scale=user_scale,
             text_scale=text_scale,
@@ -416,6 +420,7 @@ class DuplexModule(LightningModule):
             "projector_layers": int(hp.get("projector_layers", 0)),
             "projector_heads": int(hp.get("projector_heads", 4)),
             "projector_gated": bool(hp.get("projector_gated", False)),
+            "projector_slot_maps": bool(hp.get("projector_slot_maps", False)),
             "vocab_size": int(self.text_tokenizer.vocab_size),
             "pad_id": int(self.text_tokenizer.pad_id),
             "epad_id": int(self.text_tokenizer.epad_id),
