@@ -160,20 +160,28 @@ def test_two_objects_whose_changes_touch_get_a_token_each():
         assert any(r >= a and not r & b for r in regions) and any(r >= b and not r & a for r in regions), regions
 
 
-def test_position_order_sends_the_same_tokens_in_raster_order():
+@pytest.mark.parametrize("upper_stops", [False, True])
+def test_position_order_sends_the_same_tokens_in_raster_order(upper_stops):
     """Two blocks move at once, the lower one larger and faster (the larger change, so first in ``score`` order). With
     ``flow_order: position`` every frame sends the same tokens, decisions and reconstruction, but the upper block's
-    token first in every frame: an object keeps its slot while the objects do not pass each other."""
+    token first in every frame: an object keeps its slot while the objects do not pass each other. Also when the
+    upper block has stopped and is refreshed as a ``still`` token (which ``score`` order puts after every change):
+    each token keeps its own kind, value and position."""
     background, things = scene(3)
     frames = []
     for t in range(4):
         frame = background.clone()
-        frame[1:3, 2 * t : 2 * t + 2] = things[0]  # upper 2x2 block, 2 patches a frame
-        frame[8:11, 3 * t : 3 * t + 3] = things[1]  # lower 3x3 block, 3 patches a frame
+        if not upper_stops:
+            frame[1:3, 2 * t : 2 * t + 2] = things[0]  # upper 2x2 block, 2 patches a frame
+        elif t:
+            frame[1:3, 2:4] = things[0]  # appears in frame 1 and stays
+        if t or not upper_stops:  # (both new since the keyframe when the upper one stops)
+            frame[8:11, 3 * t : 3 * t + 3] = things[1]  # lower 3x3 block, 3 patches a frame
         frames.append(frame.reshape(P, D))
     x, ts = torch.stack(frames), times(4)
-    by_score = make(**REGION, region_max=None).tokenize(x, ts)
-    by_position = make(**REGION, region_max=None, flow_order="position").tokenize(x, ts)
+    settings = {**REGION, "region_max": None, "refresh_interval_s": 0.1 if upper_stops else None}
+    by_score, score_trail = make(**settings).trace(x, ts)
+    by_position, position_trail = make(**settings, flow_order="position").trace(x, ts)
     assert by_score.n_tokens == by_position.n_tokens and by_score.n_tokens[1:] == [2] * 3, by_score.n_tokens
     torch.testing.assert_close(by_position.recon, by_score.recon)
     for score_frame, position_frame in zip(by_score.frames[1:], by_position.frames[1:], strict=True):
@@ -181,6 +189,9 @@ def test_position_order_sends_the_same_tokens_in_raster_order():
         assert rows[0] < 3 < 8 <= rows[1], rows  # upper block first
         assert [int(p) // GRID[1] for p in score_frame.positions][0] >= 8  # the larger change first
         torch.testing.assert_close(position_frame.tokens, score_frame.tokens.flip(0))
+        torch.testing.assert_close(position_frame.positions, score_frame.positions.flip(0))
+    still = [trail[i].flow_still.tolist() for trail in (score_trail, position_trail) for i in (2, 3)]
+    assert still == ([[False, True]] * 2 + [[True, False]] * 2 if upper_stops else [[False, False]] * 4), still
 
 
 def test_a_still_object_is_refreshed_between_keyframes():

@@ -361,9 +361,10 @@ class BFlowTokenizer(VideoTokenizer):
             mine = decisions.flow_batch == b
             if bool(mine.any()):
                 values, embedding = decisions.flow_values[mine], decisions.flow_embedding[mine]
-                still = decisions.flow_still[mine]  # changed regions come first, still ones (if any) after
-                changed = self.embedder(values[~still], "flow", since, embedding[~still])
-                tokens = torch.cat([changed, self.embedder(values[still], "still", since, embedding[still])])
+                still = decisions.flow_still[mine]  # each token keeps its place (changed and still may interleave)
+                tokens = self.embedder(values, "flow", since, embedding)
+                if bool(still.any()):
+                    tokens[still] = self.embedder(values[still], "still", since, embedding[still])
                 tokens = self._widen(tokens, values - decisions.flow_before[mine])
                 out.append(FrameTokens(float(t[b]), "flow", tokens, decisions.flow_position[mine].cpu()))
             else:
