@@ -71,7 +71,8 @@ def assert_same(a, b) -> None:
 
 
 REGION = {"flow_mode": "region", "refresh_interval_s": 1.0}  # region flow tokens with the still-region refresh
-MODES = [{}, REGION]
+SETTLED = {**REGION, "stop_tokens": True, "flow_order": "position"}  # ... a stopped region told at once, raster order
+MODES = [{}, REGION, SETTLED]
 
 
 @pytest.mark.parametrize(
@@ -83,6 +84,7 @@ MODES = [{}, REGION]
         REGION,
         {**REGION, "target_rate": 8.0, "bucket_seconds": 4.0, "region_max": None},
         {**REGION, "flow_region": 2, "region_split": None, "change_tokens": True},
+        SETTLED,
     ],
 )
 def test_streaming_equals_batch(changes):

@@ -19,7 +19,7 @@ from mmduplex.tokenizer.fidelity import normalize_features
 D, GRID, FPS = 32, (12, 12), 5.0
 P = GRID[0] * GRID[1]
 REGION = {"flow_mode": "region"}
-NEW_KEYS = ("flow_mode", "region_grow", "region_max", "region_split", "refresh_interval_s", "flow_order")
+NEW_KEYS = ("flow_mode", "region_grow", "region_max", "region_split", "refresh_interval_s", "flow_order", "stop_tokens")
 
 
 def make(**changes) -> BFlowTokenizer:
@@ -160,6 +160,32 @@ def test_two_objects_whose_changes_touch_get_a_token_each():
         assert any(r >= a and not r & b for r in regions) and any(r >= b and not r & a for r in regions), regions
 
 
+def test_a_stop_among_moving_objects_is_a_token_in_the_next_frame():
+    """Two blocks move; the upper one stops. Without ``stop_tokens`` the stop is only an absence (the frame after it
+    holds the lower block's token alone, whichever block stopped); with them, that frame also holds a ``still``
+    token where the upper block came to rest, and only that frame (the next refresh is the timer's). While both move,
+    and where a block leaves the frame (what is there again is the keyframe's background), nothing is added."""
+    background, things = scene(4)
+    frames = []
+    for t in range(9):
+        frame = background.clone()
+        if t:  # both enter after the keyframe
+            upper = min(t, 3)  # moving 2 patches a frame until frame 3, then still
+            frame[1:3, 2 * upper : 2 * upper + 2] = things[0]
+            if t < 5:  # the lower block moves right and is gone from frame 5
+                frame[8:10, 3 * t : 3 * t + 2] = things[1]
+        frames.append(frame.reshape(P, D))
+    x, ts = torch.stack(frames), times(9)
+    plain, plain_trail = make(**REGION, region_max=None).trace(x, ts)
+    told, told_trail = make(**REGION, region_max=None, stop_tokens=True).trace(x, ts)
+    assert plain.n_tokens[4] == 1 and not plain_trail[4].flow_still.any()  # the lower block only
+    assert told.n_tokens[4] == 2 and told_trail[4].flow_still.tolist() == [False, True], told.n_tokens
+    rested = set(told_trail[4].flow_patches[1].nonzero().flatten().tolist())
+    assert rested == patches_of(range(1, 3), range(6, 8)), sorted(rested)
+    assert told.n_tokens[:4] == plain.n_tokens[:4] and told.n_tokens[5:] == plain.n_tokens[5:], told.n_tokens
+    assert not any(trail.flow_still.any() for trail in told_trail[5:])
+
+
 @pytest.mark.parametrize("upper_stops", [False, True])
 def test_position_order_sends_the_same_tokens_in_raster_order(upper_stops):
     """Two blocks move at once, the lower one larger and faster (the larger change, so first in ``score`` order). With
@@ -264,6 +290,7 @@ def test_bundles_written_before_flow_mode_load_and_behave_unchanged(tmp_path):
         ({"refresh_interval_s": 2.0}, "needs flow_mode 'region'"),
         ({**REGION, "refresh_interval_s": 0.0}, "must be > 0"),
         ({"flow_order": "position"}, "needs region mode"),
+        ({"stop_tokens": True}, "stop_tokens needs flow_mode 'region'"),
         ({**REGION, "flow_order": "size"}, "must be one of"),
     ],
 )

@@ -33,7 +33,9 @@ How a frame is handled (all in :meth:`BFlowTokenizer._advance`, the only place d
   change past the caps is dropped); the stale-scene rule then measures motion against the last keyframe. With
   ``refresh_interval_s`` the still regions that differ from the last keyframe (a shape that stopped) get a token of
   kind ``still`` every interval, after the frame's changed regions. With ``flow_order: position`` the tokens chosen
-  go out in raster order of their centres instead, so an object tends to keep its slot from frame to frame.
+  go out in raster order of their centres instead, so an object tends to keep its slot from frame to frame. With
+  ``stop_tokens`` a changed region whose motion ended (nothing changes in or next to it now) gets a ``still`` token
+  in the next frame where something clearly new since the keyframe stands there: the object that came to rest.
 * **Tokens handed downstream** are the values plus fixed kind / time / position embeddings; with ``change_tokens``
   each also carries what changed at its region (``value - before``, zeros for keyframe tokens), width ``2D``.
 * **Reconstruction** (causal): the last keyframe's ``K`` tokens decoded to ``[P, D]`` (:class:`KeyCodec`), then
@@ -75,7 +77,7 @@ from mmduplex.tokenizer.base import (
 from mmduplex.tokenizer.bflow_config import BFlowConfig
 from mmduplex.tokenizer.codec import FlowDecoder, KeyCodec
 from mmduplex.tokenizer.fidelity import EPS, normalize_features
-from mmduplex.tokenizer.flow import POOL_FLOOR, Regions, find_regions, pool_regions
+from mmduplex.tokenizer.flow import POOL_FLOOR, Regions, connected_labels, find_regions, pool_regions
 
 BUNDLE_KIND = "bflow-tokenizer"
 BUNDLE_FORMAT = 1
@@ -102,6 +104,8 @@ class BFlowState(TokenizerState):
     """``[B, P, D]`` the features of the last keyframe (normalised; region mode's pooling weights and refresh)."""
     last_refresh_t: torch.Tensor
     """``[B]`` float64 time of the last refresh (or keyframe)."""
+    moved: torch.Tensor
+    """``[B, R]`` bool: the cells of the previous frame's changed regions (region mode's ``stop_tokens``)."""
 
 
 @dataclass
@@ -178,6 +182,7 @@ class BFlowTokenizer(VideoTokenizer):
             recon=torch.zeros(shape, device=device),
             keyframe=torch.zeros(shape, device=device),
             last_refresh_t=torch.zeros(batch_size, dtype=torch.float64, device=device),
+            moved=torch.zeros(batch_size, self.num_regions, dtype=torch.bool, device=device),
         )
 
     def _regions(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,12 +209,29 @@ class BFlowTokenizer(VideoTokenizer):
         cores = None if cfg.region_split is None else new_since_key > cfg.region_split * cfg.flow_threshold
         changed = find_regions(score, score > cfg.flow_threshold, grow, cell_grid, cfg.region_max, cores)
         touched = changed.cover(x.shape[0])  # [B, R]
-        if cfg.refresh_interval_s is None:
+        seeds = torch.zeros_like(touched)  # [B, R]: still cells that get a token now
+        if cfg.stop_tokens:  # where a motion ended and something clearly new stands (an object, not a flicker)
+            strong = new_since_key > (cfg.region_split or 1.0) * cfg.flow_threshold
+            seeds = self._settled(touched, state.moved, cell_grid) & strong
+        if cfg.refresh_interval_s is not None:
+            due = state.started & (t - state.last_refresh_t >= cfg.refresh_interval_s)  # [B]
+            seeds = seeds | due[:, None]
+        if cfg.refresh_interval_s is None and not cfg.stop_tokens:
             return changed, touched, since_key
-        due = state.started & (t - state.last_refresh_t >= cfg.refresh_interval_s)  # [B]
-        still = new & ~touched & due[:, None]
-        refresh = find_regions(new_since_key, still, still, cell_grid, cfg.region_max, still=True)
+        still = new & ~touched
+        refresh = find_regions(new_since_key, still & seeds, still, cell_grid, cfg.region_max, still=True)
         return changed.then(refresh, x.shape[0]), touched, since_key
+
+    @staticmethod
+    def _settled(touched: torch.Tensor, moved: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``[B, R]`` the cells of the previous frame's changed regions (``moved``) whose region has no changed cell
+        (``touched``) in it or next to it now: where a motion ended."""
+        batch = touched.shape[0]
+        near = F.max_pool2d(touched.reshape(batch, 1, *grid).float(), 3, stride=1, padding=1).reshape(batch, -1) > 0
+        labels = connected_labels(moved, grid)  # [B, R]: 0 off ``moved``
+        active = torch.zeros(batch, moved.shape[1] + 1, dtype=torch.bool, device=moved.device)
+        active = active.scatter_reduce(1, labels, moved & near, "amax")  # [B, R + 1]: the region still moves
+        return moved & ~active.gather(1, labels)
 
     def _advance(self, patches: torch.Tensor, t: torch.Tensor, state: BFlowState) -> tuple[Decisions, BFlowState]:
         """Decide and reconstruct one frame per video (validated ``[B, P, D]``, ``[B]`` float64)."""
@@ -278,10 +300,12 @@ class BFlowTokenizer(VideoTokenizer):
             reference[key_index] = x[key_index]
             keyframe = keyframe.clone()
             keyframe[key_index] = x[key_index].detach()
+        moved = state.moved
         if region_mode:
             flow = self._region_tokens(x, state, chosen, recon)
             updated = (touched | chosen.cover(x.shape[0])) & flows[:, None]  # [B, R]: emitted or dropped
             reference = torch.where(updated[:, self.patch_region, None], x, reference)
+            moved = touched & flows[:, None]
         else:
             flow = self._patch_tokens(x, state, flow_batch, flow_region, recon)
             if flow_batch.numel():
@@ -303,6 +327,7 @@ class BFlowTokenizer(VideoTokenizer):
             recon=recon,
             keyframe=keyframe,
             last_refresh_t=last_refresh_t,
+            moved=moved,
         )
         return decisions, new_state
 

@@ -81,6 +81,11 @@ class BFlowConfig:
     """Region mode: every this many seconds, the still regions that differ from the last keyframe (what appeared
     since and stays, e.g. a shape that stopped) get a token of kind ``still`` if the frame has room after its changed
     regions (None = no refresh: a still shape is seen again at the next keyframe)."""
+    stop_tokens: bool = False
+    """Region mode: where a motion ended (a changed region of the previous frame with no changed cell in it or next
+    to it now), the cells that differ from the last keyframe (an object that came to rest there) get a ``still``
+    token at once, ranked after the frame's changed regions: a stop is news as a token, not only as an absence (with
+    two objects moving, the absence alone does not say which one stopped)."""
     flow_order: str = "score"
     """Region mode: the order of a frame's flow tokens (hence of the duplex model's video slots). ``"score"``: the
     largest change first; ``"position"``: the regions chosen (still the largest changes first when a cap binds) in
@@ -125,6 +130,8 @@ class BFlowConfig:
             problems.append(f"region_split={self.region_split} must be > 0 (or None)")
         if self.refresh_interval_s is not None and not (self.refresh_interval_s > 0 and self.flow_mode == "region"):
             problems.append(f"refresh_interval_s={self.refresh_interval_s} needs flow_mode 'region' and must be > 0")
+        if self.stop_tokens and self.flow_mode != "region":
+            problems.append("stop_tokens needs flow_mode 'region'")
         if self.flow_order not in FLOW_ORDERS or (self.flow_order != "score" and self.flow_mode != "region"):
             problems.append(f"flow_order={self.flow_order!r} must be one of {FLOW_ORDERS} (position needs region mode)")
         if self.reconstruction not in RECONSTRUCTIONS:
