@@ -19,7 +19,7 @@ from mmduplex.tokenizer.fidelity import normalize_features
 D, GRID, FPS = 32, (12, 12), 5.0
 P = GRID[0] * GRID[1]
 REGION = {"flow_mode": "region"}
-NEW_KEYS = ("flow_mode", "region_grow", "region_max", "region_split", "refresh_interval_s", "flow_order", "stop_tokens")
+NEW_KEYS = ("flow_mode", "region_grow", "region_max", "region_split", "refresh_interval_s", "flow_order", "stop_tokens", "motion_kinds")
 
 
 def make(**changes) -> BFlowTokenizer:
@@ -186,6 +186,38 @@ def test_a_stop_among_moving_objects_is_a_token_in_the_next_frame():
     assert not any(trail.flow_still.any() for trail in told_trail[5:])
 
 
+def test_motion_kinds_say_what_the_motion_did():
+    """A block stands, starts to move (frame 3), moves on, and leaves through the right edge; another block moves
+    all along. With ``motion_kinds`` the first token of the standing block's motion is a ``start`` token, those after
+    it ``flow`` tokens, and the frame after it has left holds a ``gone`` token that carries the block (what the
+    tokens had described there), not the background. Decisions, counts and reconstruction are those without."""
+    background, things = scene(5)
+    frames = []
+    cols = [None, 4, 4, 6, 8, 10, None, None]  # enters at frame 1 (new since the keyframe), stands, moves, leaves
+    for t, col in enumerate(cols):
+        frame = background.clone()
+        if col is not None:
+            frame[1:3, col : col + 2] = things[0]
+        frame[8:10, t : t + 2] = things[1]  # the other block, 1 patch a frame
+        frames.append(frame.reshape(P, D))
+    x, ts = torch.stack(frames), times(len(cols))
+    plain, plain_trail = make(**REGION, region_max=None).trace(x, ts)
+    kinds, trail = make(**REGION, region_max=None, motion_kinds=True).trace(x, ts)
+    assert kinds.n_tokens == plain.n_tokens
+    torch.testing.assert_close(kinds.recon, plain.recon)
+    upper = {}
+    for i in range(1, len(cols)):
+        for j, patches in enumerate(trail[i].flow_patches):
+            if patches.reshape(*GRID)[:4].any():  # a token of the upper block
+                upper[i] = (int(trail[i].flow_motion[j]), trail[i].flow_before[j], kinds.frames[i].tokens[j])
+    assert {i: m for i, (m, _, _) in upper.items()} == {1: 1, 3: 1, 4: 0, 5: 0, 6: 2}, upper
+    block = normalize_features(x[1, 1 * GRID[1] + 4])
+    _, before, token = upper[6]
+    assert torch.cosine_similarity(before, block, dim=0) > 0.5
+    plain_token = plain.frames[6].tokens[[bool(p.reshape(*GRID)[:4].any()) for p in plain_trail[6].flow_patches]][0]
+    assert torch.cosine_similarity(token, block, dim=0) > torch.cosine_similarity(plain_token, block, dim=0) + 0.2
+
+
 @pytest.mark.parametrize("upper_stops", [False, True])
 def test_position_order_sends_the_same_tokens_in_raster_order(upper_stops):
     """Two blocks move at once, the lower one larger and faster (the larger change, so first in ``score`` order). With
@@ -291,6 +323,7 @@ def test_bundles_written_before_flow_mode_load_and_behave_unchanged(tmp_path):
         ({**REGION, "refresh_interval_s": 0.0}, "must be > 0"),
         ({"flow_order": "position"}, "needs region mode"),
         ({"stop_tokens": True}, "stop_tokens needs flow_mode 'region'"),
+        ({"motion_kinds": True}, "motion_kinds needs flow_mode 'region'"),
         ({**REGION, "flow_order": "size"}, "must be one of"),
     ],
 )

@@ -20,8 +20,9 @@ from torch import nn
 from mmduplex.errors import InputError
 
 KINDS = ("key", "flow", "none")
-EMBEDDED_KINDS = ("key", "flow", "still")
+EMBEDDED_KINDS = ("key", "flow", "still", "start", "gone")
 """Kinds of token :class:`TokenEmbedder` marks apart; ``still`` is a flow-frame token that refreshes a still region
+or tells where a motion ended, ``start`` a change where nothing moved in the frame before, ``gone`` what left a region
 (B-Flow's region mode); any other kind is embedded as ``flow``."""
 
 
@@ -274,8 +275,9 @@ class TokenEmbedder(nn.Module):
         self.scale = float(scale)
         g = torch.Generator().manual_seed(0)
         kinds = torch.randint(0, 2, (2, dim), generator=g).float() * 2 - 1  # [2, D] +-1: key, flow
-        still = torch.randint(0, 2, (1, dim), generator=torch.Generator().manual_seed(1)).float() * 2 - 1  # [1, D]
-        self.register_buffer("kind_embedding", torch.cat([kinds, still]), persistent=False)  # [3, D]: + still
+        later = [torch.randint(0, 2, (1, dim), generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3)]
+        later = [k.float() * 2 - 1 for k in later]  # [1, D] each: still, start, gone (each kind added later, own seed)
+        self.register_buffer("kind_embedding", torch.cat([kinds, *later]), persistent=False)  # [5, D]
 
     def position(self, rc: torch.Tensor) -> torch.Tensor:
         """2-D sinusoidal position of ``[n, 2]`` (row, col) patch coordinates -> ``[n, D]``."""

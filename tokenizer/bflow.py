@@ -105,7 +105,8 @@ class BFlowState(TokenizerState):
     last_refresh_t: torch.Tensor
     """``[B]`` float64 time of the last refresh (or keyframe)."""
     moved: torch.Tensor
-    """``[B, R]`` bool: the cells of the previous frame's changed regions (region mode's ``stop_tokens``)."""
+    """``[B, R]`` long: which of the previous frame's changed regions each cell was in (1, 2, ...; 0: none), for
+    region mode's ``stop_tokens``."""
 
 
 @dataclass
@@ -123,6 +124,7 @@ class Decisions:
     flow_before: torch.Tensor  # [n, D]: what the tokens described at those regions before this frame
     n_tokens: torch.Tensor  # [B] long
     since_key_s: torch.Tensor  # [B] float64: seconds since the (possibly just emitted) last keyframe
+    flow_motion: torch.Tensor | None = None  # [n] long with ``motion_kinds``: 0 flow, 1 start, 2 gone (still: 0)
 
 
 class BFlowTokenizer(VideoTokenizer):
@@ -182,7 +184,7 @@ class BFlowTokenizer(VideoTokenizer):
             recon=torch.zeros(shape, device=device),
             keyframe=torch.zeros(shape, device=device),
             last_refresh_t=torch.zeros(batch_size, dtype=torch.float64, device=device),
-            moved=torch.zeros(batch_size, self.num_regions, dtype=torch.bool, device=device),
+            moved=torch.zeros(batch_size, self.num_regions, dtype=torch.long, device=device),
         )
 
     def _regions(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,10 +199,10 @@ class BFlowTokenizer(VideoTokenizer):
         return region_motion, region_motion - region_motion.median(dim=-1, keepdim=True).values
 
     def _candidates(self, x: torch.Tensor, score: torch.Tensor, t: torch.Tensor, state: BFlowState):
-        """Region mode: the changed regions, then the still regions due a refresh (ranked after them); the cells
-        of every changed region (emitted or not, they bring the reference up to date); and each region's motion
-        since the last keyframe (``[B, R]``, for the stale-scene rule: the reference follows every change, so only
-        the keyframe still says what the tokens have described)."""
+        """Region mode: the changed regions, then the still regions due a refresh or come to rest (ranked after them);
+        which changed region each cell is in (``[B, R]`` long, 0: none; emitted or not, they bring the reference up to
+        date); and each region's motion since the last keyframe (``[B, R]``, for the stale-scene rule: the reference
+        follows every change, so only the keyframe still says what the tokens have described)."""
         cfg = self.config
         cell_grid = (self.grid[0] // cfg.flow_region, self.grid[1] // cfg.flow_region)
         grow = score > cfg.region_grow * cfg.flow_threshold  # [B, R]
@@ -208,30 +210,43 @@ class BFlowTokenizer(VideoTokenizer):
         new = new_since_key > cfg.flow_threshold  # [B, R]: differs from the last keyframe
         cores = None if cfg.region_split is None else new_since_key > cfg.region_split * cfg.flow_threshold
         changed = find_regions(score, score > cfg.flow_threshold, grow, cell_grid, cfg.region_max, cores)
-        touched = changed.cover(x.shape[0])  # [B, R]
+        found = changed.labels(x.shape[0])  # [B, R]: which changed region each cell is in (0: none)
+        touched = found > 0
         seeds = torch.zeros_like(touched)  # [B, R]: still cells that get a token now
         if cfg.stop_tokens:  # where a motion ended and something clearly new stands (an object, not a flicker)
             strong = new_since_key > (cfg.region_split or 1.0) * cfg.flow_threshold
-            seeds = self._settled(touched, state.moved, cell_grid) & strong
+            seeds = self._settled(touched, state.moved) & strong
         if cfg.refresh_interval_s is not None:
             due = state.started & (t - state.last_refresh_t >= cfg.refresh_interval_s)  # [B]
             seeds = seeds | due[:, None]
         if cfg.refresh_interval_s is None and not cfg.stop_tokens:
-            return changed, touched, since_key
+            return changed, found, since_key, new
         still = new & ~touched
         refresh = find_regions(new_since_key, still & seeds, still, cell_grid, cfg.region_max, still=True)
-        return changed.then(refresh, x.shape[0]), touched, since_key
+        return changed.then(refresh, x.shape[0]), found, since_key, new
+
+    def _motion(self, chosen: Regions, moved: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """``motion_kinds``: ``[n]`` long for the chosen regions: 2 (``gone``) where no cell differs from the last
+        keyframe any more (what was there left), else 1 (``start``) where no cell is in or next to one of the
+        previous frame's changed regions (a motion begins: an object starts moving or comes in), else 0; still
+        regions 0."""
+        grid = (self.grid[0] // self.config.flow_region, self.grid[1] // self.config.flow_region)
+        batch = moved.shape[0]
+        near = F.max_pool2d((moved > 0).reshape(batch, 1, *grid).float(), 3, stride=1, padding=1).reshape(batch, -1)
+        cells = chosen.cells.float()  # [n, R]
+        touches_motion = (cells * near[chosen.batch]).sum(dim=1) > 0
+        holds_new = (cells * new[chosen.batch].float()).sum(dim=1) > 0
+        kind = torch.where(holds_new, (~touches_motion).long(), torch.full_like(chosen.batch, 2))
+        return torch.where(chosen.still, torch.zeros_like(kind), kind)
 
     @staticmethod
-    def _settled(touched: torch.Tensor, moved: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """``[B, R]`` the cells of the previous frame's changed regions (``moved``) whose region has no changed cell
-        (``touched``) in it or next to it now: where a motion ended."""
-        batch = touched.shape[0]
-        near = F.max_pool2d(touched.reshape(batch, 1, *grid).float(), 3, stride=1, padding=1).reshape(batch, -1) > 0
-        labels = connected_labels(moved, grid)  # [B, R]: 0 off ``moved``
-        active = torch.zeros(batch, moved.shape[1] + 1, dtype=torch.bool, device=moved.device)
-        active = active.scatter_reduce(1, labels, moved & near, "amax")  # [B, R + 1]: the region still moves
-        return moved & ~active.gather(1, labels)
+    def _settled(touched: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+        """``[B, R]`` the cells of the previous frame's changed regions (``moved``, region labels) whose region has
+        no changed cell (``touched``) now: where a motion ended. Regions are told apart as they were found, so one
+        object stopping next to another that moves on still counts."""
+        active = torch.zeros(moved.shape[0], moved.shape[1] + 1, dtype=torch.bool, device=moved.device)
+        active = active.scatter_reduce(1, moved, touched & (moved > 0), "amax")  # [B, R + 1]: the region moves on
+        return (moved > 0) & ~active.gather(1, moved)
 
     def _advance(self, patches: torch.Tensor, t: torch.Tensor, state: BFlowState) -> tuple[Decisions, BFlowState]:
         """Decide and reconstruct one frame per video (validated ``[B, P, D]``, ``[B]`` float64)."""
@@ -245,7 +260,8 @@ class BFlowTokenizer(VideoTokenizer):
             motion = 1.0 - F.cosine_similarity(x, state.reference, dim=-1, eps=EPS)  # [B, P]
             region_motion, score = self._score(motion)  # [B, R] each; score: motion beyond the camera's
             if region_mode:
-                candidates, touched, region_motion = self._candidates(x, score, t, state)
+                candidates, found, region_motion, new = self._candidates(x, score, t, state)
+                touched = found > 0
                 n_wanted = candidates.count(x.shape[0])  # [B]
             else:
                 changed = score > cfg.flow_threshold  # [B, R]
@@ -305,7 +321,7 @@ class BFlowTokenizer(VideoTokenizer):
             flow = self._region_tokens(x, state, chosen, recon)
             updated = (touched | chosen.cover(x.shape[0])) & flows[:, None]  # [B, R]: emitted or dropped
             reference = torch.where(updated[:, self.patch_region, None], x, reference)
-            moved = touched & flows[:, None]
+            moved = found * flows[:, None]
         else:
             flow = self._patch_tokens(x, state, flow_batch, flow_region, recon)
             if flow_batch.numel():
@@ -317,7 +333,8 @@ class BFlowTokenizer(VideoTokenizer):
             due = is_key | (flows & (t - state.last_refresh_t >= cfg.refresh_interval_s))
             last_refresh_t = torch.where(due, t, last_refresh_t)
         n_tokens = torch.where(is_key, num_key, n_flow)
-        decisions = Decisions(is_key, key_values, flow_batch, *flow, n_tokens, t - last_key_t)
+        motion = self._motion(chosen, state.moved, new) if region_mode and cfg.motion_kinds else None
+        decisions = Decisions(is_key, key_values, flow_batch, *flow, n_tokens, t - last_key_t, motion)
         new_state = BFlowState(
             last_t=t,
             started=torch.ones_like(started),
@@ -387,10 +404,17 @@ class BFlowTokenizer(VideoTokenizer):
             if bool(mine.any()):
                 values, embedding = decisions.flow_values[mine], decisions.flow_embedding[mine]
                 still = decisions.flow_still[mine]  # each token keeps its place (changed and still may interleave)
+                before = decisions.flow_before[mine]
+                kinds = {"still": still}
+                if decisions.flow_motion is not None:
+                    motion = decisions.flow_motion[mine]
+                    kinds.update(start=motion == 1, gone=motion == 2)
+                    values = torch.where(kinds["gone"][:, None], before, values)  # what left, not the background
                 tokens = self.embedder(values, "flow", since, embedding)
-                if bool(still.any()):
-                    tokens[still] = self.embedder(values[still], "still", since, embedding[still])
-                tokens = self._widen(tokens, values - decisions.flow_before[mine])
+                for kind, rows in kinds.items():
+                    if bool(rows.any()):
+                        tokens[rows] = self.embedder(values[rows], kind, since, embedding[rows])
+                tokens = self._widen(tokens, decisions.flow_values[mine] - before)
                 out.append(FrameTokens(float(t[b]), "flow", tokens, decisions.flow_position[mine].cpu()))
             else:
                 out.append(

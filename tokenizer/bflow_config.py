@@ -86,6 +86,13 @@ class BFlowConfig:
     to it now), the cells that differ from the last keyframe (an object that came to rest there) get a ``still``
     token at once, ranked after the frame's changed regions: a stop is news as a token, not only as an absence (with
     two objects moving, the absence alone does not say which one stopped)."""
+    motion_kinds: bool = False
+    """Region mode: a flow token says what the motion did, by its kind embedding: ``start`` where nothing changed in
+    or next to its region in the previous frame (an object starts to move or comes in), ``gone`` where its region is
+    back to the last keyframe's content (what was there left; the token then carries what the tokens had described
+    there, not the background now), ``flow`` for a motion going on. Decisions and reconstruction do not depend on it.
+    With two objects moving, the event is then in the one token of the object it happened to, not only in how the
+    step's sum differs from the last one."""
     flow_order: str = "score"
     """Region mode: the order of a frame's flow tokens (hence of the duplex model's video slots). ``"score"``: the
     largest change first; ``"position"``: the regions chosen (still the largest changes first when a cap binds) in
@@ -130,8 +137,9 @@ class BFlowConfig:
             problems.append(f"region_split={self.region_split} must be > 0 (or None)")
         if self.refresh_interval_s is not None and not (self.refresh_interval_s > 0 and self.flow_mode == "region"):
             problems.append(f"refresh_interval_s={self.refresh_interval_s} needs flow_mode 'region' and must be > 0")
-        if self.stop_tokens and self.flow_mode != "region":
-            problems.append("stop_tokens needs flow_mode 'region'")
+        for name in ("stop_tokens", "motion_kinds"):
+            if getattr(self, name) and self.flow_mode != "region":
+                problems.append(f"{name} needs flow_mode 'region'")
         if self.flow_order not in FLOW_ORDERS or (self.flow_order != "score" and self.flow_mode != "region"):
             problems.append(f"flow_order={self.flow_order!r} must be one of {FLOW_ORDERS} (position needs region mode)")
         if self.reconstruction not in RECONSTRUCTIONS:

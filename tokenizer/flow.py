@@ -88,6 +88,14 @@ class Regions:
         rank = torch.arange(batch.shape[0], device=batch.device) - starts
         return Regions(batch, rank, self.cells[order], self.score[order], self.still[order])
 
+    def labels(self, batch_size: int) -> torch.Tensor:
+        """``[B, R]`` long: 1 + the rank (within its video, so ``<= R``) of the region holding each cell, 0 where none
+        does (the regions of a video do not overlap)."""
+        out = torch.zeros(batch_size, self.cells.shape[1], dtype=torch.long, device=self.cells.device)
+        region, cell = self.cells.nonzero(as_tuple=True)
+        out[self.batch[region], cell] = self.rank[region] + 1
+        return out
+
     def cover(self, batch_size: int) -> torch.Tensor:
         """``[B, R]`` bool: the cells of any region of each video."""
         hits = torch.zeros(batch_size, self.cells.shape[1], device=self.cells.device)
