@@ -19,7 +19,16 @@ from mmduplex.tokenizer.fidelity import normalize_features
 D, GRID, FPS = 32, (12, 12), 5.0
 P = GRID[0] * GRID[1]
 REGION = {"flow_mode": "region"}
-NEW_KEYS = ("flow_mode", "region_grow", "region_max", "region_split", "refresh_interval_s", "flow_order", "stop_tokens", "motion_kinds")
+NEW_KEYS = (
+    "flow_mode",
+    "region_grow",
+    "region_max",
+    "region_split",
+    "refresh_interval_s",
+    "flow_order",
+    "stop_tokens",
+    "motion_kinds",
+)
 
 
 def make(**changes) -> BFlowTokenizer:

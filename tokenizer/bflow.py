@@ -77,7 +77,7 @@ from mmduplex.tokenizer.base import (
 from mmduplex.tokenizer.bflow_config import BFlowConfig
 from mmduplex.tokenizer.codec import FlowDecoder, KeyCodec
 from mmduplex.tokenizer.fidelity import EPS, normalize_features
-from mmduplex.tokenizer.flow import POOL_FLOOR, Regions, connected_labels, find_regions, pool_regions
+from mmduplex.tokenizer.flow import POOL_FLOOR, Regions, find_regions, pool_regions
 
 BUNDLE_KIND = "bflow-tokenizer"
 BUNDLE_FORMAT = 1
