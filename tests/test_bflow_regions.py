@@ -195,6 +195,15 @@ def test_a_stop_among_moving_objects_is_a_token_in_the_next_frame():
     assert not any(trail.flow_still.any() for trail in told_trail[5:])
 
 
+def test_a_stop_is_told_when_most_of_the_region_is_still_even_if_a_neighbour_moves_on():
+    """Region 1 (4 cells) had one cell changed now (the edge of another object's change next to it): it stopped.
+    Region 2 (2 cells) has both changed again: its motion goes on. Region 3 had 2 of 6 (a third): still moving."""
+    moved = torch.tensor([[1, 1, 1, 1, 0, 2, 2, 3, 3, 3, 3, 3, 3]])
+    touched = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    settled = BFlowTokenizer._settled(touched, moved)
+    assert settled.tolist() == [[True] * 4 + [False] * 9]
+
+
 def test_motion_kinds_say_what_the_motion_did():
     """A block stands, starts to move (frame 3), moves on, and leaves through the right edge; another block moves
     all along. With ``motion_kinds`` the first token of the standing block's motion is a ``start`` token, those after

@@ -227,14 +227,12 @@ class BFlowTokenizer(VideoTokenizer):
 
     def _motion(self, chosen: Regions, moved: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """``motion_kinds``: ``[n]`` long for the chosen regions: 2 (``gone``) where no cell differs from the last
-        keyframe any more (what was there left), else 1 (``start``) where no cell is in or next to one of the
-        previous frame's changed regions (a motion begins: an object starts moving or comes in), else 0; still
-        regions 0."""
-        grid = (self.grid[0] // self.config.flow_region, self.grid[1] // self.config.flow_region)
-        batch = moved.shape[0]
-        near = F.max_pool2d((moved > 0).reshape(batch, 1, *grid).float(), 3, stride=1, padding=1).reshape(batch, -1)
+        keyframe any more (what was there left), else 1 (``start``) where less than a third of its cells changed in
+        the previous frame (a motion begins: an object starts moving or comes in, also next to one that moves on),
+        else 0; still regions 0."""
         cells = chosen.cells.float()  # [n, R]
-        touches_motion = (cells * near[chosen.batch]).sum(dim=1) > 0
+        overlap = (cells * (moved[chosen.batch] > 0).float()).sum(dim=1)  # cells changed in the frame before too
+        touches_motion = 3.0 * overlap >= cells.sum(dim=1)  # a third or more: a motion going on (see _settled)
         holds_new = (cells * new[chosen.batch].float()).sum(dim=1) > 0
         kind = torch.where(holds_new, (~touches_motion).long(), torch.full_like(chosen.batch, 2))
         return torch.where(chosen.still, torch.zeros_like(kind), kind)
@@ -242,11 +240,13 @@ class BFlowTokenizer(VideoTokenizer):
     @staticmethod
     def _settled(touched: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
         """``[B, R]`` the cells of the previous frame's changed regions (``moved``, region labels) whose region has
-        no changed cell (``touched``) now: where a motion ended. Regions are told apart as they were found, so one
-        object stopping next to another that moves on still counts."""
-        active = torch.zeros(moved.shape[0], moved.shape[1] + 1, dtype=torch.bool, device=moved.device)
-        active = active.scatter_reduce(1, moved, touched & (moved > 0), "amax")  # [B, R + 1]: the region moves on
-        return (moved > 0) & ~active.gather(1, moved)
+        less than a third of its cells changed now: where a motion ended. A moving object changes at least about
+        half of its last region (where it was); an object that stopped next to one that moves on keeps most of its
+        region still, so that one counts as a stop. Regions are told apart as they were found."""
+        size = torch.zeros(moved.shape[0], moved.shape[1] + 1, device=moved.device)
+        size = size.scatter_add(1, moved, (moved > 0).float())  # [B, R + 1]: cells per previous region
+        hit = torch.zeros_like(size).scatter_add(1, moved, (touched & (moved > 0)).float())  # ... changed now
+        return (moved > 0) & (3.0 * hit < size).gather(1, moved)
 
     def _advance(self, patches: torch.Tensor, t: torch.Tensor, state: BFlowState) -> tuple[Decisions, BFlowState]:
         """Decide and reconstruct one frame per video (validated ``[B, P, D]``, ``[B]`` float64)."""
