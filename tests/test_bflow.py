@@ -71,7 +71,7 @@ def assert_same(a, b) -> None:
 
 
 REGION = {"flow_mode": "region", "refresh_interval_s": 1.0}  # region flow tokens with the still-region refresh
-SETTLED = {**REGION, "stop_tokens": True, "motion_kinds": True, "flow_order": "position"}  # motion told in tokens
+SETTLED = {**REGION, "stop_tokens": True, "motion_kinds": True, "flow_order": "position", "split_at": "peaks"}
 MODES = [{}, REGION, SETTLED]
 
 

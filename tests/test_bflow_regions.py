@@ -270,6 +270,44 @@ def test_position_order_sends_the_same_tokens_in_raster_order(upper_stops):
     assert still == ([[False, True]] * 2 + [[True, False]] * 2 if upper_stops else [[False, False]] * 4), still
 
 
+def test_two_rendered_shapes_moving_close_get_a_token_each_when_split_at_peaks():
+    """Two shapes move side by side a shape's width apart on the demo's encoder and tokenizer recipe (5 fps): their
+    changes in the stride-8 features run together, so split at the blobs new since the keyframe (the recipe) they share
+    one token in most frames (each token then pools both colours and shapes); split at the local peaks of that
+    novelty, each has a token of its own in most frames."""
+    import yaml
+
+    from mmduplex.data.synthetic import render_video
+    from mmduplex.data.synthetic_world import ShapeTrack, VideoSpec
+    from mmduplex.recipes import recipe_path
+    from mmduplex.tokenizer.encoders.factory import create_encoder
+
+    recipe = yaml.safe_load(recipe_path("tokenizer/lite0_s8_region").read_text(encoding="utf-8"))
+    config = dict(recipe["model"]["init_args"]["config"])
+    a = ShapeTrack(0, "circle", 20.0, ((0.0, 30.0, 12.0), (2.5, 30.0, 87.0)), ((0.0, "red"),))
+    b = ShapeTrack(1, "square", 20.0, ((0.0, 62.0, 12.0), (2.5, 62.0, 87.0)), ((0.0, "blue"),))
+    spec = VideoSpec("pair", 75, 25.0, 96, 96, background_seed=2, shapes=(a, b))
+    frames = torch.from_numpy(render_video(spec)[::5][:13].copy())  # 5 fps, to 2.4 s; both move down 30 px/s
+    encoder = create_encoder("efficientnet-lite0-s8", device="cpu")
+    with torch.inference_mode():
+        patches = encoder.encode(frames).patches
+    ts = times(13)
+    centres = [[(int(s.position(t)[1] / 8), int(s.position(t)[0] / 8)) for s in (a, b)] for t in ts.tolist()]
+
+    def own_tokens(split_at: str) -> list[int]:
+        tok = BFlowTokenizer(BFlowConfig(**{**config, "split_at": split_at})).eval()
+        _, trail = tok.trace(patches, ts)
+        counts = []
+        for i in range(1, 13):
+            cells = [r * GRID[1] + c for r, c in centres[i]]
+            held = [m.tolist() for m in trail[i].flow_patches]
+            counts.append(sum(any(m[c] and not m[o] for m in held) for c, o in (cells, cells[::-1])))
+        return counts  # per frame: how many of the two shapes have a token that holds its centre and not the other's
+
+    blobs, peaks = own_tokens("blobs"), own_tokens("peaks")
+    assert sum(n == 2 for n in peaks) >= 8 and sum(n == 2 for n in blobs) <= 2, (blobs, peaks)  # of 12 frames
+
+
 def test_a_still_object_is_refreshed_between_keyframes():
     """After a block stops, ``refresh_interval_s`` brings it back as a ``still`` token (its own kind embedding) at
     most one interval later, and again every interval; without the refresh nothing comes until the keyframe."""
@@ -342,6 +380,7 @@ def test_bundles_written_before_flow_mode_load_and_behave_unchanged(tmp_path):
         ({"flow_order": "position"}, "needs region mode"),
         ({"stop_tokens": True}, "stop_tokens needs flow_mode 'region'"),
         ({"motion_kinds": True}, "motion_kinds needs flow_mode 'region'"),
+        ({**REGION, "split_at": "edges"}, "split_at='edges' must be one of"),
         ({**REGION, "flow_order": "size"}, "must be one of"),
     ],
 )

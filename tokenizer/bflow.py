@@ -209,6 +209,10 @@ class BFlowTokenizer(VideoTokenizer):
         since_key, new_since_key = self._score(1.0 - F.cosine_similarity(x, state.keyframe, dim=-1, eps=EPS))
         new = new_since_key > cfg.flow_threshold  # [B, R]: differs from the last keyframe
         cores = None if cfg.region_split is None else new_since_key > cfg.region_split * cfg.flow_threshold
+        if cores is not None and cfg.split_at == "peaks":  # one core per local peak of what is new
+            novelty = new_since_key.reshape(-1, 1, *cell_grid)
+            peak = novelty == F.max_pool2d(novelty, 3, stride=1, padding=1)
+            cores = cores & peak.reshape(novelty.shape[0], -1)
         changed = find_regions(score, score > cfg.flow_threshold, grow, cell_grid, cfg.region_max, cores)
         found = changed.labels(x.shape[0])  # [B, R]: which changed region each cell is in (0: none)
         touched = found > 0

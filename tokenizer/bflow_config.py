@@ -14,6 +14,7 @@ from mmduplex.tokenizer.flow import FLOW_MODES
 
 RECONSTRUCTIONS = ("learned", "cells")
 FLOW_ORDERS = ("score", "position")
+SPLITS = ("blobs", "peaks")
 
 
 @dataclass
@@ -77,6 +78,11 @@ class BFlowConfig:
     """Region mode: a region holding several blobs of cells that differ from the last keyframe by more than this
     times ``flow_threshold`` (what is new there: an object, not the background it vacated) is split into one region
     per blob, so two objects whose changes touch get a token each (None = never split)."""
+    split_at: str = "blobs"
+    """Region mode, with ``region_split``: what a region is split between. ``"blobs"``: the connected blobs of its
+    cells new since the keyframe; ``"peaks"``: the cells among those that are local maxima (3 x 3) of that novelty,
+    so two objects whose halos in the encoder's features touch (on a 12 x 12 grid, objects a few cells apart) still
+    get a token each (each cell joins its nearest peak)."""
     refresh_interval_s: float | None = None
     """Region mode: every this many seconds, the still regions that differ from the last keyframe (what appeared
     since and stays, e.g. a shape that stopped) get a token of kind ``still`` if the frame has room after its changed
@@ -137,6 +143,8 @@ class BFlowConfig:
             problems.append(f"region_split={self.region_split} must be > 0 (or None)")
         if self.refresh_interval_s is not None and not (self.refresh_interval_s > 0 and self.flow_mode == "region"):
             problems.append(f"refresh_interval_s={self.refresh_interval_s} needs flow_mode 'region' and must be > 0")
+        if self.split_at not in SPLITS:
+            problems.append(f"split_at={self.split_at!r} must be one of {SPLITS}")
         for name in ("stop_tokens", "motion_kinds"):
             if getattr(self, name) and self.flow_mode != "region":
                 problems.append(f"{name} needs flow_mode 'region'")
