@@ -389,7 +389,8 @@ def test_bad_region_settings_raise_input_error(changes, message):
         make(**changes)
 
 
-def test_region_mode_keeps_the_real_footage_targets():
+@pytest.mark.parametrize("split_at", ["blobs", "peaks"])
+def test_region_mode_keeps_the_real_footage_targets(split_at):
     """``mmduplex tokenize``'s targets for its untrained defaults, in region mode (the defaults plus ``flow_mode:
     region`` and a 2 s refresh) on real ImageNet features at 5 fps: <= 32 tokens/s on every shipped mp4 (camera
     motion does not flood the stream); static costs nothing after its keyframe, slow drift a little, fast motion
@@ -400,7 +401,8 @@ def test_region_mode_keeps_the_real_footage_targets():
     from mmduplex.tokenizer.encoders.factory import create_encoder
 
     encoder = create_encoder("efficientnet-lite0", device="cpu")
-    tokenizer = BFlowTokenizer(BFlowConfig(dim=encoder.width, grid=encoder.grid, refresh_interval_s=2.0, **REGION))
+    settings = {"refresh_interval_s": 2.0, "split_at": split_at, **REGION}
+    tokenizer = BFlowTokenizer(BFlowConfig(dim=encoder.width, grid=encoder.grid, **settings))
     for name, path in sample_videos().items():
         clip = read_video(path, fps=5.0)
         with torch.inference_mode():
