@@ -52,6 +52,24 @@ def shapes_seen_before(
     return count
 
 
+def others_moving(
+    tracks: Iterable[TrackLike], event: EventLike, width: int, height: int, interval_s: float = 0.2
+) -> int:
+    """Other shapes (its own excluded) with any part inside the frame at the event's time that moved over the
+    ``interval_s`` before it (their centre shifted by more than half a pixel): what sends flow tokens in the same
+    steps as the event's own shape."""
+    own = getattr(event, "shape_id", None)
+    count = 0
+    for track in tracks:
+        now, before = track.position(event.t), track.position(event.t - interval_s)
+        if track.shape_id == own or now is None or before is None:
+            continue
+        half = track.size / 2
+        inside = -half < now[0] < width + half and -half < now[1] < height + half
+        count += inside and abs(now[0] - before[0]) + abs(now[1] - before[1]) > 0.5
+    return count
+
+
 def history_bucket(count: int) -> str:
     """The ``event_accuracy_by_history`` key of an event after ``count`` other shapes: ``"0"`` or ``"1+"``."""
     return "0" if count == 0 else "1+"

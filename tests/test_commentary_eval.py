@@ -15,6 +15,7 @@ from mmduplex.eval.buckets import (
     history_bucket,
     object_bucket,
     objects_on_screen,
+    others_moving,
     shapes_seen_before,
 )
 from mmduplex.eval.commentary import (
@@ -335,6 +336,17 @@ def test_history_counts_other_shapes_seen_earlier_in_the_video():
     early = Event(1.0, "red", "square", "enters", 0)
     assert shapes_seen_before([own, gone, entering], early, 96, 96) == 1  # entering is not inside before 1.9 s
     assert [history_bucket(n) for n in (0, 1, 3)] == ["0", "1+", "1+"]
+
+
+def test_others_moving_counts_other_shapes_in_motion_at_the_event():
+    event = Event(5.0, "red", "square", "stops", 0)
+    own = _track(0, [(0.0, 10.0, 50.0), (5.0, 50.0, 50.0), (10.0, 50.0, 50.0)])  # moving until the event: its own
+    still = _track(1, [(0.0, 70.0, 20.0), (10.0, 70.0, 20.0)])
+    moving = _track(2, [(0.0, 20.0, 80.0), (10.0, 80.0, 80.0)])
+    stopped = _track(3, [(0.0, 20.0, 20.0), (4.0, 40.0, 20.0), (10.0, 40.0, 20.0)])  # stopped a second earlier
+    outside = _track(4, [(0.0, -40.0, 50.0), (10.0, -20.0, 50.0)])  # moving, off screen
+    assert others_moving([own, still, stopped], event, 96, 96) == 0
+    assert others_moving([own, still, moving, stopped, outside], event, 96, 96) == 1
 
 
 def test_speaking_time_is_the_union_of_spans():

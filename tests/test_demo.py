@@ -191,7 +191,8 @@ def test_breakdown_tool_matches_the_demo(smoke_demo):
     )
     assert everything["events"] == report["details"]["bflow"]["events"]
     assert everything["accuracy"] == pytest.approx(report["event_accuracy"], abs=0.05)
-    for kind in ("action", "objects", "time", "flow_at_shape", "video_on_time", "other shapes before", "turned before"):
+    kinds = ("action", "objects", "time", "flow_at_shape", "video_on_time", "other shapes before", "turned before")
+    for kind in (*kinds, "objects, another moving"):
         assert sum(g["events"] for g in figures["accuracy"][kind].values()) == everything["events"]
     by_action = report["details"]["bflow"]["event_accuracy_by_action"]
     assert set(by_action) == set(figures["accuracy"]["action"])

@@ -12,7 +12,9 @@ encoder are skipped: on the 2026-11-29 demo this gave 0.538 where the demo's vid
 - for each missed event, which of its words (colour, shape, action) were absent from its tolerance window
   (``silent``: no word at all): a wrong action is a perception of change, a wrong colour and shape another object;
 - by event time and objects on screen together, and by event time and action (later events have more shapes on
-  screen, and fewer of them are ``enters``);
+  screen, and fewer of them are ``enters``); by objects on screen and whether another shape was moving at the event
+  (its flow tokens then share the event's steps: on the demo's val split that bucket holds nearly every two-shape
+  miss, notebooks/LOG.md#2026-12-07-moving-pairs);
 - by the video's history at the event: how many other shapes have been in the video before it (on screen now or
   gone), and whether the acting shape has changed colour before (its name then differs from the one it entered with);
 - by **video evidence**: whether B-Flow emitted a flow token within 2 patches of the acting shape within ``--within``
@@ -126,6 +128,7 @@ def breakdown(
 
     from mmduplex.data.synthetic import SyntheticDataset
     from mmduplex.demo.stream import event_objects, stream_features
+    from mmduplex.eval.buckets import others_moving
     from mmduplex.eval.commentary import match_events, timed_words
     from mmduplex.inference.session import DuplexSession
     from mmduplex.io.feature_cache import FeatureCache, video_key
@@ -188,6 +191,9 @@ def breakdown(
             groups["other shapes before"] = "2+" if others >= 2 else str(others)
             groups["time, other shapes before"] = f"{groups['time']}, {groups['other shapes before']}"
             groups["turned before"] = "yes" if event.shape_id in turned else "no"
+            at = replace(event, t=event.t + cut_s)  # in the video's own time
+            moving = others_moving(spec.shapes, at, spec.width, spec.height) > 0  # another's tokens in the same steps
+            groups["objects, another moving"] = f"{groups['objects']}, {'yes' if moving else 'no'}"
             seen.add(event.shape_id)
             if event.action == "turns":
                 turned.add(event.shape_id)
