@@ -34,8 +34,11 @@ How a frame is handled (all in :meth:`BFlowTokenizer._advance`, the only place d
   ``refresh_interval_s`` the still regions that differ from the last keyframe (a shape that stopped) get a token of
   kind ``still`` every interval, after the frame's changed regions. With ``flow_order: position`` the tokens chosen
   go out in raster order of their centres instead, so an object tends to keep its slot from frame to frame. With
-  ``stop_tokens`` a changed region whose motion ended (nothing changes in or next to it now) gets a ``still`` token
-  in the next frame where something clearly new since the keyframe stands there: the object that came to rest.
+  ``stop_tokens`` a changed region whose motion ended (under a third of it changes now) gets a ``still`` token in
+  the next frame where something clearly new since the keyframe stands there: the object that came to rest; with
+  ``motion_kinds`` flow tokens are marked ``start`` / ``flow`` / ``gone``; with ``split_at: peaks`` a region is split
+  between the local peaks of what is new since the keyframe. All off by default (LOG 2026-12-07: none helped the
+  demo on val).
 * **Tokens handed downstream** are the values plus fixed kind / time / position embeddings; with ``change_tokens``
   each also carries what changed at its region (``value - before``, zeros for keyframe tokens), width ``2D``.
 * **Reconstruction** (causal): the last keyframe's ``K`` tokens decoded to ``[P, D]`` (:class:`KeyCodec`), then
@@ -106,7 +109,7 @@ class BFlowState(TokenizerState):
     """``[B]`` float64 time of the last refresh (or keyframe)."""
     moved: torch.Tensor
     """``[B, R]`` long: which of the previous frame's changed regions each cell was in (1, 2, ...; 0: none), for
-    region mode's ``stop_tokens``."""
+    region mode's ``stop_tokens`` and ``motion_kinds``."""
 
 
 @dataclass

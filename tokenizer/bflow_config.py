@@ -88,13 +88,13 @@ class BFlowConfig:
     since and stays, e.g. a shape that stopped) get a token of kind ``still`` if the frame has room after its changed
     regions (None = no refresh: a still shape is seen again at the next keyframe)."""
     stop_tokens: bool = False
-    """Region mode: where a motion ended (a changed region of the previous frame with no changed cell in it or next
-    to it now), the cells that differ from the last keyframe (an object that came to rest there) get a ``still``
-    token at once, ranked after the frame's changed regions: a stop is news as a token, not only as an absence (with
-    two objects moving, the absence alone does not say which one stopped)."""
+    """Region mode: where a motion ended (a changed region of the previous frame of which under a third changes now),
+    the cells that differ clearly from the last keyframe (``region_split`` times ``flow_threshold``: an object that
+    came to rest there) get a ``still`` token at once, ranked after the frame's changed regions: a stop is news as a
+    token, not only as an absence (with two objects moving, the absence alone does not say which one stopped)."""
     motion_kinds: bool = False
-    """Region mode: a flow token says what the motion did, by its kind embedding: ``start`` where nothing changed in
-    or next to its region in the previous frame (an object starts to move or comes in), ``gone`` where its region is
+    """Region mode: a flow token says what the motion did, by its kind embedding: ``start`` where under a third of its
+    region changed in the previous frame (an object starts to move or comes in), ``gone`` where its region is
     back to the last keyframe's content (what was there left; the token then carries what the tokens had described
     there, not the background now), ``flow`` for a motion going on. Decisions and reconstruction do not depend on it.
     With two objects moving, the event is then in the one token of the object it happened to, not only in how the
