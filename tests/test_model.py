@@ -255,6 +255,34 @@ def test_lora_adds_adapters_only():
     assert model(text, slots, mask, user).logits.shape == (2, 9, V)
 
 
+def _swapped_bindings() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two one-step inputs ``[1, 1, 2, 4]`` whose one-hot features sum the same: (red triangle, blue circle) and (red
+    circle, blue triangle) (colour one-hot in 0-1, shape in 2-3)."""
+
+    def token(colour, shape):
+        t = torch.zeros(4)
+        t[colour], t[2 + shape] = 1.0, 1.0
+        return t
+
+    a = torch.stack([token(0, 0), token(1, 1)])[None, None]
+    b = torch.stack([token(0, 1), token(1, 0)])[None, None]
+    return a, b
+
+
+def _assert_sparse_equals_dense(projector, dense_of) -> tuple[torch.Tensor, torch.Tensor]:
+    """``projector`` on random slots (a third filled, one step empty) == ``dense_of(slots, mask)``, gradients too."""
+    slots = torch.randn(2, 7, K, DV, requires_grad=True)
+    mask = torch.rand(2, 7, K) > 0.6
+    mask[0, 0] = False  # an empty step embeds to zero
+    dense, sparse = dense_of(slots, mask), projector(slots, mask)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    assert sparse[0, 0].abs().max() == 0
+    (grad_dense,) = torch.autograd.grad(dense.square().sum(), slots)
+    (grad_sparse,) = torch.autograd.grad(sparse.square().sum(), slots)
+    torch.testing.assert_close(grad_sparse, grad_dense, rtol=1e-4, atol=1e-5)
+    return slots, mask
+
+
 def test_gated_projector_binds_what_a_sum_of_plain_features_cannot():
     """A step holding (red, triangle) + (blue, circle) and one holding (red, circle) + (blue, triangle) have the same
     sum of one-hot features; the gated projector embeds them apart (the products bind colour to shape), while a
@@ -262,13 +290,7 @@ def test_gated_projector_binds_what_a_sum_of_plain_features_cannot():
     would make the two sums equal again."""
     from mmduplex.lm.projector import GatedMLP
 
-    def token(colour, shape):  # one-hot colour (0-1) and shape (2-3) in a 4-wide token
-        t = torch.zeros(4)
-        t[colour], t[2 + shape] = 1.0, 1.0
-        return t
-
-    a = torch.stack([token(0, 0), token(1, 1)])[None, None]  # [1, 1, 2, 4]
-    b = torch.stack([token(0, 1), token(1, 0)])[None, None]
+    a, b = _swapped_bindings()
     mask = torch.ones(1, 1, 2, dtype=torch.bool)
     torch.manual_seed(0)
     gated = VideoProjector(4, 16, 2, mlp_hidden=16, gated=True)
@@ -288,17 +310,13 @@ def test_projector_projects_only_filled_slots_and_sums_as_before(gated):
     the masked sum over every slot's projection, as before, gradients included, in float32 and bfloat16."""
     torch.manual_seed(0)
     projector = VideoProjector(DV, 24, K, mlp_hidden=32, gated=gated)
-    slots = torch.randn(2, 7, K, DV, requires_grad=True)
-    mask = torch.rand(2, 7, K) > 0.6
-    mask[0, 0] = False  # an empty step embeds to zero
-    dense = ((projector.mlp(projector.norm(slots)) + projector.slot_embedding) * mask.unsqueeze(-1)).sum(dim=2)
-    sparse = projector(slots, mask)
-    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
-    assert sparse[0, 0].abs().max() == 0
-    (grad_dense,) = torch.autograd.grad(dense.square().sum(), slots)
-    (grad_sparse,) = torch.autograd.grad(sparse.square().sum(), slots)
-    torch.testing.assert_close(grad_sparse, grad_dense, rtol=1e-4, atol=1e-5)
-    assert sparse.dtype == torch.float32 and projector.to(torch.bfloat16)(slots, mask).dtype == torch.bfloat16
+
+    def dense_of(slots, mask):
+        return ((projector.mlp(projector.norm(slots)) + projector.slot_embedding) * mask.unsqueeze(-1)).sum(dim=2)
+
+    slots, mask = _assert_sparse_equals_dense(projector, dense_of)
+    assert projector(slots, mask).dtype == torch.float32
+    assert projector.to(torch.bfloat16)(slots, mask).dtype == torch.bfloat16
 
 
 def test_per_slot_output_layers_keep_which_features_came_from_which_slot():
@@ -308,26 +326,14 @@ def test_per_slot_output_layers_keep_which_features_came_from_which_slot():
     triangle) even where the token's features are linear (a plain projector's sum cannot tell either apart)."""
     torch.manual_seed(0)
     projector = VideoProjector(DV, 24, K, mlp_hidden=32, slot_maps=True)
-    slots = torch.randn(2, 7, K, DV, requires_grad=True)
-    mask = torch.rand(2, 7, K) > 0.5
-    mask[0, 0] = False
-    hidden = projector.mlp(projector.norm(slots))  # [B, S, K, W]
-    per_slot = torch.stack([projector.slot_maps[k](hidden[:, :, k]) for k in range(K)], dim=2)
-    dense = ((per_slot + projector.slot_embedding) * mask.unsqueeze(-1)).sum(dim=2)
-    sparse = projector(slots, mask)
-    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
-    assert sparse[0, 0].abs().max() == 0
-    (grad_dense,) = torch.autograd.grad(dense.square().sum(), slots)
-    (grad_sparse,) = torch.autograd.grad(sparse.square().sum(), slots)
-    torch.testing.assert_close(grad_sparse, grad_dense, rtol=1e-4, atol=1e-5)
 
-    def token(colour, shape):  # one-hot colour (0-1) and shape (2-3) in a 4-wide token
-        t = torch.zeros(4)
-        t[colour], t[2 + shape] = 1.0, 1.0
-        return t
+    def dense_of(slots, mask):
+        hidden = projector.mlp(projector.norm(slots))  # [B, S, K, W]
+        per_slot = torch.stack([projector.slot_maps[k](hidden[:, :, k]) for k in range(K)], dim=2)
+        return ((per_slot + projector.slot_embedding) * mask.unsqueeze(-1)).sum(dim=2)
 
-    a = torch.stack([token(0, 0), token(1, 1)])[None, None]  # [1, 1, 2, 4]
-    b = torch.stack([token(0, 1), token(1, 0)])[None, None]
+    _assert_sparse_equals_dense(projector, dense_of)
+    a, b = _swapped_bindings()
     swapped = a.flip(2)
     two = torch.ones(1, 1, 2, dtype=torch.bool)
     for slot_maps in (True, False):
