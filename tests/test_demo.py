@@ -46,6 +46,7 @@ FIGURES = {
     "talk_ratio",
     "event_accuracy_by_objects",
     "event_accuracy_by_history",
+    "event_accuracy_by_others_moving",
     "event_accuracy_by_action",
     "rtf",
     "pad_bias",
@@ -104,6 +105,7 @@ def test_every_model_reports_the_same_figures(smoke_demo):
     assert set(report["event_accuracy_by_history"]) == {"0", "1+"}
     details = report["details"]["bflow"]
     assert sum(details["events_by_history"].values()) == details["events"]  # the buckets partition the events
+    assert sum(details["events_by_others_moving"].values()) == details["events"]
     assert set(report["details"]["bflow"]) >= FIGURES
     for name in ("bflow", "text_only", "uniform_tokens"):
         figures = report["details"]["bflow"] if name == "bflow" else report["baselines"][name]

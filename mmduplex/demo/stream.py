@@ -33,6 +33,7 @@ from mmduplex.eval.buckets import (
     history_bucket,
     object_bucket,
     objects_on_screen,
+    others_moving,
     shapes_seen_before,
 )
 from mmduplex.eval.commentary import (
@@ -210,6 +211,13 @@ def event_history(dataset: SyntheticDataset, video_id: str) -> list[int]:
     return [shapes_seen_before(spec.shapes, event, spec.width, spec.height) for event in dataset.events(video_id)]
 
 
+def event_others_moving(dataset: SyntheticDataset, video_id: str) -> list[int]:
+    """Other shapes on screen and moving at each of the video's events (from the planned shape tracks): their flow
+    tokens share the event's steps (notebooks/LOG.md#2026-12-07-moving-pairs)."""
+    spec = dataset.spec(video_id)
+    return [others_moving(spec.shapes, event, spec.width, spec.height) for event in dataset.events(video_id)]
+
+
 @dataclass
 class VideoScore:
     """One video's commentary matched against its reference, item by item (what a video page shows)."""
@@ -232,6 +240,7 @@ def score_videos(
     outcomes: list[tuple[str, bool]] = []
     by_action: list[tuple[str, bool]] = []
     by_history: list[tuple[str, bool]] = []
+    by_moving: list[tuple[str, bool]] = []
     spoken = reference = 0.0
     scores = []
     for result in results:
@@ -242,6 +251,8 @@ def score_videos(
         outcomes += [(object_bucket(n), lat is not None) for n, lat in zip(objects, match.latencies, strict=True)]
         history = event_history(dataset, result.video_id)
         by_history += [(history_bucket(n), lat is not None) for n, lat in zip(history, match.latencies, strict=True)]
+        moving = event_others_moving(dataset, result.video_id)
+        by_moving += [(history_bucket(n), lat is not None) for n, lat in zip(moving, match.latencies, strict=True)]
         by_action += [(event.action, lat is not None) for event, lat in zip(events, match.latencies, strict=True)]
         spoken += speaking_s((line.start, line.end) for line in result.lines)
         reference += speaking_s((w.start, w.end) for w in words.get(result.video_id, []))
@@ -263,6 +274,9 @@ def score_videos(
         "event_accuracy_by_action": accuracy_by_group(by_action),
         "event_accuracy_by_history": {key: accuracy_by_group(by_history).get(key) for key in ("0", "1+")},
         "events_by_history": {key: sum(1 for g, _ in by_history if g == key) for key in ("0", "1+")},
+        # events while 0 / 1+ other shapes move on screen: with 1+, two shapes' tokens share the event's steps
+        "event_accuracy_by_others_moving": {key: accuracy_by_group(by_moving).get(key) for key in ("0", "1+")},
+        "events_by_others_moving": {key: sum(1 for g, _ in by_moving if g == key) for key in ("0", "1+")},
     }
     return figures, scores
 
