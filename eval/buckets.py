@@ -70,8 +70,9 @@ def others_moving(
     return count
 
 
-def history_bucket(count: int) -> str:
-    """The ``event_accuracy_by_history`` key of an event after ``count`` other shapes: ``"0"`` or ``"1+"``."""
+def count_bucket(count: int) -> str:
+    """The ``"0"`` / ``"1+"`` key of an event by a count of other shapes (``event_accuracy_by_history``: seen before
+    it; ``event_accuracy_by_others_moving``: moving at it)."""
     return "0" if count == 0 else "1+"
 
 

@@ -12,7 +12,7 @@ from mmduplex.data.transcripts import Word, livecc_record
 from mmduplex.errors import AnnotationError
 from mmduplex.eval.buckets import (
     accuracy_by_group,
-    history_bucket,
+    count_bucket,
     object_bucket,
     objects_on_screen,
     others_moving,
@@ -335,7 +335,7 @@ def test_history_counts_other_shapes_seen_earlier_in_the_video():
     assert shapes_seen_before([own, gone, never_in, later, entering], event, 96, 96) == 2
     early = Event(1.0, "red", "square", "enters", 0)
     assert shapes_seen_before([own, gone, entering], early, 96, 96) == 1  # entering is not inside before 1.9 s
-    assert [history_bucket(n) for n in (0, 1, 3)] == ["0", "1+", "1+"]
+    assert [count_bucket(n) for n in (0, 1, 3)] == ["0", "1+", "1+"]
 
 
 def test_others_moving_counts_other_shapes_in_motion_at_the_event():

@@ -83,6 +83,9 @@ from mmduplex.tokenizer.fidelity import EPS, normalize_features
 from mmduplex.tokenizer.flow import POOL_FLOOR, Regions, find_regions, pool_regions
 
 BUNDLE_KIND = "bflow-tokenizer"
+MOVING_PARTS = 3
+"""Region mode's ``stop_tokens`` / ``motion_kinds``: a region's motion goes on when at least ``1 / MOVING_PARTS`` of
+it changed in both frames (a moving object changes about half of where it was); less, and it stopped / started."""
 BUNDLE_FORMAT = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -239,7 +242,7 @@ class BFlowTokenizer(VideoTokenizer):
         else 0; still regions 0."""
         cells = chosen.cells.float()  # [n, R]
         overlap = (cells * (moved[chosen.batch] > 0).float()).sum(dim=1)  # cells changed in the frame before too
-        touches_motion = 3.0 * overlap >= cells.sum(dim=1)  # a third or more: a motion going on (see _settled)
+        touches_motion = MOVING_PARTS * overlap >= cells.sum(dim=1)  # a motion going on
         holds_new = (cells * new[chosen.batch].float()).sum(dim=1) > 0
         kind = torch.where(holds_new, (~touches_motion).long(), torch.full_like(chosen.batch, 2))
         return torch.where(chosen.still, torch.zeros_like(kind), kind)
@@ -253,7 +256,7 @@ class BFlowTokenizer(VideoTokenizer):
         size = torch.zeros(moved.shape[0], moved.shape[1] + 1, device=moved.device)
         size = size.scatter_add(1, moved, (moved > 0).float())  # [B, R + 1]: cells per previous region
         hit = torch.zeros_like(size).scatter_add(1, moved, (touched & (moved > 0)).float())  # ... changed now
-        return (moved > 0) & (3.0 * hit < size).gather(1, moved)
+        return (moved > 0) & (MOVING_PARTS * hit < size).gather(1, moved)
 
     def _advance(self, patches: torch.Tensor, t: torch.Tensor, state: BFlowState) -> tuple[Decisions, BFlowState]:
         """Decide and reconstruct one frame per video (validated ``[B, P, D]``, ``[B]`` float64)."""

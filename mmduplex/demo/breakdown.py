@@ -127,8 +127,7 @@ def breakdown(
     import torch
 
     from mmduplex.data.synthetic import SyntheticDataset
-    from mmduplex.demo.stream import event_objects, stream_features
-    from mmduplex.eval.buckets import others_moving
+    from mmduplex.demo.stream import event_scene, stream_features
     from mmduplex.eval.commentary import match_events, timed_words
     from mmduplex.inference.session import DuplexSession
     from mmduplex.io.feature_cache import FeatureCache, video_key
@@ -151,12 +150,13 @@ def breakdown(
         keep = record.timestamps >= cut_s - 1e-6
         stamps, patches = record.timestamps[keep] - cut_s, record.patches[keep]
         first = min_event_s if not cut_s else max(min_event_s, cut_s + 1.0)
+        scene = event_scene(dataset, vid)  # objects on screen and others moving at each event: the planned tracks
         scored = [
-            (replace(e, t=e.t - cut_s), objects)  # objects on screen at the event: from the planned tracks
-            for e, objects in zip(dataset.events(vid), event_objects(dataset, vid), strict=True)
+            (replace(e, t=e.t - cut_s), objects, moving)
+            for e, objects, moving in zip(dataset.events(vid), scene.objects, scene.others_moving, strict=True)
             if e.t >= first - 1e-6
         ]
-        events = [event for event, _ in scored]
+        events = [event for event, _, _ in scored]
         if not events or not len(stamps):
             continue
         result = stream_features(session, vid, stamps.tolist(), patches, pause_steps=3)
@@ -174,7 +174,7 @@ def breakdown(
             seen.add(e.shape_id)
             if e.action == "turns":
                 turned.add(e.shape_id)
-        for (event, objects), latency in zip(scored, match.latencies, strict=True):
+        for (event, objects, moving), latency in zip(scored, match.latencies, strict=True):
             grid, size = session.video_tokenizer.grid, (spec.width, spec.height)
             evidence = _flow_near(frames, tracks[event.shape_id], event, within_s, grid, size, cut_s)
             groups = {
@@ -191,8 +191,6 @@ def breakdown(
             groups["other shapes before"] = "2+" if others >= 2 else str(others)
             groups["time, other shapes before"] = f"{groups['time']}, {groups['other shapes before']}"
             groups["turned before"] = "yes" if event.shape_id in turned else "no"
-            at = replace(event, t=event.t + cut_s)  # in the video's own time
-            moving = others_moving(spec.shapes, at, spec.width, spec.height) > 0  # another's tokens in the same steps
             groups["objects, another moving"] = f"{groups['objects']}, {'yes' if moving else 'no'}"
             seen.add(event.shape_id)
             if event.action == "turns":

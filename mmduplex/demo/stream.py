@@ -30,7 +30,7 @@ import torch
 
 from mmduplex.eval.buckets import (
     accuracy_by_group,
-    history_bucket,
+    count_bucket,
     object_bucket,
     objects_on_screen,
     others_moving,
@@ -199,23 +199,26 @@ def reference_words(dataset: SyntheticDataset, split: str | None) -> dict[str, l
     }
 
 
-def event_objects(dataset: SyntheticDataset, video_id: str) -> list[int]:
-    """Objects on screen at each of the video's events (from the planned shape tracks, not from the pixels)."""
-    spec = dataset.spec(video_id)
-    return [objects_on_screen(spec.shapes, event, spec.width, spec.height) for event in dataset.events(video_id)]
+@dataclass(frozen=True)
+class EventScene:
+    """What the scene held at each of a video's events (from the planned shape tracks, not from the pixels), one
+    entry per event: shapes on screen (its own included), other shapes seen earlier in the video, other shapes moving
+    on screen (their flow tokens share the event's steps: notebooks/LOG.md#2026-12-07-moving-pairs)."""
+
+    objects: list[int]
+    history: list[int]
+    others_moving: list[int]
 
 
-def event_history(dataset: SyntheticDataset, video_id: str) -> list[int]:
-    """Other shapes on screen earlier in the video than each of its events (from the planned shape tracks)."""
-    spec = dataset.spec(video_id)
-    return [shapes_seen_before(spec.shapes, event, spec.width, spec.height) for event in dataset.events(video_id)]
-
-
-def event_others_moving(dataset: SyntheticDataset, video_id: str) -> list[int]:
-    """Other shapes on screen and moving at each of the video's events (from the planned shape tracks): their flow
-    tokens share the event's steps (notebooks/LOG.md#2026-12-07-moving-pairs)."""
-    spec = dataset.spec(video_id)
-    return [others_moving(spec.shapes, event, spec.width, spec.height) for event in dataset.events(video_id)]
+def event_scene(dataset: SyntheticDataset, video_id: str) -> EventScene:
+    """The :class:`EventScene` of each of the video's events (its spec planned once)."""
+    spec, events = dataset.spec(video_id), dataset.events(video_id)
+    size = (spec.width, spec.height)
+    return EventScene(
+        [objects_on_screen(spec.shapes, event, *size) for event in events],
+        [shapes_seen_before(spec.shapes, event, *size) for event in events],
+        [others_moving(spec.shapes, event, *size) for event in events],
+    )
 
 
 @dataclass
@@ -246,13 +249,13 @@ def score_videos(
     for result in results:
         events = dataset.events(result.video_id)
         match = match_events(result.lines, events, tolerance_s)
-        objects = event_objects(dataset, result.video_id)
+        scene = event_scene(dataset, result.video_id)
+        objects = scene.objects
         total += tally_events(result.lines, events, tolerance_s)
-        outcomes += [(object_bucket(n), lat is not None) for n, lat in zip(objects, match.latencies, strict=True)]
-        history = event_history(dataset, result.video_id)
-        by_history += [(history_bucket(n), lat is not None) for n, lat in zip(history, match.latencies, strict=True)]
-        moving = event_others_moving(dataset, result.video_id)
-        by_moving += [(history_bucket(n), lat is not None) for n, lat in zip(moving, match.latencies, strict=True)]
+        hits = [lat is not None for lat in match.latencies]
+        outcomes += [(object_bucket(n), hit) for n, hit in zip(objects, hits, strict=True)]
+        by_history += [(count_bucket(n), hit) for n, hit in zip(scene.history, hits, strict=True)]
+        by_moving += [(count_bucket(n), hit) for n, hit in zip(scene.others_moving, hits, strict=True)]
         by_action += [(event.action, lat is not None) for event, lat in zip(events, match.latencies, strict=True)]
         spoken += speaking_s((line.start, line.end) for line in result.lines)
         reference += speaking_s((w.start, w.end) for w in words.get(result.video_id, []))
