@@ -110,6 +110,38 @@ def test_streaming_equals_batch(changes):
         torch.testing.assert_close(recon[b], single.recon, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"target_rate": 8.0, "bucket_seconds": 4.0}, REGION, {**REGION, "target_rate": 8.0}, SETTLED],
+)
+def test_tokenize_many_equals_tokenize_of_each_video(changes):
+    """Several videos of different lengths tokenized in one call: each video's tokens equal its own ``tokenize``'s
+    bit for bit (what the token store writes and the demo's streaming reads), the reconstruction to rounding."""
+    tok = trained_like(make(**changes))
+    lengths, speeds = (30, 17, 30, 6, 1), (1.0, 0.5, 1.5, 1.0, 2.0)
+    pairs = enumerate(zip(lengths, speeds, strict=True))
+    videos = [(moving_blocks(n, s, seed=i, blocks=3), times(n)) for i, (n, s) in pairs]
+    many = tok.tokenize_many(videos)
+    assert [len(v.frames) for v in many] == list(lengths)
+    for (x, ts), got in zip(videos, many, strict=True):
+        want = tok.tokenize(x, ts)
+        assert [(f.t, f.kind) for f in got.frames] == [(f.t, f.kind) for f in want.frames]
+        for fa, fb in zip(got.frames, want.frames, strict=True):
+            assert torch.equal(fa.tokens, fb.tokens)
+            assert torch.equal(fa.positions, fb.positions)
+        torch.testing.assert_close(got.recon, want.recon, rtol=1e-5, atol=1e-5)
+    assert tok.tokenize_many([]) == []
+    assert sum(v.tokens_total for v in many) > 0
+
+
+def test_tokenize_many_works_for_the_baselines():
+    x, ts = moving_blocks(12, 1.0), times(12)
+    for tok in (UniformTokenizer(D, GRID, 4), FrameDropTokenizer(D, GRID, 0.9, 4), CodecTokenizer(D, GRID, 3, 4, 2)):
+        many = tok.tokenize_many([(x, ts), (x[:5], ts[:5])])
+        for got, want in zip(many, (tok.tokenize(x, ts), tok.tokenize(x[:5], ts[:5])), strict=True):
+            assert_same(got, want)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_causality(mode):
     """Frames after ``cut`` never change the tokens or reconstruction of frames up to ``cut``; they do change later

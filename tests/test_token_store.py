@@ -36,8 +36,11 @@ def test_fingerprint_names_class_settings_and_weights():
     assert changed["weights_sha256"] != a["weights_sha256"] and changed["digest"] != a["digest"]
 
 
-def test_store_holds_each_videos_tokens_in_shards_and_reads_them_back(duplex_data, tmp_path):
-    cache, tokenizer = FeatureCache(duplex_data["features"]), bflow()
+@pytest.mark.parametrize("changes", [{}, {"flow_mode": "region", "refresh_interval_s": 1.0}])
+def test_store_holds_each_videos_tokens_in_shards_and_reads_them_back(duplex_data, tmp_path, changes):
+    """Also: the store tokenizes videos in groups (``tokenize_many``), and each video's stored tokens are exactly
+    what tokenizing it alone gives (the store's staleness check and the streaming session rely on it)."""
+    cache, tokenizer = FeatureCache(duplex_data["features"]), bflow(**changes)
     store = TokenStore(tmp_path / "tokens", fingerprint(tokenizer))
     keys = cache.keys()
     store.update(cache, keys[:3], tokenizer, shard_mb=0.01)  # tiny shards: one video each

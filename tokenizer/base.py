@@ -162,6 +162,46 @@ class VideoTokenizer(nn.Module):
             recons.append(recon)
         return TokenizedVideo(frames=frames, recon=torch.cat(recons, dim=0), timestamps=timestamps)  # [T, P, D]
 
+    def tokenize_many(self, videos: list[tuple[torch.Tensor, torch.Tensor]]) -> list[TokenizedVideo]:
+        """:meth:`tokenize` of several videos ``[(patches [T_i, P, D], times [T_i]), ...]`` at once: one :meth:`step`
+        per frame over all of them (``B`` = the number of videos), which costs about what one video's step costs
+        when the per-frame work is many small operations (B-Flow's). A video shorter than the longest goes on with
+        its last frame repeated (at its frame spacing) and those steps' tokens are dropped; videos never mix in a
+        step's decisions, so each result equals ``tokenize`` of that video alone (B-Flow's tokens bit for bit, its
+        reconstruction to rounding; a test checks both). Sort videos by length before grouping them, so few steps
+        are padding."""
+        if not videos:
+            return []
+        checked = [check_video(p, t, self.grid, self.feature_dim) for p, t in videos]
+        if len(videos) == 1:
+            return [self.tokenize(videos[0][0], checked[0])]
+        lengths = [p.shape[0] for p, _ in videos]
+        steps = max(lengths)
+        patches, times = [], []
+        for (p, _), t in zip(videos, checked, strict=True):
+            extra = steps - p.shape[0]
+            if extra:
+                gap = float(t[-1] - t[-2]) if t.shape[0] > 1 else 1.0
+                later = t[-1] + gap * torch.arange(1, extra + 1, dtype=torch.float64)
+                p, t = torch.cat([p, p[-1:].expand(extra, -1, -1)]), torch.cat([t, later])
+            patches.append(p)
+            times.append(t)
+        patches, times = torch.stack(patches, dim=1), torch.stack(times, dim=1)  # [T, B, P, D], [T, B]
+        state = self.init_state(len(videos))
+        frames: list[list[FrameTokens]] = [[] for _ in videos]
+        recons: list[torch.Tensor] = []
+        for i in range(steps):
+            out, recon, state = self._step(patches[i], times[i], state)
+            for b, frame in enumerate(out):
+                if i < lengths[b]:
+                    frames[b].append(frame)
+            recons.append(recon)
+        recon = torch.stack(recons, dim=1)  # [B, T, P, D]
+        return [
+            TokenizedVideo(frames=frames[b], recon=recon[b, : lengths[b]], timestamps=checked[b])
+            for b in range(len(videos))
+        ]
+
 
 def _check_features(patches: Any, grid: tuple[int, int], dim: int, expected: str) -> None:
     if not isinstance(patches, torch.Tensor):

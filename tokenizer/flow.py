@@ -210,8 +210,21 @@ def pool_regions(
     w = weight[batch] * patches  # [n, P]
     w = w / w.sum(dim=1, keepdim=True)
     values = torch.einsum("np,npd->nd", w, x[batch])  # [n, D]
-    pos = w @ embedding.to(w.dtype)  # [n, D]
-    centre = w @ centres.to(w.dtype)  # [n, 2]
+    pos = _rows_by_video(w, embedding.to(w.dtype), batch)  # [n, D]
+    centre = _rows_by_video(w, centres.to(w.dtype), batch)  # [n, 2]
     dist = ((centres[None].to(w.dtype) - centre[:, None]) ** 2).sum(-1)  # [n, P]
     nearest = torch.where(patches, dist, torch.full_like(dist, torch.inf)).argmin(dim=1)  # [n]
     return values, pos, nearest
+
+
+def _rows_by_video(w: torch.Tensor, table: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """``w @ table`` (``[n, P] @ [P, E]``) with each video's rows multiplied on their own: a matrix product's rounding
+    can depend on how many rows it has, so a step over several videos gives each video's regions exactly what a
+    step over that video alone gives (:meth:`~mmduplex.tokenizer.base.VideoTokenizer.tokenize_many`)."""
+    if batch.numel() == 0 or bool((batch == batch[0]).all()):
+        return w @ table
+    out = w.new_empty(w.shape[0], table.shape[1])
+    for b in torch.unique(batch).tolist():
+        rows = (batch == b).nonzero(as_tuple=True)[0]
+        out[rows] = w[rows] @ table
+    return out
