@@ -14,8 +14,9 @@ import torch
 from conftest import duplex_fit_args, one_torch_thread
 from safetensors.torch import load_file, save_file
 
+from mmduplex.errors import InputError
 from mmduplex.lm.bundle import read_checkpoint
-from mmduplex.train.duplex_datamodule import WindowDataset, WindowSampler, clip_windows
+from mmduplex.train.duplex_datamodule import BusyWindowSampler, WindowDataset, WindowSampler, busy_share, clip_windows
 from mmduplex.train.lightning_cli import run_cli
 
 SMALL = (  # a lighter variant of the tiny recipe for the subprocess tests: short windows, small batches
@@ -67,6 +68,60 @@ def test_window_offsets_and_sampler_order():
     assert list(again) == first[2:] and len(again) == 5
     again.set_epoch(2)
     assert len(list(again)) == 5  # skipping applies to the resumed epoch only
+
+
+def test_busy_windows_are_drawn_in_proportion_to_their_weight():
+    dataset = WindowDataset([{}] * 4)
+    weights = [1.0, 1.0, 1.0, 9.0]
+    a, b = (BusyWindowSampler(dataset, 2, rank, seed=3, weights=weights) for rank in (0, 1))
+    a.set_epoch(1)
+    b.set_epoch(1)
+    first = list(a)
+    assert first == list(a) and len(first) == len(list(b)) == 2  # seeded by (seed, epoch); an epoch's share a rank
+    counts = torch.zeros(4)
+    for epoch in range(500):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        for i in [*a, *b]:
+            counts[i] += 1
+    assert counts.sum() == 2000 and 0.70 < counts[3] / 2000 < 0.80  # 9 / 12 = 0.75
+    again = BusyWindowSampler(dataset, 2, 0, seed=3, weights=weights)
+    again.set_epoch(1)
+    again.resume(1, 1)
+    assert list(again) == first[1:]
+    with pytest.raises(InputError, match="one positive weight per window"):
+        BusyWindowSampler(dataset, 1, 0, seed=0, weights=[1.0, 0.0, 1.0, 1.0])
+    # the share of frames with two or more flow tokens (keyframes aside), inside the window only
+    kinds, counts_, times = [0, 1, 1, 1, 3, 1], [8, 2, 1, 3, 2, 5], [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert busy_share(times, counts_, kinds, 0.0, 1.0) == pytest.approx(2 / 5)
+    assert busy_share(times, counts_, kinds, 0.5, 2.0) == pytest.approx(2 / 3)
+    assert busy_share(times, counts_, kinds, 3.0, 4.0) == 0.0
+
+
+def test_busy_window_weight_draws_busy_windows_more_often(tiny_duplex_run):
+    data = tiny_duplex_run["module"].trainer.datamodule
+    shares = torch.tensor(data.busy_shares())
+    assert len(shares) == len(data.train_samples) and 0 < shares.max() <= 1 and shares.min() >= 0
+    plain = data.busy_window_weight
+    try:
+        data.busy_window_weight = 20.0
+        sampler = data.train_dataloader().sampler
+        assert isinstance(sampler, BusyWindowSampler)
+        drawn = []
+        for epoch in range(20):
+            sampler.set_epoch(epoch)
+            drawn += list(sampler)
+        weights = 1 + 20.0 * shares
+        expected = float((weights * shares).sum() / weights.sum())  # the mean busy share of a weighted draw
+        assert expected > float(shares.mean()) + 0.01
+        assert abs(float(shares[drawn].mean()) - expected) < 0.01
+        store, data.store = data.store, None
+        with pytest.raises(InputError, match="needs the token store"):
+            data.train_dataloader()
+        data.store = store
+    finally:
+        data.busy_window_weight = plain
+    assert type(data.train_dataloader().sampler) is WindowSampler
 
 
 def _weights(module) -> dict[str, torch.Tensor]:

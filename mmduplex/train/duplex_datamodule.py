@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -91,6 +92,38 @@ class WindowSampler(DistributedSampler):
         return iter(indices)
 
 
+class BusyWindowSampler(WindowSampler):
+    """:class:`WindowSampler` that draws each epoch's windows with replacement, window ``i`` with probability
+    proportional to ``weights[i]`` (as many draws as there are windows; seeded by ``(seed, epoch)``, sharded over the
+    ranks, resumable the same way)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, weights: list[float]) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
+        if len(weights) != len(dataset) or min(weights, default=1.0) <= 0:  # type: ignore[arg-type]
+            raise InputError("window weights", f"need one positive weight per window; got {len(weights)} weights")
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator).tolist()
+        indices = drawn[self.rank : self.total_size : self.num_replicas]
+        if self.epoch == self.resume_epoch:
+            indices = indices[self.resume_skip :]
+        return iter(indices)
+
+
+def busy_share(times: Any, counts: Any, kinds: Any, start_s: float, end_s: float) -> float:
+    """The share of a video's frames in ``[start_s, end_s)`` that send two or more flow tokens (keyframes aside;
+    ``kinds`` as the token store writes them)."""
+    from mmduplex.train.token_store import KINDS
+
+    inside = [i for i, t in enumerate(times) if start_s <= float(t) < end_s]
+    if not inside:
+        return 0.0
+    flow = KINDS.index("flow")
+    return sum(int(kinds[i]) == flow and int(counts[i]) >= 2 for i in inside) / len(inside)
+
+
 def clip_windows(duration_s: float, window_s: float, stride_s: float) -> list[float]:
     """Window offsets covering ``[0, duration_s]``: every ``stride_s``, the last one ending at the clip's end."""
     if duration_s <= window_s:
@@ -127,6 +160,10 @@ class DuplexDataModule(LightningDataModule):
         max_train_clips: train on the first this many training clips only (in the transcripts' order; the synthetic
             set's is its video order; ``None``: all), so that a data-size study keeps the data set and its val /
             held-out split and varies only what the model trains on.
+        busy_window_weight: ``w > 0``: each epoch draws its training windows with replacement, a window with
+            probability proportional to ``1 + w * busy`` (``busy``: the share of its frames that send two or more
+            flow tokens, from the token store: where several things change at once), as many as there are windows,
+            so an epoch costs the same; 0: every window once per epoch, shuffled.
     """
 
     def __init__(
@@ -149,8 +186,11 @@ class DuplexDataModule(LightningDataModule):
         tokens: str | None = None,
         token_shard_mb: float = 256.0,
         max_train_clips: int | None = None,
+        busy_window_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if not busy_window_weight >= 0:
+            raise InputError("busy_window_weight", f"must be >= 0, got {busy_window_weight}")
         if max_train_clips is not None and max_train_clips < 1:
             raise InputError("max_train_clips", f"must be >= 1 (or null: all), got {max_train_clips}")
         if not window_s > 0 or batch_size < 1 or num_workers < 0:
@@ -180,6 +220,7 @@ class DuplexDataModule(LightningDataModule):
         self.tokens = tokens
         self.token_shard_mb = float(token_shard_mb)
         self.max_train_clips = max_train_clips
+        self.busy_window_weight = float(busy_window_weight)
         self.grid: StepGrid | None = None
         self.store = None
         self.cache = None
@@ -375,10 +416,31 @@ class DuplexDataModule(LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         dataset = WindowDataset(self.train_samples)
-        sampler = WindowSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
+        if self.busy_window_weight > 0:
+            weights = [1.0 + self.busy_window_weight * share for share in self.busy_shares()]
+            sampler = BusyWindowSampler(dataset, num_replicas=world, rank=rank, seed=self.seed, weights=weights)
+        else:
+            sampler = WindowSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
         if self._resume is not None:
             sampler.resume(self._resume["epoch"], self._resume["batches"] * self.batch_size)
         return self._loader(self.train_samples, sampler)
+
+    def busy_shares(self) -> list[float]:
+        """Each training window's :func:`busy_share` (from the token store).
+
+        Raises:
+            InputError: no token store yet (:meth:`use_step_grid` was not called: the model has no described video
+                tokenizer).
+        """
+        if self.store is None:
+            raise InputError("busy_window_weight", "needs the token store (a model with a described video tokenizer)")
+        videos = {key: self.store.tokens(key) for key in {s["key"] for s in self.train_samples}}
+        shares = []
+        for sample in self.train_samples:
+            video = videos[sample["key"]]
+            start = float(sample["clip_start_s"]) + float(sample["offset_s"])
+            shares.append(busy_share(video["times"], video["counts"], video["kinds"], start, start + self.window_s))
+        return shares
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_samples) if self.val_samples else []
