@@ -88,6 +88,24 @@ def test_batched_streams_equal_each_stream_alone(session, videos):
     assert sum(len(r.words) for r in results) > 0, "the tiny model should say something (else texts prove nothing)"
 
 
+def test_lockstep_streams_tokenize_their_frames_in_one_batched_step(session, videos, monkeypatch):
+    """The driver tokenizes the streams' frames together (B-Flow's states stacked, then split per stream), and every
+    stream still gets exactly its own tokens: the logits and words match each stream alone."""
+    sizes: list[int] = []
+    tokenizer = session.video_tokenizer
+    step = tokenizer.step
+
+    def counted(patches, t, state):
+        sizes.append(patches.shape[0])
+        return step(patches, t, state)
+
+    monkeypatch.setattr(tokenizer, "step", counted)
+    results, logits = batched_logits(videos, session=session, batch=4)
+    monkeypatch.undo()
+    assert max(sizes) == len(videos) and sum(sizes) == sum(len(times) for _, times, _ in videos)
+    assert_same_as_alone(session, videos, results, logits)
+
+
 def test_batch_of_one_is_the_plain_path_bit_for_bit(session, videos):
     results, logits = batched_logits(videos[:2], session=session, batch=1)
     assert_same_as_alone(session, videos[:2], results, logits, exact=True)

@@ -16,20 +16,26 @@ video per tick; a frozen SmolLM2-135M costs about as much for one step over 8 st
   running batch (its cache would be shorter), so the sources go in cohorts of ``batch``: the next cohort starts when
   the last one has drained (:func:`stream_features_batched` puts videos of similar length together).
 
-How a step is split: the stream's session's ``step()`` only takes the step's inputs off its queues
-(:meth:`DuplexSession.step_inputs`) and returns a pending :class:`StepOutput`; the loop yields it at once (``StepLoop``
-and ``DuplexSession.flush`` read nothing of a step's result before yielding it), the driver runs the batched LM step
-and finishes each stream's step (:meth:`DuplexSession.step_output`: PAD bias, sampling, clock) before the loop
-resumes. So every decision the loop takes is the one it takes one stream at a time, and a stream's logits differ
-from its single-stream logits only by the batched matmuls' rounding (``tests/test_batched_streaming.py``).
+How a step is split: the stream's session's ``step()`` returns a pending :class:`StepOutput`; the loop yields it at
+once (``StepLoop`` and ``DuplexSession.flush`` read nothing of a step's result before yielding it). The driver then
+tokenizes the frames every stream pushed since its last step in one video-tokenizer step over the streams (a frame's
+patch features are queued by ``push_features``; the tokenizer states of the streams are stacked for the call and
+split after it: B-Flow's per-frame cost hardly grows with the batch, and its batched tokens equal a lone stream's bit
+for bit), takes each stream's inputs off its queues (:meth:`DuplexSession.step_inputs`), runs the batched LM step and
+finishes each stream's step (:meth:`DuplexSession.step_output`: PAD bias, sampling, clock) before the loop resumes.
+Whatever reads a stream's video queue before that (``pending_video_tokens``, ``owed_steps``: the flush, the drain)
+tokenizes that stream's queued frames alone first. So every decision the loop takes is the one it takes one stream at
+a time, and a stream's logits differ from its single-stream logits only by the batched matmuls' rounding
+(``tests/test_batched_streaming.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -83,7 +89,10 @@ class _LockstepSession(DuplexSession):
         super().reset()
         self.cache = None  # the batch's cache holds this stream's row
         self.frame_tokens: list[tuple[float, int]] = []
+        self.queued: list[tuple[float, torch.Tensor]] = []  # (t, patches [P, D]) pushed, not yet tokenized
+        self._queued_t = self._last_frame_t
         self.inputs: tuple[torch.Tensor, ...] | None = None
+        self.waiting = False
         self.started = 0.0
 
     @property
@@ -91,25 +100,84 @@ class _LockstepSession(DuplexSession):
         """The template's encoder (built once, shared by every stream)."""
         return self._template.encoder
 
-    def push_features(self, t: float, patches: torch.Tensor) -> FrameTokens:
-        tokens = super().push_features(t, patches)
+    def push_features(self, t: float, patches: torch.Tensor) -> None:  # type: ignore[override]
+        """Queue one frame's patch features ``[P, D]`` for the driver's batched tokenizer step (the same checks as
+        :meth:`DuplexSession.push_features`; its tokens are not known yet, so nothing is returned)."""
+        t = float(t)
+        if not t > self._queued_t:
+            raise InputError("t", f"frame times must increase: {t} after {self._queued_t}")
+        if patches.dim() != 2:
+            raise InputError("patches", f"expected [P, D], got {tuple(patches.shape)}")
+        self.queued.append((t, patches))
+        self._queued_t = t
+
+    def _queue_tokens(self, t: float, tokens: FrameTokens) -> FrameTokens:
         self.frame_tokens.append((float(t), tokens.n_tokens))
-        return tokens
+        return super()._queue_tokens(t, tokens)
+
+    @property
+    def pending_video_tokens(self) -> int:
+        _tokenize_queued([self])
+        return super().pending_video_tokens
+
+    def owed_steps(self) -> int:
+        _tokenize_queued([self])
+        return super().owed_steps()
 
     def step(self) -> StepOutput:
-        """Take this step's inputs (for the batched LM step); return the pending output the driver completes."""
-        if self.inputs is not None:
+        """Return the pending output of this step; the driver tokenizes, takes the inputs and completes it."""
+        if self.waiting:
             raise RuntimeError("a lockstep stream took a second step before the batch ran its first")
         self.started = time.perf_counter()
-        self.inputs = self.step_inputs()
+        self.waiting = True
         return StepOutput(self.step_index, (self.step_index + 1) / self.step_hz, -1, None, False, torch.empty(0), 0.0)
+
+    def take_inputs(self) -> None:
+        """This step's inputs off the queues (the driver calls it once the stream's frames are tokenized)."""
+        _tokenize_queued([self])
+        self.inputs = self.step_inputs()
 
     def finish(self, logits: torch.Tensor, pending: StepOutput) -> StepOutput:
         """Complete the pending step with its ``[V]`` logits from the batched LM step."""
-        self.inputs = None
+        self.inputs, self.waiting = None, False
         out = self.step_output(logits, self.started)
         out.flushed = pending.flushed  # set by DuplexSession.flush on the pending output
         return out
+
+
+def _stackable(state: Any) -> bool:
+    """A tokenizer state whose every field is a tensor of one video (batch dim 1), so states can be stacked."""
+    return dataclasses.is_dataclass(state) and all(
+        isinstance(getattr(state, f.name), torch.Tensor) and getattr(state, f.name).shape[:1] == (1,)
+        for f in dataclasses.fields(state)
+    )
+
+
+def _tokenize_queued(sessions: Sequence[_LockstepSession]) -> None:
+    """Tokenize every frame the ``sessions`` have queued, in time order per stream: one video-tokenizer step over all
+    the streams with a frame left at each round (their states stacked, then split), or stream by stream where a state
+    cannot be stacked; each frame's tokens then go into its stream's slot queue."""
+    while True:
+        due = [s for s in sessions if s.queued]
+        if not due:
+            return
+        tokenizer = due[0].video_tokenizer
+        frames = [s.queued.pop(0) for s in due]
+        states = [s._video_state for s in due]
+        if len(due) == 1 or not all(_stackable(state) for state in states):
+            for session, (t, patches), state in zip(due, frames, states, strict=True):
+                times = torch.tensor([t], dtype=torch.float64)
+                out, _, session._video_state = tokenizer.step(patches[None].to(session.device), times, state)
+                session._queue_tokens(t, out[0])
+            continue
+        names = [f.name for f in dataclasses.fields(states[0])]
+        stacked = type(states[0])(**{n: torch.cat([getattr(state, n) for state in states]) for n in names})
+        patches = torch.stack([p for _, p in frames]).to(due[0].device)  # [B, P, D]
+        times = torch.tensor([t for t, _ in frames], dtype=torch.float64)  # [B]
+        out, _, new = tokenizer.step(patches, times, stacked)
+        for row, (session, (t, _)) in enumerate(zip(due, frames, strict=True)):
+            session._video_state = type(new)(**{n: getattr(new, n)[row : row + 1] for n in names})
+            session._queue_tokens(t, out[row])
 
 
 @dataclass
@@ -160,6 +228,9 @@ def _run_cohort(template: DuplexSession, streams: list[_Stream], on_step: Callab
         for stream in active:
             if stream.pending.index != index:
                 raise RuntimeError(f"stream {stream.position} is at step {stream.pending.index}, the batch at {index}")
+        _tokenize_queued([stream.session for stream in active])
+        for stream in active:
+            stream.session.take_inputs()
         logits = _batched_step(template, cache, active)  # [B, V]
         still = []
         for row, stream in enumerate(active):

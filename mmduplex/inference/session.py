@@ -307,7 +307,10 @@ class DuplexSession:
         frames, _, self._video_state = self.video_tokenizer.step(
             patches[None].to(self.device), times, self._video_state
         )  # patches [1, P, D]
-        tokens = frames[0]
+        return self._queue_tokens(t, frames[0])
+
+    def _queue_tokens(self, t: float, tokens: FrameTokens) -> FrameTokens:
+        """The second half of :meth:`push_features`: the frame's tokens (tokenized at ``t``) into the slot queue."""
         self._last_frame_t = t
         self.frames_pushed += 1
         if self._packer.pending + tokens.n_tokens > self.max_video_backlog:
