@@ -98,3 +98,11 @@ def test_changed_features_are_tokenized_again_and_another_encoders_refused(duple
     store.index_path.write_text(json.dumps(index))
     with pytest.raises(CacheError, match="another encoder or fps"):
         TokenStore(tmp_path / "tokens", fingerprint(tokenizer)).update(cache, cache.keys(), tokenizer)
+
+
+def test_token_store_benchmark_runs_and_finds_groups_identical(capsys):
+    from benchmarks.bench_token_store import main
+
+    main(["--videos", "5", "--groups", "1", "4"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 1 |", "| 4 |"))]
+    assert len(rows) == 2 and all(row.rstrip(" |").endswith("True") for row in rows), rows
