@@ -102,7 +102,7 @@ def test_busy_window_weight_draws_busy_windows_more_often(tiny_duplex_run):
     data = tiny_duplex_run["module"].trainer.datamodule
     shares = torch.tensor(data.busy_shares())
     assert len(shares) == len(data.train_samples) and 0 < shares.max() <= 1 and shares.min() >= 0
-    plain = data.busy_window_weight
+    plain, store = data.busy_window_weight, data.store
     try:
         data.busy_window_weight = 20.0
         sampler = data.train_dataloader().sampler
@@ -115,12 +115,11 @@ def test_busy_window_weight_draws_busy_windows_more_often(tiny_duplex_run):
         expected = float((weights * shares).sum() / weights.sum())  # the mean busy share of a weighted draw
         assert expected > float(shares.mean()) + 0.01
         assert abs(float(shares[drawn].mean()) - expected) < 0.01
-        store, data.store = data.store, None
+        data.store = None
         with pytest.raises(InputError, match="needs the token store"):
             data.train_dataloader()
-        data.store = store
     finally:
-        data.busy_window_weight = plain
+        data.busy_window_weight, data.store = plain, store  # the fixture's run is shared with other tests
     assert type(data.train_dataloader().sampler) is WindowSampler
 
 
