@@ -10,9 +10,9 @@ Run from the repository root::
 
 Generated features (the default): ``--videos`` videos of 10-30 s at 5 fps on a 12 x 12 x 40 grid (the demo's
 encoder), one to three blocks moving over a random background, tokenized by an untrained B-Flow with
-``recipes/tokenizer/lite0_s8_region.yaml``'s settings (B-Flow's decisions do not depend on its weights). Videos are
-sorted by length before they are grouped, as the store groups them. One thread; each figure is one pass, timed after a
-warm-up pass; the header prints the machine and its load.
+``recipes/tokenizer/lite0_s8_region.yaml``'s settings (B-Flow's decisions do not depend on its weights).
+``tokenize_many`` sorts the videos by length before it groups them. One thread; each figure is one pass, timed after
+a warm-up pass; the header prints the machine and its load.
 """
 
 from __future__ import annotations
@@ -65,10 +65,7 @@ def tokenize_all(tokenizer: BFlowTokenizer, videos: list, group: int) -> list:
     """Every video's frames, ``group`` videos at a time (1: ``tokenize`` each)."""
     if group == 1:
         return [tokenizer.tokenize(patches, times).frames for patches, times in videos]
-    out = []
-    for first in range(0, len(videos), group):
-        out += [v.frames for v in tokenizer.tokenize_many(videos[first : first + group])]
-    return out
+    return [video.frames for video in tokenizer.tokenize_many(videos, group=group)]
 
 
 def same(a: list, b: list) -> bool:
@@ -97,7 +94,6 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer, videos = BFlowTokenizer(BFlowConfig(**settings)), generated(args.videos)
         source = f"generated (B-Flow untrained, {RECIPE.name}'s settings)"
     tokenizer = tokenizer.eval()
-    videos.sort(key=lambda video: video[0].shape[0])
     frames = sum(patches.shape[0] for patches, _ in videos)
     print(f"videos: {len(videos)} ({frames} frames), {source}")
     print("| group | wall s | CPU s | ms / frame | vs one at a time | tokens identical |")

@@ -121,10 +121,11 @@ def test_tokenize_many_equals_tokenize_of_each_video(changes):
     lengths, speeds = (30, 17, 30, 6, 1), (1.0, 0.5, 1.5, 1.0, 2.0)
     pairs = enumerate(zip(lengths, speeds, strict=True))
     videos = [(moving_blocks(n, s, seed=i, blocks=3), times(n)) for i, (n, s) in pairs]
-    many = tok.tokenize_many(videos)
-    assert [len(v.frames) for v in many] == list(lengths)
-    for (x, ts), got in zip(videos, many, strict=True):
+    many, pairs = tok.tokenize_many(videos), tok.tokenize_many(videos, group=2)  # one group; three, sorted by length
+    assert [len(v.frames) for v in many] == [len(v.frames) for v in pairs] == list(lengths)  # in the order given
+    for (x, ts), got, paired in zip(videos, many, pairs, strict=True):
         want = tok.tokenize(x, ts)
+        assert all(torch.equal(a.tokens, b.tokens) for a, b in zip(paired.frames, want.frames, strict=True))
         assert [(f.t, f.kind) for f in got.frames] == [(f.t, f.kind) for f in want.frames]
         for fa, fb in zip(got.frames, want.frames, strict=True):
             assert torch.equal(fa.tokens, fb.tokens)

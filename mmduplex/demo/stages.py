@@ -261,19 +261,13 @@ def bflow_tokens_per_frame(config: DemoConfig, paths: DemoPaths, dataset) -> flo
     :data:`RATE_VIDEOS` videos)."""
     from mmduplex.io.feature_cache import FeatureCache, video_key
     from mmduplex.tokenizer.bflow import BFlowTokenizer
-    from mmduplex.train.token_store import TOKENIZE_GROUP
 
     bflow = BFlowTokenizer.from_pretrained(paths.tokenizer).eval()
     cache = FeatureCache(paths.features)
     records = [cache.load(video_key(dataset.video_path(vid))) for vid in dataset.video_ids("train")[:RATE_VIDEOS]]
-    records.sort(key=lambda record: record.patches.shape[0])  # groups of similar length (tokenize_many pads)
-    tokens = frames = 0
     with torch.inference_mode():
-        for i in range(0, len(records), TOKENIZE_GROUP):
-            group = records[i : i + TOKENIZE_GROUP]
-            tokens += sum(v.tokens_total for v in bflow.tokenize_many([(r.patches, r.timestamps) for r in group]))
-            frames += sum(r.patches.shape[0] for r in group)
-    return tokens / max(frames, 1)
+        videos = bflow.tokenize_many([(record.patches, record.timestamps) for record in records])
+    return sum(video.tokens_total for video in videos) / max(sum(len(video.frames) for video in videos), 1)
 
 
 def prepare_token_store(config: DemoConfig, paths: DemoPaths, tokens_per_frame: int) -> None:

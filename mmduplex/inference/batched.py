@@ -42,7 +42,7 @@ import torch
 from mmduplex.errors import InputError
 from mmduplex.inference.commentary import DEFAULT_LINE_DISPLAY_S, DEFAULT_LINE_WORDS, LineCollector
 from mmduplex.inference.loop import Event, StepLoop
-from mmduplex.inference.session import DuplexSession, StepOutput
+from mmduplex.inference.session import DuplexSession, StepOutput, check_frame
 from mmduplex.io.outputs import CommentaryLine, LineBuilder
 from mmduplex.lm.kvcache import SinkWindowCache
 
@@ -103,13 +103,8 @@ class _LockstepSession(DuplexSession):
     def push_features(self, t: float, patches: torch.Tensor) -> None:  # type: ignore[override]
         """Queue one frame's patch features ``[P, D]`` for the driver's batched tokenizer step (the same checks as
         :meth:`DuplexSession.push_features`; its tokens are not known yet, so nothing is returned)."""
-        t = float(t)
-        if not t > self._queued_t:
-            raise InputError("t", f"frame times must increase: {t} after {self._queued_t}")
-        if patches.dim() != 2:
-            raise InputError("patches", f"expected [P, D], got {tuple(patches.shape)}")
-        self.queued.append((t, patches))
-        self._queued_t = t
+        self._queued_t = check_frame(t, patches, self._queued_t)
+        self.queued.append((self._queued_t, patches))
 
     def _queue_tokens(self, t: float, tokens: FrameTokens) -> FrameTokens:
         self.frame_tokens.append((float(t), tokens.n_tokens))

@@ -298,11 +298,7 @@ class DuplexSession:
         Returns:
             The video tokenizer's :class:`~mmduplex.tokenizer.base.FrameTokens` for the frame.
         """
-        t = float(t)
-        if not t > self._last_frame_t:
-            raise InputError("t", f"frame times must increase: {t} after {self._last_frame_t}")
-        if patches.dim() != 2:
-            raise InputError("patches", f"expected [P, D], got {tuple(patches.shape)}")
+        t = check_frame(t, patches, self._last_frame_t)
         times = torch.tensor([t], dtype=torch.float64)  # [1]
         frames, _, self._video_state = self.video_tokenizer.step(
             patches[None].to(self.device), times, self._video_state
@@ -483,6 +479,16 @@ class DuplexSession:
             out = self.step()
             out.flushed = True
             yield out
+
+
+def check_frame(t: float, patches: torch.Tensor, last_t: float) -> float:
+    """A pushed frame's time as a float, after checking it comes after ``last_t`` and its features are ``[P, D]``."""
+    t = float(t)
+    if not t > last_t:
+        raise InputError("t", f"frame times must increase: {t} after {last_t}")
+    if patches.dim() != 2:
+        raise InputError("patches", f"expected [P, D], got {tuple(patches.shape)}")
+    return t
 
 
 def check_encoder(bundle: DuplexBundle, encoder: FrozenImageEncoder) -> None:

@@ -117,11 +117,10 @@ def busy_share(times: Any, counts: Any, kinds: Any, start_s: float, end_s: float
     ``kinds`` as the token store writes them)."""
     from mmduplex.train.token_store import KINDS
 
-    inside = [i for i, t in enumerate(times) if start_s <= float(t) < end_s]
-    if not inside:
-        return 0.0
-    flow = KINDS.index("flow")
-    return sum(int(kinds[i]) == flow and int(counts[i]) >= 2 for i in inside) / len(inside)
+    times, counts, kinds = (torch.as_tensor(x) for x in (times, counts, kinds))
+    inside = (times >= start_s) & (times < end_s)
+    busy = (kinds.long() == KINDS.index("flow")) & (counts >= 2)
+    return float(busy[inside].float().mean()) if bool(inside.any()) else 0.0
 
 
 def clip_windows(duration_s: float, window_s: float, stride_s: float) -> list[float]:
@@ -434,7 +433,7 @@ class DuplexDataModule(LightningDataModule):
         """
         if self.store is None:
             raise InputError("busy_window_weight", "needs the token store (a model with a described video tokenizer)")
-        videos = {key: self.store.tokens(key) for key in {s["key"] for s in self.train_samples}}
+        videos = {key: self.store.frames(key) for key in {s["key"] for s in self.train_samples}}
         shares = []
         for sample in self.train_samples:
             video = videos[sample["key"]]

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmduplex.errors import CacheError, InputError
 from mmduplex.fileio import atomic_path, write_json_atomic
 from mmduplex.io.feature_cache import FeatureCache
+from mmduplex.tokenizer.base import TOKENIZE_GROUP
 from mmduplex.train.windows import VideoTokens
 
 log = logging.getLogger(__name__)
@@ -132,13 +133,9 @@ def _describe(fingerprint: dict[str, Any]) -> str:
     return f"{fingerprint.get('class_path')} (digest {fingerprint.get('digest')})"
 
 
-TOKENIZE_GROUP = 16
-"""Videos tokenized together in one call (:meth:`~mmduplex.tokenizer.base.VideoTokenizer.tokenize_many`; the same
-tokens as one at a time): on the demo's set a group of 16 tokenizes ~3x faster than 16 single calls."""
-
-
 class _Tokenize(Dataset):
-    """Groups of feature cache keys -> each video's tokens (run in data-loader workers while the store is built)."""
+    """Groups of feature cache keys -> each video's tokens (run in data-loader workers while the store is built; a
+    group is tokenized together, :meth:`~mmduplex.tokenizer.base.VideoTokenizer.tokenize_many`)."""
 
     def __init__(self, cache_dir: str, groups: list[list[str]], tokenizer: nn.Module) -> None:
         self.cache_dir, self.groups, self.tokenizer = cache_dir, groups, tokenizer
@@ -164,16 +161,13 @@ def tokenize_video(tokenizer: nn.Module, cache: FeatureCache, key: str) -> dict[
 
 
 def tokenize_videos(tokenizer: nn.Module, cache: FeatureCache, keys: list[str]) -> list[dict[str, torch.Tensor]]:
-    """:func:`tokenize_video` of each of ``keys``, tokenized together (``tokenize_many``, when the tokenizer has
-    it; the same tokens as one at a time)."""
+    """:func:`tokenize_video` of each of ``keys``, tokenized together (``tokenize_many``: the same tokens as one at a
+    time)."""
     records = [cache.load(key) for key in keys]
     device = next(tokenizer.parameters(), torch.empty(0)).device
     videos = [(record.patches.to(device), record.timestamps) for record in records]
     with torch.no_grad(), torch.autocast(device.type, enabled=False):
-        if hasattr(tokenizer, "tokenize_many"):
-            done = tokenizer.tokenize_many(videos)
-        else:
-            done = [tokenizer.tokenize(patches, times) for patches, times in videos]
+        done = tokenizer.tokenize_many(videos)
     return [_stored(tokenizer, video) for video in done]
 
 
@@ -287,10 +281,15 @@ class TokenStore:
     def tokens(self, key: str) -> dict[str, torch.Tensor]:
         """``key``'s stored tensors as :func:`tokenize_video` returns them."""
         entry = self._entry(key)
+        r0, r1 = entry["rows"]
+        return {"tokens": self._shard(int(entry["shard"])).read("tokens", r0, r1), **self.frames(key)}
+
+    def frames(self, key: str) -> dict[str, torch.Tensor]:
+        """``key``'s per-frame tensors (``times``, ``counts``, ``kinds``), without reading its tokens."""
+        entry = self._entry(key)
         shard = self._shard(int(entry["shard"]))
-        (f0, f1), (r0, r1) = entry["frames"], entry["rows"]
-        out = {name: shard.read(name, f0, f1) for name in ("times", "counts", "kinds")}
-        return {"tokens": shard.read("tokens", r0, r1), **out}
+        f0, f1 = entry["frames"]
+        return {name: shard.read(name, f0, f1) for name in ("times", "counts", "kinds")}
 
     # ---------------------------------------------------------------- building
 
@@ -344,7 +343,7 @@ class TokenStore:
         if next(tokenizer.parameters(), torch.empty(0)).device.type != "cpu":
             num_workers = 0  # an accelerator's tokenizer stays in this process
         entries = cache.entries()
-        by_length = sorted(keys, key=lambda k: (int(entries[k].get("frames", 0)), k))  # little padding in a group
+        by_length = sorted(keys, key=lambda k: (int(entries[k].get("frames", 0)), k))  # a loader item: similar lengths
         groups = [by_length[i : i + TOKENIZE_GROUP] for i in range(0, len(by_length), TOKENIZE_GROUP)]
         dataset = _Tokenize(str(cache.root), groups, tokenizer.eval())
         loader = DataLoader(
