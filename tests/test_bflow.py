@@ -72,7 +72,8 @@ def assert_same(a, b) -> None:
 
 REGION = {"flow_mode": "region", "refresh_interval_s": 1.0}  # region flow tokens with the still-region refresh
 SETTLED = {**REGION, "stop_tokens": True, "motion_kinds": True, "flow_order": "position", "split_at": "peaks"}
-MODES = [{}, REGION, SETTLED]
+STEADY = {**REGION, "stop_tokens": True, "steady_every_s": 0.6}  # steady motions held back
+MODES = [{}, REGION, SETTLED, STEADY]
 
 
 @pytest.mark.parametrize(
@@ -85,6 +86,7 @@ MODES = [{}, REGION, SETTLED]
         {**REGION, "target_rate": 8.0, "bucket_seconds": 4.0, "region_max": None},
         {**REGION, "flow_region": 2, "region_split": None, "change_tokens": True},
         SETTLED,
+        STEADY,
     ],
 )
 def test_streaming_equals_batch(changes):
@@ -112,7 +114,7 @@ def test_streaming_equals_batch(changes):
 
 @pytest.mark.parametrize(
     "changes",
-    [{}, {"target_rate": 8.0, "bucket_seconds": 4.0}, REGION, {**REGION, "target_rate": 8.0}, SETTLED],
+    [{}, {"target_rate": 8.0, "bucket_seconds": 4.0}, REGION, {**REGION, "target_rate": 8.0}, SETTLED, STEADY],
 )
 def test_tokenize_many_equals_tokenize_of_each_video(changes):
     """Several videos of different lengths tokenized in one call: each video's tokens equal its own ``tokenize``'s

@@ -28,6 +28,8 @@ NEW_KEYS = (
     "flow_order",
     "stop_tokens",
     "motion_kinds",
+    "steady_every_s",
+    "steady_similarity",
 )
 
 
@@ -234,6 +236,45 @@ def test_motion_kinds_say_what_the_motion_did():
     assert torch.cosine_similarity(before, block, dim=0) > 0.5
     plain_token = plain.frames[6].tokens[[bool(p.reshape(*GRID)[:4].any()) for p in plain_trail[6].flow_patches]][0]
     assert torch.cosine_similarity(token, block, dim=0) > torch.cosine_similarity(plain_token, block, dim=0) + 0.2
+
+
+def test_steady_motions_wait_and_the_frame_of_an_event_holds_the_acting_object_alone():
+    """Two blocks move right, a patch a frame; the upper one stops (frame 4), the lower one changes its look (frame
+    5) and moves on. With ``steady_every_s`` a motion that goes on unchanged gets a token only once a second: the
+    frame of the stop holds the upper block's ``still`` token alone (without the option, the lower block's token
+    too), the frame of the change of look holds the lower block's token at once, and the lower block's next token
+    comes a second after that one. Where the motions start (frame 1) both get a token."""
+    background, things = scene(4)
+    new_look = torch.randn(D, generator=torch.Generator().manual_seed(9))
+    frames = []
+    for t in range(12):
+        frame = background.clone()
+        if t:  # both enter after the keyframe
+            frame[1:3, min(t, 3)] = things[0]  # moves until frame 3, then stands
+            frame[8:10, t] = things[1] if t < 5 else new_look
+        frames.append(frame.reshape(P, D))
+    x, ts = torch.stack(frames), times(12)
+    every, every_trail = make(**REGION, region_max=None, stop_tokens=True).trace(x, ts)
+    steady, trail = make(**REGION, region_max=None, stop_tokens=True, steady_every_s=1.0).trace(x, ts)
+    assert every.n_tokens[1:] == [2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1], every.n_tokens
+    assert every_trail[4].flow_still.tolist() == [False, True]  # the stop, and the lower block's motion
+    assert steady.n_tokens[1:] == [2, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0], steady.n_tokens
+    assert trail[4].flow_still.tolist() == [True]
+    assert set(trail[4].flow_patches[0].nonzero().flatten().tolist()) == patches_of(range(1, 3), range(3, 4))
+    for i in (5, 10):  # the lower block's new look at once, then a second later
+        assert not trail[i].flow_still.any()
+        assert set(trail[i].flow_patches[0].nonzero().flatten().tolist()) >= patches_of(range(8, 10), range(i, i + 1))
+    # a period under the frame interval holds nothing back: the tokens of the plain region mode
+    assert make(**REGION, steady_every_s=0.1).tokenize(x, ts).n_tokens == make(**REGION).tokenize(x, ts).n_tokens
+
+
+def test_steady_motion_needs_region_mode_and_a_cosine():
+    with pytest.raises(InputError, match="steady_every_s"):
+        make(steady_every_s=1.0)
+    with pytest.raises(InputError, match="steady_every_s"):
+        make(**REGION, steady_every_s=0.0)
+    with pytest.raises(InputError, match="steady_similarity"):
+        make(**REGION, steady_every_s=1.0, steady_similarity=1.5)
 
 
 @pytest.mark.parametrize("upper_stops", [False, True])

@@ -38,7 +38,10 @@ How a frame is handled (all in :meth:`BFlowTokenizer._advance`, the only place d
   the next frame where something clearly new since the keyframe stands there: the object that came to rest; with
   ``motion_kinds`` flow tokens are marked ``start`` / ``flow`` / ``gone``; with ``split_at: peaks`` a region is split
   between the local peaks of what is new since the keyframe. All off by default (LOG 2026-12-07: none helped the
-  demo on val).
+  demo on val). With ``steady_every_s`` a changed region that goes on with a motion of the previous frame and looks
+  like what moved there (a steady motion) gets a token only once per that period, followed from frame to frame
+  through the regions' cells; starts, changes of look and new objects get one at once, so the frame where one of
+  two moving objects acts holds its token alone (pair it with ``stop_tokens``: a steady motion's end is then news).
 * **Tokens handed downstream** are the values plus fixed kind / time / position embeddings; with ``change_tokens``
   each also carries what changed at its region (``value - before``, zeros for keyframe tokens), width ``2D``.
 * **Reconstruction** (causal): the last keyframe's ``K`` tokens decoded to ``[P, D]`` (:class:`KeyCodec`), then
@@ -113,6 +116,24 @@ class BFlowState(TokenizerState):
     moved: torch.Tensor
     """``[B, R]`` long: which of the previous frame's changed regions each cell was in (1, 2, ...; 0: none), for
     region mode's ``stop_tokens`` and ``motion_kinds``."""
+    motion_value: torch.Tensor
+    """``[B, R, D]`` for ``steady_every_s``: the pooled value of the previous frame's changed region each cell was in
+    (zeros where none)."""
+    motion_sent: torch.Tensor
+    """``[B, R]`` float64 for ``steady_every_s``: when the motion of the previous frame's changed region each cell was
+    in last had a token (``-inf`` where none)."""
+
+
+@dataclass
+class Steady:
+    """Region mode's ``steady_every_s``, for one frame's changed regions (``m``)."""
+
+    changed: Regions
+    """Every changed region of the frame (the candidates before steady motions are held back)."""
+    values: torch.Tensor
+    """``[m, D]`` their pooled values."""
+    last_sent: torch.Tensor
+    """``[m]`` float64: when the motion each continues last had a token (``-inf``: a motion that starts)."""
 
 
 @dataclass
@@ -191,6 +212,8 @@ class BFlowTokenizer(VideoTokenizer):
             keyframe=torch.zeros(shape, device=device),
             last_refresh_t=torch.zeros(batch_size, dtype=torch.float64, device=device),
             moved=torch.zeros(batch_size, self.num_regions, dtype=torch.long, device=device),
+            motion_value=torch.zeros(batch_size, self.num_regions, self.feature_dim, device=device),
+            motion_sent=torch.full((batch_size, self.num_regions), -math.inf, dtype=torch.float64, device=device),
         )
 
     def _regions(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,7 +231,9 @@ class BFlowTokenizer(VideoTokenizer):
         """Region mode: the changed regions, then the still regions due a refresh or come to rest (ranked after them);
         which changed region each cell is in (``[B, R]`` long, 0: none; emitted or not, they bring the reference up to
         date); and each region's motion since the last keyframe (``[B, R]``, for the stale-scene rule: the reference
-        follows every change, so only the keyframe still says what the tokens have described)."""
+        follows every change, so only the keyframe still says what the tokens have described); with
+        ``steady_every_s``, the frame's changed regions as found (:class:`Steady`; the steady motions not yet due are
+        left out of the candidates, not out of the rest), else ``None``."""
         cfg = self.config
         cell_grid = (self.grid[0] // cfg.flow_region, self.grid[1] // cfg.flow_region)
         grow = score > cfg.region_grow * cfg.flow_threshold  # [B, R]
@@ -221,6 +246,10 @@ class BFlowTokenizer(VideoTokenizer):
             cores = cores & peak.reshape(novelty.shape[0], -1)
         changed = find_regions(score, score > cfg.flow_threshold, grow, cell_grid, cfg.region_max, cores)
         found = changed.labels(x.shape[0])  # [B, R]: which changed region each cell is in (0: none)
+        steady = None
+        if cfg.steady_every_s is not None:  # steady motions wait for their turn; the rest below sees every change
+            steady, due = self._steady(x, changed, t, state)
+            changed = changed.keep(due)
         touched = found > 0
         seeds = torch.zeros_like(touched)  # [B, R]: still cells that get a token now
         if cfg.stop_tokens:  # where a motion ended and something clearly new stands (an object, not a flicker)
@@ -230,10 +259,33 @@ class BFlowTokenizer(VideoTokenizer):
             due = state.started & (t - state.last_refresh_t >= cfg.refresh_interval_s)  # [B]
             seeds = seeds | due[:, None]
         if cfg.refresh_interval_s is None and not cfg.stop_tokens:
-            return changed, found, since_key, new
+            return changed, found, since_key, new, steady
         still = new & ~touched
         refresh = find_regions(new_since_key, still & seeds, still, cell_grid, cfg.region_max, still=True)
-        return changed.then(refresh, x.shape[0]), found, since_key, new
+        return changed.then(refresh, x.shape[0]), found, since_key, new, steady
+
+    def _steady(
+        self, x: torch.Tensor, changed: Regions, t: torch.Tensor, state: BFlowState
+    ) -> tuple[Steady, torch.Tensor]:
+        """``steady_every_s``: the frame's changed regions with their pooled values and when the motion each continues
+        last had a token; and ``[m]`` bool, which of them get a token now (all but the steady motions whose last token
+        is under ``steady_every_s`` old). A region continues a motion when at least a third of its cells were in the
+        previous frame's changed regions, and is steady when its value's cosine to theirs (summed over those cells)
+        is at least ``steady_similarity``."""
+        cfg = self.config
+        batch, cells = changed.batch, changed.cells  # [m], [m, R]
+        weight = (1.0 - F.cosine_similarity(x, state.keyframe, dim=-1, eps=EPS)).clamp(min=POOL_FLOOR)  # [B, P]
+        members = cells[:, self.patch_region]  # [m, P]
+        values = pool_regions(x, batch, members, weight, self.patch_position, self.patch_centres)[0]  # [m, D]
+        before = cells & (state.moved[batch] > 0)  # [m, R]: cells in a changed region of the previous frame too
+        goes_on = MOVING_PARTS * before.sum(dim=1) >= cells.sum(dim=1)  # [m]
+        was = torch.einsum("mr,mrd->md", before.to(values.dtype), state.motion_value[batch])  # [m, D]
+        similar = F.cosine_similarity(values, was, dim=-1, eps=EPS) >= cfg.steady_similarity
+        none = torch.full_like(state.motion_sent, -math.inf)
+        last = torch.where(before, state.motion_sent[batch], none[batch]).amax(dim=1)  # [m] float64
+        last = torch.where(goes_on, last, torch.full_like(last, -math.inf))
+        due = ~(goes_on & similar) | (t[batch] - last >= cfg.steady_every_s)
+        return Steady(changed, values, last), due
 
     def _motion(self, chosen: Regions, moved: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """``motion_kinds``: ``[n]`` long for the chosen regions: 2 (``gone``) where no cell differs from the last
@@ -270,7 +322,7 @@ class BFlowTokenizer(VideoTokenizer):
             motion = 1.0 - F.cosine_similarity(x, state.reference, dim=-1, eps=EPS)  # [B, P]
             region_motion, score = self._score(motion)  # [B, R] each; score: motion beyond the camera's
             if region_mode:
-                candidates, found, region_motion, new = self._candidates(x, score, t, state)
+                candidates, found, region_motion, new, steady = self._candidates(x, score, t, state)
                 touched = found > 0
                 n_wanted = candidates.count(x.shape[0])  # [B]
             else:
@@ -326,12 +378,15 @@ class BFlowTokenizer(VideoTokenizer):
             reference[key_index] = x[key_index]
             keyframe = keyframe.clone()
             keyframe[key_index] = x[key_index].detach()
-        moved = state.moved
+        moved, motion_value, motion_sent = state.moved, state.motion_value, state.motion_sent
         if region_mode:
             flow = self._region_tokens(x, state, chosen, recon)
-            updated = (touched | chosen.cover(x.shape[0])) & flows[:, None]  # [B, R]: emitted or dropped
+            emitted = chosen.cover(x.shape[0])  # [B, R]
+            updated = (touched | emitted) & flows[:, None]  # [B, R]: emitted or dropped
             reference = torch.where(updated[:, self.patch_region, None], x, reference)
             moved = found * flows[:, None]
+            if steady is not None:
+                motion_value, motion_sent = self._motion_memory(steady, emitted, flows, t)
         else:
             flow = self._patch_tokens(x, state, flow_batch, flow_region, recon)
             if flow_batch.numel():
@@ -355,8 +410,29 @@ class BFlowTokenizer(VideoTokenizer):
             keyframe=keyframe,
             last_refresh_t=last_refresh_t,
             moved=moved,
+            motion_value=motion_value,
+            motion_sent=motion_sent,
         )
         return decisions, new_state
+
+    def _motion_memory(
+        self, steady: Steady, emitted: torch.Tensor, flows: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``steady_every_s``: each cell's changed region's value and when its motion last had a token (now, if the
+        region was emitted), for the next frame; zeros and ``-inf`` off the changed regions and on frames without
+        flow tokens (a keyframe: every motion after it starts afresh)."""
+        changed = steady.changed
+        batch_size, num_cells = emitted.shape
+        sent_now = (changed.cells & emitted[changed.batch]).any(dim=1)  # [m]
+        sent = torch.where(sent_now, t[changed.batch], steady.last_sent)  # [m] float64
+        region, cell = changed.cells.nonzero(as_tuple=True)
+        video = changed.batch[region]
+        value = steady.values.new_zeros(batch_size, num_cells, steady.values.shape[-1])
+        value[video, cell] = steady.values[region]
+        when = torch.full((batch_size, num_cells), -math.inf, dtype=torch.float64, device=emitted.device)
+        when[video, cell] = sent[region]
+        keep = flows[:, None]
+        return value * keep[..., None], torch.where(keep, when, torch.full_like(when, -math.inf))
 
     def _patch_tokens(self, x, state, flow_batch, flow_region, recon):
         """Patch mode: the values of the chosen regions, written into ``recon`` (in place)."""

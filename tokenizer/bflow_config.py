@@ -99,6 +99,18 @@ class BFlowConfig:
     there, not the background now), ``flow`` for a motion going on. Decisions and reconstruction do not depend on it.
     With two objects moving, the event is then in the one token of the object it happened to, not only in how the
     step's sum differs from the last one."""
+    steady_every_s: float | None = None
+    """Region mode: a changed region that goes on with a motion of the previous frame (at least a third of its cells
+    were in the previous frame's changed regions) and looks like what moved there (its pooled value's cosine to
+    theirs at least ``steady_similarity``) is a *steady* motion: it gets a token only once this many seconds have
+    passed since the last token of the motion it continues (followed from frame to frame through the regions'
+    cells); a motion that starts, an object that comes in, a change of appearance get a token at once. With two
+    objects moving, the frame where one of them acts then holds that object's token alone, not both summed (None:
+    every changed region gets a token, as before the option). Pair it with ``stop_tokens``: a steady motion sends
+    few tokens, so its end is not visible as an absence."""
+    steady_similarity: float = 0.9
+    """Region mode, with ``steady_every_s``: the cosine a region's pooled value needs to what moved there in the
+    previous frame for the motion to count as steady (the same object's look)."""
     flow_order: str = "score"
     """Region mode: the order of a frame's flow tokens (hence of the duplex model's video slots). ``"score"``: the
     largest change first; ``"position"``: the regions chosen (still the largest changes first when a cap binds) in
@@ -148,6 +160,10 @@ class BFlowConfig:
         for name in ("stop_tokens", "motion_kinds"):
             if getattr(self, name) and self.flow_mode != "region":
                 problems.append(f"{name} needs flow_mode 'region'")
+        if self.steady_every_s is not None and not (self.steady_every_s > 0 and self.flow_mode == "region"):
+            problems.append(f"steady_every_s={self.steady_every_s} needs flow_mode 'region' and must be > 0")
+        if not -1.0 <= self.steady_similarity <= 1.0:
+            problems.append(f"steady_similarity={self.steady_similarity} must be a cosine in [-1, 1]")
         if self.flow_order not in FLOW_ORDERS or (self.flow_order != "score" and self.flow_mode != "region"):
             problems.append(f"flow_order={self.flow_order!r} must be one of {FLOW_ORDERS} (position needs region mode)")
         if self.reconstruction not in RECONSTRUCTIONS:

@@ -72,6 +72,15 @@ class Regions:
         idx = keep.nonzero(as_tuple=True)[0][order]
         return Regions(self.batch[idx], self.rank[idx], self.cells[idx], self.score[idx], self.still[idx])
 
+    def keep(self, mask: torch.Tensor) -> Regions:
+        """The regions where ``mask`` ``[m]`` holds, ordered by video then rank; ranks renumbered within each video."""
+        idx = mask.nonzero(as_tuple=True)[0]
+        span = int(self.rank.max()) + 1 if self.rank.numel() else 1
+        idx = idx[torch.argsort(self.batch[idx] * span + self.rank[idx])]
+        batch = self.batch[idx]
+        rank = torch.arange(batch.shape[0], device=batch.device) - torch.searchsorted(batch, batch, right=False)
+        return Regions(batch, rank, self.cells[idx], self.score[idx], self.still[idx])
+
     def by_position(self, grid: tuple[int, int]) -> Regions:
         """The same regions, ordered by video then by the raster position of each region's centre (row, then
         column, of its cells' mean); ranks renumbered in that order."""
