@@ -42,6 +42,7 @@ How a frame is handled (all in :meth:`BFlowTokenizer._advance`, the only place d
   like what moved there (a steady motion) gets a token only once per that period, followed from frame to frame
   through the regions' cells; starts, changes of look and new objects get one at once, so the frame where one of
   two moving objects acts holds its token alone (pair it with ``stop_tokens``: a steady motion's end is then news).
+  Off by default: the demo's model read every bucket worse from the thinner stream (LOG 2026-12-07, steady motion).
 * **Tokens handed downstream** are the values plus fixed kind / time / position embeddings; with ``change_tokens``
   each also carries what changed at its region (``value - before``, zeros for keyframe tokens), width ``2D``.
 * **Reconstruction** (causal): the last keyframe's ``K`` tokens decoded to ``[P, D]`` (:class:`KeyCodec`), then
@@ -281,8 +282,8 @@ class BFlowTokenizer(VideoTokenizer):
         goes_on = MOVING_PARTS * before.sum(dim=1) >= cells.sum(dim=1)  # [m]
         was = torch.einsum("mr,mrd->md", before.to(values.dtype), state.motion_value[batch])  # [m, D]
         similar = F.cosine_similarity(values, was, dim=-1, eps=EPS) >= cfg.steady_similarity
-        none = torch.full_like(state.motion_sent, -math.inf)
-        last = torch.where(before, state.motion_sent[batch], none[batch]).amax(dim=1)  # [m] float64
+        sent = state.motion_sent[batch]  # [m, R] float64
+        last = torch.where(before, sent, torch.full_like(sent, -math.inf)).amax(dim=1)  # [m]
         last = torch.where(goes_on, last, torch.full_like(last, -math.inf))
         due = ~(goes_on & similar) | (t[batch] - last >= cfg.steady_every_s)
         return Steady(changed, values, last), due

@@ -107,7 +107,9 @@ class BFlowConfig:
     cells); a motion that starts, an object that comes in, a change of appearance get a token at once. With two
     objects moving, the frame where one of them acts then holds that object's token alone, not both summed (None:
     every changed region gets a token, as before the option). Pair it with ``stop_tokens``: a steady motion sends
-    few tokens, so its end is not visible as an absence."""
+    few tokens, so its end is not visible as an absence. On the demo's val split (1 s, with ``stop_tokens``) every
+    bucket fell, single-shape events too: the model reads motion from a shape's tokens frame after frame
+    (notebooks/LOG.md#2026-12-07-steady-motion)."""
     steady_similarity: float = 0.9
     """Region mode, with ``steady_every_s``: the cosine a region's pooled value needs to what moved there in the
     previous frame for the motion to count as steady (the same object's look)."""
