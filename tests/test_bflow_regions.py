@@ -264,6 +264,9 @@ def test_steady_motions_wait_and_the_frame_of_an_event_holds_the_acting_object_a
     for i in (5, 10):  # the lower block's new look at once, then a second later
         assert not trail[i].flow_still.any()
         assert set(trail[i].flow_patches[0].nonzero().flatten().tolist()) >= patches_of(range(8, 10), range(i, i + 1))
+    # without the option the state carries no memory of the motions (nothing stacked or split per streamed step)
+    assert make(**REGION).init_state(2).motion_value.shape == (2, 0, D)
+    assert make(**REGION, steady_every_s=1.0).init_state(2).motion_sent.shape == (2, P)
     # a period under the frame interval holds nothing back: the tokens of the plain region mode
     assert make(**REGION, steady_every_s=0.1).tokenize(x, ts).n_tokens == make(**REGION).tokenize(x, ts).n_tokens
 

@@ -119,10 +119,10 @@ class BFlowState(TokenizerState):
     region mode's ``stop_tokens`` and ``motion_kinds``."""
     motion_value: torch.Tensor
     """``[B, R, D]`` for ``steady_every_s``: the pooled value of the previous frame's changed region each cell was in
-    (zeros where none)."""
+    (zeros where none); ``[B, 0, D]`` when the option is off (nothing to carry, stack or split per step)."""
     motion_sent: torch.Tensor
     """``[B, R]`` float64 for ``steady_every_s``: when the motion of the previous frame's changed region each cell was
-    in last had a token (``-inf`` where none)."""
+    in last had a token (``-inf`` where none); ``[B, 0]`` when the option is off."""
 
 
 @dataclass
@@ -203,6 +203,7 @@ class BFlowTokenizer(VideoTokenizer):
         """A fresh state for ``batch_size`` videos (on the module's device)."""
         device = self.region_patches.device
         shape = (batch_size, self.num_patches, self.feature_dim)
+        cells = self.num_regions if self.config.steady_every_s is not None else 0  # steady motions' memory
         return BFlowState(
             last_t=torch.full((batch_size,), -math.inf, dtype=torch.float64, device=device),
             started=torch.zeros(batch_size, dtype=torch.bool, device=device),
@@ -213,8 +214,8 @@ class BFlowTokenizer(VideoTokenizer):
             keyframe=torch.zeros(shape, device=device),
             last_refresh_t=torch.zeros(batch_size, dtype=torch.float64, device=device),
             moved=torch.zeros(batch_size, self.num_regions, dtype=torch.long, device=device),
-            motion_value=torch.zeros(batch_size, self.num_regions, self.feature_dim, device=device),
-            motion_sent=torch.full((batch_size, self.num_regions), -math.inf, dtype=torch.float64, device=device),
+            motion_value=torch.zeros(batch_size, cells, self.feature_dim, device=device),
+            motion_sent=torch.full((batch_size, cells), -math.inf, dtype=torch.float64, device=device),
         )
 
     def _regions(self, x: torch.Tensor) -> torch.Tensor:
